@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX -> engine directory."""

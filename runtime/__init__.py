@@ -1,0 +1,1 @@
+"""Engine backends, scheduler, KV cache, sampling, harmony chat, gRPC server."""
