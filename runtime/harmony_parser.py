@@ -101,6 +101,8 @@ class HarmonyStreamParser:
                     ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
                      "<|return|>", "<|call|>")}
         self._header_specials = {self._id["<|channel|>"], self._id["<|constrain|>"]}
+        self._ends = {self._id["<|end|>"]: None, self._id["<|return|>"]: "stop",
+                      self._id["<|call|>"]: "tool_calls"}   # message end token -> stop reason
         self._max_header = max_header_tokens
         self._state = "header" if after_start_role else "start"
         self._role_given = after_start_role
@@ -168,10 +170,8 @@ class HarmonyStreamParser:
         return []
 
     def _feed_content(self, token: int) -> list[Event]:
-        ends = {self._id["<|end|>"]: None, self._id["<|return|>"]: "stop",
-                self._id["<|call|>"]: "tool_calls"}
-        if token in ends:
-            return self._end_message(token, ends[token])
+        if token in self._ends:
+            return self._end_message(token, self._ends[token])
         if self._tok.is_special(token):
             raise HarmonyError(f"unexpected {self._describe(token)} inside a "
                                f"{self._current.channel} message")

@@ -3,7 +3,9 @@ agreement with openai-harmony's StreamableParser (per-token deltas and parsed me
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
 from harmony_fixtures import encode_script, harmony_encoding, o200k, tiny  # noqa: F401
 
@@ -146,3 +148,66 @@ def test_malformed_output_raises_harmony_error(request, which, case):
 def test_out_of_range_token_is_a_harmony_error(tiny):
     with pytest.raises(HarmonyError, match="outside the vocabulary"):
         HarmonyStreamParser(tiny).feed(tiny.vocab_size + 5)
+
+
+_ALPHABET = list("abcXYZ 019 .,:;{}[]\"'\n\t") + ["é", "ß", "日本", "😀", "𝔘", "👋🏽", "—", "<|", "|>"]
+
+
+def _random_turn(rng) -> tuple[str, ...]:
+    """A well-formed assistant turn: 1-4 messages, the last ending with <|return|> or <|call|>."""
+    text = lambda: "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 25)))  # noqa: E731
+    parts: list[str] = []
+    count = rng.randint(1, 4)
+    for index in range(count):
+        last = index == count - 1
+        call = last and rng.random() < 0.4
+        if index:
+            parts += ["<|start|>", "assistant"]
+        if call:
+            args = ["<|channel|>", "commentary to=functions.tool_" + str(rng.randint(0, 9)) + " ",
+                    "<|constrain|>", "json"] if rng.random() < 0.5 else \
+                   ["<|channel|>", "commentary to=functions.f json"]
+            parts += args + ["<|message|>", text(), "<|call|>"]
+            continue
+        channel = rng.choice(["analysis", "commentary"] if not last else ["final"])
+        parts += ["<|channel|>", channel, "<|message|>", text(), "<|return|>" if last else "<|end|>"]
+    return tuple(parts)
+
+
+def test_random_turns_agree_with_openai_harmony(o200k, harmony_encoding):
+    oh = pytest.importorskip("openai_harmony")
+    rng = random.Random(2026)
+    for _ in range(60):
+        ids = encode_script(o200k, *_random_turn(rng))
+        ours = HarmonyStreamParser(o200k)
+        theirs = oh.StreamableParser(harmony_encoding, oh.Role.ASSISTANT)
+        for token in ids:
+            events = ours.feed(token)
+            theirs.process(token)
+            text = "".join(getattr(e, "text", getattr(e, "arguments_fragment", "")) for e in events)
+            assert text == (theirs.last_content_delta or "")
+        assert ours.done
+        assert [(m.channel, m.recipient, m.content_type, m.text) for m in ours.messages] == \
+            [(m.channel, m.recipient, m.content_type, m.content[0].text) for m in theirs.messages]
+
+
+@pytest.mark.parametrize("which", ["o200k", "tiny"])
+def test_random_token_soup_only_raises_harmony_error(request, which):
+    # Whatever the model emits, the parser either accepts it or raises HarmonyError: the server
+    # relies on this to end one stream cleanly instead of crashing.
+    tok = request.getfixturevalue(which)
+    rng = np.random.default_rng(5)
+    specials = list(tok.special_tokens().values())[:40]
+    text_ids = tok.encode("<|channel|>final to=functions.x json analysis commentary 日本 😀 {}")
+    pool = np.array(specials + text_ids * 3)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(400):
+        parser = HarmonyStreamParser(tok, after_start_role=bool(rng.integers(2)))
+        try:
+            for token in rng.choice(pool, size=int(rng.integers(1, 40))):
+                parser.feed(int(token))
+            parser.finish()
+            outcomes["ok"] += 1
+        except HarmonyError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 0 and outcomes["ok"] > 0

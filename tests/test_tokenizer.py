@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from harmony_fixtures import harmony_encoding, o200k, tiny  # noqa: F401  (pytest fixtures)
@@ -138,6 +141,12 @@ def test_incremental_decoder_holds_and_flushes(o200k):
 def test_tiny_tokenizer_is_deterministic_and_small(tiny):
     first, second = make_tiny_tokenizer(512), make_tiny_tokenizer(512)
     assert first.to_str() == second.to_str()
+    # and across processes (hash seeds differ), as `make-checkpoint --preset tiny` needs
+    code = ("import hashlib; from gptoss_edge.runtime.tokenizer import make_tiny_tokenizer; "
+            "print(hashlib.sha256(make_tiny_tokenizer(512).to_str().encode()).hexdigest())")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert other.stdout.strip() == hashlib.sha256(first.to_str().encode()).hexdigest()
     assert tiny.vocab_size <= 512
     assert set(HARMONY_SPECIALS) <= set(tiny.special_tokens())
     assert all(tiny.is_special(tiny.special_id(n)) for n in HARMONY_SPECIALS)
