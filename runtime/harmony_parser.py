@@ -117,6 +117,13 @@ class HarmonyStreamParser:
     def done(self) -> bool:
         return self.stop_reason is not None
 
+    @property
+    def current(self) -> ParsedMessage | None:
+        """The message whose content is streaming now: after feed(t), the message t opened
+        (<|message|>) or continued; None in a header, between messages and after the end token.
+        Reasoning tokens = tokens after whose feed current.channel == "analysis"."""
+        return self._current if self._state == "content" else None
+
     def feed(self, token_id: int) -> list[Event]:
         if self._state == "failed":
             raise HarmonyError("parser already failed on malformed output")
@@ -137,7 +144,7 @@ class HarmonyStreamParser:
         return events
 
     def _feed(self, token: int) -> list[Event]:
-        self._tok.check_id(token)
+        token = self._tok.check_id(token)
         self.tokens_seen += 1
         if self._state == "ended":
             raise HarmonyError(f"token {self._describe(token)} after the end of the turn")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import codecs
+import numbers
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -72,10 +73,11 @@ class Tokenizer(abc.ABC):
         return cached
 
     def check_id(self, token_id: int) -> int:
-        if not isinstance(token_id, int) or isinstance(token_id, bool) \
+        """`token_id` as a plain int (numpy integers accepted); TokenizerError if out of range."""
+        if isinstance(token_id, bool) or not isinstance(token_id, numbers.Integral) \
                 or not 0 <= token_id < self.vocab_size:
             raise TokenizerError(f"token id {token_id!r} outside the vocabulary [0, {self.vocab_size})")
-        return token_id
+        return int(token_id)
 
 
 class IncrementalDecoder:
@@ -89,7 +91,7 @@ class IncrementalDecoder:
 
     def feed(self, ids: int | Iterable[int]) -> str:
         """Add one id or several; returns the text completed by them (may be "")."""
-        if isinstance(ids, int):
+        if isinstance(ids, numbers.Integral):
             ids = (ids,)
         data = b"".join(self._tokenizer.token_bytes(i) for i in ids)
         return self._utf8.decode(data, final=False)

@@ -211,3 +211,17 @@ def test_random_token_soup_only_raises_harmony_error(request, which):
         except HarmonyError:
             outcomes["error"] += 1
     assert outcomes["error"] > 0 and outcomes["ok"] > 0
+
+
+def test_numpy_ids_and_reasoning_token_count(o200k):
+    ids = np.array(encode_script(o200k, *REASON_THEN_FINAL), dtype=np.int64)
+    parser = HarmonyStreamParser(o200k)
+    reasoning_tokens = 0
+    for token in ids:
+        parser.feed(token)
+        current = parser.current
+        reasoning_tokens += current is not None and current.channel == "analysis"
+    analysis_text = o200k.encode("User greets; answer with 😀 and 𝔘.")
+    # <|message|> (which opens the content) plus the content tokens of the analysis message
+    assert reasoning_tokens == 1 + len(analysis_text)
+    assert parser.done and parser.current is None
