@@ -24,8 +24,10 @@ CHANNELS = ("analysis", "commentary", "final")
 MAX_HEADER_TOKENS = 128   # real headers take ~10-40 tokens, even on the 512-id tiny BPE
 
 
-class HarmonyError(ValueError):
-    """The model's output is not well-formed harmony; the message says what and where."""
+class HarmonyError(RuntimeError):
+    """The model's output is not well-formed harmony; the message says what and where. Not a
+    ValueError on purpose: bad client input raises ValueError (INVALID_ARGUMENT), bad model
+    output is the server's problem (end that stream with an error)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,6 +138,14 @@ def make_tiny_tokenizer(vocab_size: int = 512):
     return make(vocab_size)
 
 
+def write_tiny_tokenizer(directory: str | Path, vocab_size: int = 512,
+                         file: str = "tokenizer.json") -> dict[str, Any]:
+    """Write the tiny tokenizer into `directory`; returns the manifest spec that loads it."""
+    path = Path(directory) / file
+    make_tiny_tokenizer(vocab_size).save(str(path))
+    return {"kind": "hf", "file": file}
+
+
 def _resolve(file: str, base_dir: str | Path | None) -> Path:
     path = Path(file)
     if not path.is_absolute() and base_dir is not None:

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from gptoss_edge.runtime.tokenizer import load_tokenizer, make_tiny_tokenizer
+from gptoss_edge.runtime.tokenizer import load_tokenizer, write_tiny_tokenizer
 from gptoss_edge.runtime.tokenizer_o200k import packaged_vocab_path, read_verified_vocab
 
 
@@ -21,9 +21,8 @@ def o200k():
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tokenizer.json"
-    make_tiny_tokenizer(512).save(str(path))
-    return load_tokenizer({"kind": "hf", "file": "tokenizer.json"}, path.parent)
+    directory = tmp_path_factory.mktemp("tiny")
+    return load_tokenizer(write_tiny_tokenizer(directory, 512), directory)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,8 @@ PREAMBLE_CALL = ("<|channel|>", "commentary", "<|message|>", "Let me check.", "<
                  "<|message|>", "{}", "<|call|>")
 WELL_FORMED = {"reason_then_final": REASON_THEN_FINAL, "tool_call": TOOL_CALL,
                "preamble_call": PREAMBLE_CALL,
+               "constrain_without_space": ("<|channel|>", "commentary to=functions.f", "<|constrain|>",
+                                           "json", "<|message|>", '{"a": 1}', "<|call|>"),
                "final_only": ("<|channel|>", "final", "<|message|>", "4", "<|return|>")}
 
 
