@@ -206,6 +206,8 @@ def _check_message(message: Message, i: int) -> None:
     ctype = message.content_type
     if ctype is not None and not (isinstance(ctype, str) and ctype and not _has_space(ctype)):
         raise ValueError(f"messages[{i}]: content_type {ctype!r} must be non-empty without spaces")
+    if message.name is not None and message.role not in ("user", "tool"):
+        raise ValueError(f"messages[{i}]: `name` is only for user and tool messages")
     if message.role == "tool" and message.name is None:
         raise ValueError(f"messages[{i}]: a tool message needs `name` (the function it answers)")
     if message.recipient is not None and message.role != "assistant":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -19,11 +20,12 @@ MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 _PARTIAL_SORT = 1024    # top-p looks at this many best tokens first, the whole vocab only if needed
+GREEDY_BELOW = 1e-5     # temperatures under this sample greedily (as vLLM): logits / T overflows
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0    # 0 = greedy
+    temperature: float = 1.0    # 0 (or < GREEDY_BELOW) = greedy
     top_p: float = 1.0          # in (0, 1]; 1 = off
     top_k: int = 0              # 0 = off
     seed: int | None = None     # same seed + same logits -> same tokens
@@ -53,12 +55,12 @@ class SamplingParams:
 
 
 def _check_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -191,7 +193,7 @@ class Sampler:
         if np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits).any():
             raise ValueError("logits contain NaN or +inf, or no finite value")
         p = self.params
-        if p.temperature == 0:
+        if p.temperature < GREEDY_BELOW:
             token = int(np.argmax(logits))      # first maximum = lowest id
         else:
             ids, weights = candidate_weights(logits, p.temperature, p.top_k, p.top_p)

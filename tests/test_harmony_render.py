@@ -166,6 +166,7 @@ def test_render_is_tokenizer_independent(o200k, tiny, case):
     (dict(messages=[Message("assistant", "x", channel="thoughts")]), "channel must be one of"),
     (dict(messages=[Message("assistant", "{}", recipient="bad name")]), "recipient"),
     (dict(messages=[Message("user", 42)]), "content must be a string"),
+    (dict(messages=[Message("assistant", "x", name="bob")]), "only for user and tool"),
     (dict(reasoning_effort="max"), "reasoning_effort"),
     (dict(tools=[Tool("get-weather", "", None)]), r"tools\[0\]: tool name 'get-weather'"),
     (dict(tools=[Tool("f", "", {"type": "string"})]), r"tools\[0\] \(f\) parameters: must be an object schema"),

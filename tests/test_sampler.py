@@ -185,3 +185,11 @@ def test_stop_matcher_holds_back_only_possible_prefixes():
     assert matcher.flush() == "<"
     done = StopStringMatcher(["x"])
     assert done.feed("ax").stop == "x" and done.feed("more").text == ""
+
+
+def test_tiny_temperature_is_greedy_and_numpy_params_validate():
+    logits = np.array([0.1, 0.3, 0.2], dtype=np.float32)
+    sampler = Sampler(SamplingParams(temperature=1e-30, seed=0))
+    assert {sampler.sample(logits).token_id for _ in range(20)} == {1}
+    SamplingParams(temperature=np.float32(0.5), top_p=np.float32(0.9), top_k=np.int64(5),
+                   seed=np.uint64(7), logprobs=np.int32(2)).validate()
