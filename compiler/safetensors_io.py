@@ -263,7 +263,7 @@ class SafetensorsWriter:
             if done + chunk.nbytes > info.nbytes:
                 raise SafetensorsError(f"{self.path}: tensor {name!r}: more data than its "
                                        f"shape {info.shape} holds")
-            self._file.write(memoryview(chunk).cast("B"))
+            self._file.write(chunk.reshape(-1).view(np.uint8).data)
             done += chunk.nbytes
         if done != info.nbytes:
             raise SafetensorsError(f"{self.path}: tensor {name!r}: got {done} bytes, shape "

@@ -128,7 +128,9 @@ def canonical_chunks(cfg: ModelConfig, name: str, seed: int) -> Iterator[np.ndar
 
 def canonical_tensor(cfg: ModelConfig, name: str, seed: int) -> np.ndarray:
     """Whole canonical tensor as generated (float32 before the bf16 rounding, or uint8)."""
-    return np.concatenate(list(canonical_chunks(cfg, name, seed)))
+    shape = canonical_tensors(cfg)[name].shape
+    return np.concatenate([c.reshape((-1,) + shape[1:]) for c in canonical_chunks(cfg, name, seed)]
+                          ).reshape(shape)
 
 
 # ---- file plans --------------------------------------------------------------------------------
