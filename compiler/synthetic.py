@@ -19,10 +19,12 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import shutil
+import statistics
 import zlib
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,12 +56,20 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
+@functools.cache
+def _normal_table() -> np.ndarray:
+    """N(0, 1) quantiles at (i + 0.5) / 65536: a uniform uint16 through this table is a normal
+    sample (tails cut at 4.3 sigma), several times cheaper than standard_normal on GBs."""
+    inv_cdf = statistics.NormalDist().inv_cdf
+    return np.array([inv_cdf((i + 0.5) / 65536) for i in range(65536)], dtype=np.float32)
+
+
 def _normal_chunks(rng: np.random.Generator, shape: tuple[int, ...], mean: float, std: float
                    ) -> Iterator[np.ndarray]:
     rows, rest = shape[0], shape[1:]
     for r0 in range(0, rows, ROWS_PER_CHUNK):
         n = min(ROWS_PER_CHUNK, rows - r0)
-        chunk = rng.standard_normal((n,) + rest, dtype=np.float32)
+        chunk = _normal_table()[rng.integers(0, 65536, size=(n,) + rest, dtype=np.uint16)]
         chunk *= np.float32(std)
         chunk += np.float32(mean)
         yield chunk
@@ -220,7 +230,8 @@ def _write_files(tmp: Path, plan, progress: Progress | None) -> None:
     for rel, tensors in plan:
         specs = [TensorSpec(k, e.dtype, e.shape) for k, e, _ in tensors]
         with SafetensorsWriter(tmp / rel, specs, FORMAT_METADATA) as w:
-            for key, e, chunks in tensors:
+            in_file_order = sorted(tensors, key=lambda t: w.infos[t[0]].begin)  # sequential writes
+            for key, e, chunks in in_file_order:
                 w.write(key, chunks())
                 done += _nbytes(e)
                 if progress:
