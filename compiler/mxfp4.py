@@ -59,8 +59,8 @@ def decode(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     _check_pair(blocks, scales)
     values = E2M1_VALUES[unpack_nibbles(blocks)]                      # [..., nb, 32]
     exponents = scales.astype(np.int32)[..., None] - SCALE_BIAS
-    out = np.ldexp(values, exponents).astype(np.float32, copy=False)
-    return out.reshape(blocks.shape[:-2] + (blocks.shape[-2] * BLOCK,))
+    np.ldexp(values, exponents, out=values)                          # in place: one output buffer
+    return values.reshape(blocks.shape[:-2] + (blocks.shape[-2] * BLOCK,))
 
 
 def _round_to_e2m1_codes(magnitude: np.ndarray) -> np.ndarray:
