@@ -5,7 +5,8 @@
 * Formats: hf -> config.json + model.safetensors (or model-0000i-of-0000n.safetensors shards of
   at most `shard_bytes` + model.safetensors.index.json); original -> original/config.json +
   original/model.safetensors. Dtypes as released: BF16 for every dense tensor, norm, sink and
-  bias (expert biases included), U8 MXFP4 blocks/scales.
+  bias (expert biases included), U8 MXFP4 blocks/scales; original/ also gets the released
+  dtypes.json (logical dtype per key: BF16, FP4, UE8).
 * Same model for every layout: each canonical tensor is drawn from its own generator seeded by
   (seed, crc32(canonical name)), in fixed chunks, so hf and original checkpoints of one seed
   hold bit-identical weights (the original qkv is the q, k, v draws stacked).
@@ -222,6 +223,14 @@ def _write_configs(tmp: Path, cfg: ModelConfig, layout: str) -> None:
     else:
         (tmp / ORIGINAL).mkdir(parents=True)
         (tmp / ORIGINAL / "config.json").write_text(json.dumps(cfg.to_original_dict(), indent=2) + "\n")
+        (tmp / ORIGINAL / "dtypes.json").write_text(json.dumps(_original_dtypes(cfg), indent=2) + "\n")
+
+
+def _original_dtypes(cfg: ModelConfig) -> dict[str, str]:
+    """original/dtypes.json as released: logical dtype per key (BF16, FP4 blocks, UE8 scales)."""
+    logical = {".blocks": "FP4", ".scales": "UE8"}
+    return {k: next((v for s, v in logical.items() if k.endswith(s)), "BF16")
+            for k in original_tensors(cfg)}
 
 
 def _write_files(tmp: Path, plan, progress: Progress | None) -> None:

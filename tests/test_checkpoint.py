@@ -83,6 +83,11 @@ def test_layout_detection(ckpts, tmp_path):
     assert open_checkpoint(both / "original").layout == "original"   # the subdir itself
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         open_checkpoint(tmp_path / "ckpt" / "original", layout="hf")
+    for f in both.glob("model*.safetensors"):                           # only original/ downloaded
+        f.unlink()
+    assert open_checkpoint(both).layout == "original"
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        open_checkpoint(both, layout="hf")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         open_checkpoint(tmp_path / "empty")
