@@ -228,6 +228,8 @@ def _op_class(spec: opset.OpSpec, fn: Callable[..., Any]) -> type[OpRun]:
     def _run(self, *inputs, **attrs):
         for name in opset.PLUGIN_ATTRS:
             attrs.pop(name, None)
+        attrs = {k: v.item() if isinstance(v, np.generic) else v.decode() if isinstance(v, bytes) else v
+                 for k, v in attrs.items()}
         kw = opset.validate_attrs(spec, attrs)
         result = fn(*inputs, **kw)
         return result if isinstance(result, tuple) else (result,)
