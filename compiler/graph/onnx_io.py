@@ -73,6 +73,8 @@ def save(graph: Graph, model_path: str | Path, data_name: str | None = None,
                 t = _tensor_header(init)
                 t.raw_data = init.array().tobytes()
                 tensors.append(t)
+                if progress:
+                    progress(init.name, init.nbytes)
                 continue
             offset = _pad_to(f, ALIGN)
             written = 0
@@ -102,3 +104,8 @@ def _pad_to(f, align: int) -> int:
     if pad:
         f.write(b"\0" * pad)
     return pos + pad
+
+
+def onnx_dtype_name(elem_type: int) -> str:
+    """TensorProto enum -> the op set's dtype names ("float32", "int64", ...)."""
+    return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
