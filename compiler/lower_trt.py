@@ -239,15 +239,7 @@ def _drop_unused_initializers(g: Graph) -> None:
         del g.initializers[k]
 
 
-# ---- bindings and optimization profiles ------------------------------------------------------
-
-def bindings(g: Graph) -> dict[str, list[dict]]:
-    """Graph inputs/outputs as the manifest records them: name, dtype, symbolic shape."""
-    def one(v: ValueInfo) -> dict:
-        return {"name": v.name, "dtype": helper.tensor_dtype_to_np_dtype(v.elem_type).name
-                if v.elem_type != TensorProto.BFLOAT16 else "bfloat16", "shape": list(v.shape)}
-    return {"inputs": [one(v) for v in g.inputs], "outputs": [one(v) for v in g.outputs]}
-
+# ---- optimization profiles ------------------------------------------------------
 
 def profiles(cfg: ModelConfig, *, max_batch: int, max_context: int, opt_batch: int = 1,
              max_step_tokens: int = 512) -> dict[str, dict[str, list[int]]]:

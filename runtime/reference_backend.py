@@ -34,18 +34,28 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 class ReferenceBackend:
-    def __init__(self, engine_dir, *, max_slots: int | None = None, verify: bool | str = "full"):
+    def __init__(self, engine_dir, *, max_slots: int | None = None, max_context: int | None = None,
+                 max_step_tokens: int | None = None, verify: bool | str = True):
+        """Defaults come from the engine's optimization profile (max_batch slots, max_context,
+        max_step_tokens); max_context may be smaller (memory), never beyond the RoPE tables."""
         m: EngineManifest = load_manifest(engine_dir, verify=verify)
         if m.target not in TARGETS:
             raise BackendError(f"{m.path}: target {m.target!r} has no reference backend "
                                f"(its graph uses that runtime's own ops); compile with --target tensorrt")
         tc = m.target_config
         try:
-            onnx_name = tc["onnx"]
-            max_context, max_batch = int(tc["max_context"]), int(tc["max_batch"])
-            max_step = int(tc["max_step_tokens"])
+            onnx_name, positions = tc["model_file"], int(tc["max_positions"])
+            max_batch = int(tc["max_batch"])
+            max_context = int(max_context or tc["max_context"])
+            max_step = int(max_step_tokens or tc["max_step_tokens"])
         except KeyError as e:
             raise BackendError(f"{m.path}: manifest target_config lacks {e.args[0]!r}") from None
+        if min(max_context, max_step, max_slots or 1) < 1:
+            raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
+        if max_step > int(tc["max_step_tokens"]):
+            raise BackendError(f"max_step_tokens {max_step} exceeds the engine profile's {tc['max_step_tokens']}")
+        if max_context > positions:
+            raise BackendError(f"max_context {max_context} exceeds the engine's {positions} RoPE positions")
         self._cfg = m.config
         schemas.register()
         model = onnx.load(str(m.file(onnx_name)), load_external_data=True)
