@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gptoss_edge.compiler.graph.ir import Initializer, lazy
+from gptoss_edge.compiler.graph.ir import Initializer, lazy, rows_of_untransposed
 
 BLOCK = 32
 _E2M1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
@@ -86,10 +86,10 @@ def int4_dense(name: str, w_t: Initializer, rows: int = 1024) -> tuple[Initializ
     """W^T [K, N] float32 -> MatMulNBits B [N, K/32, 16] uint8 and scales [N, K/32] float32."""
     k, n = w_t.shape
 
-    def quantized():
-        w = w_t.array().T                      # [N, K]; peak: one dense matrix
-        for i in range(0, n, rows):
-            yield _quantize_int4(np.ascontiguousarray(w[i:i + rows]))
+    def quantized():                           # W [N, K] row chunks (streamed, see ir.py)
+        for chunk in rows_of_untransposed(w_t):
+            for i in range(0, chunk.shape[0], rows):
+                yield _quantize_int4(np.ascontiguousarray(chunk[i:i + rows], dtype=np.float32))
 
     return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16],
                  lambda: (_pack_u4(q).reshape(q.shape[0], -1, 16) for q, _ in quantized()), source=w_t.source),

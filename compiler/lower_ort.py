@@ -45,7 +45,8 @@ def lower(g: Graph, experts: str = "float", dense: str = "float") -> Graph:
     out.inputs = [_full_cache(v) for v in g.inputs]
     out.outputs = [_full_cache(v) for v in g.outputs]
     consumers = _consumers(g)
-    _length_nodes(out)
+    if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
+        _length_nodes(out)
     skip: set[str] = set()
     for n in g.nodes:
         if n.name in skip:
