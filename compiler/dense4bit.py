@@ -1,12 +1,12 @@
 """Dense weights -> Gemm4bit blocks (the op set's GEMM_4BIT layout), lazily, row block by row block.
 
-  mxfp4: per block of 32 the smallest power-of-two scale 2^e with max|w| / 2^e <= 6 (no clipping;
-         E8M0 byte e + 127), each element rounded to the nearest E2M1 value.
-  int4:  symmetric, scale = max|w| / 7 stored as float16, q = clip(rint(w / scale), -8, 7),
-         nibble q + 8.
+  mxfp4: compiler/mxfp4.encode (OCP MX: shared exponent X = floor(log2 max|w|) - 2, nearest-even
+         E2M1, saturating at 6): |error| <= max(|w|, 2^X) / 3 per element (half a grid gap,
+         <= 0.25 max(|w|, 2^X), below 6 * 2^X; saturation above it, |w| < 8 * 2^X).
+  int4:  compiler/mxfp4.quantize_int4 (symmetric, scale max|w| / 7, q in [-7, 7]), the scale
+         stored as float16 (the op set's int4 format), nibble q + 8: |error| <= scale / 2 plus
+         7x the float16 rounding of the scale.
 Both: [N, K/32, 16] bytes, byte j holds elements 2j (low nibble) and 2j+1 (high nibble).
-Error (per element): at most half a quantization step of its block: mxfp4 step <= 2^e
-(relative to the block max: <= 1/6 .. 1/3 in the top binade), int4 step = max|w| / 7.
 Peak memory: the float32 matrix of one weight ([N, K]; lm_head of 20b: 2.3 GB) plus one block
 of rows, like the ONNX Runtime 4-bit path.
 """
@@ -14,41 +14,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from gptoss_edge.compiler import mxfp4
 from gptoss_edge.compiler.graph.ir import Initializer, lazy
 
 FORMATS = ("mxfp4", "int4")
-BLOCK = 32
-_E2M1_MIDPOINTS = np.array([.25, .75, 1.25, 1.75, 2.5, 3.5, 5.0])   # between [0,.5,1,1.5,2,3,4,6]
-
-
-def _pack(codes: np.ndarray) -> np.ndarray:
-    """[N, K] nibble codes 0..15 -> [N, K/32, 16] bytes."""
-    c = codes.astype(np.uint8)
-    packed = c[:, 0::2] | (c[:, 1::2] << 4)
-    return packed.reshape(c.shape[0], -1, 16)
+BLOCK = mxfp4.BLOCK
 
 
 def quantize_mxfp4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float [N, K] -> (blocks uint8 [N, K/32, 16], E8M0 scales uint8 [N, K/32])."""
-    n, k = w.shape
-    wb = w.astype(np.float64).reshape(n, k // BLOCK, BLOCK)
-    amax = np.abs(wb).max(axis=-1)
-    e = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / 6.0))
-    e = np.clip(np.where(amax > 0, e, -127), -127, 127)
-    x = wb / np.ldexp(1.0, e.astype(np.int32))[..., None]
-    mag = np.searchsorted(_E2M1_MIDPOINTS, np.abs(x), side="left")
-    codes = (mag | np.where(x < 0, 8, 0)).reshape(n, k)
-    return _pack(codes), (e + 127).astype(np.uint8)
+    return mxfp4.encode(w)
 
 
 def quantize_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float [N, K] -> (blocks uint8 [N, K/32, 16], float16 scales [N, K/32])."""
-    n, k = w.shape
-    wb = w.astype(np.float32).reshape(n, k // BLOCK, BLOCK)
-    scale = (np.abs(wb).max(axis=-1) / 7.0).astype(np.float16)
-    safe = np.where(scale > 0, scale, 1).astype(np.float32)
-    q = np.clip(np.rint(wb / safe[..., None]), -8, 7).astype(np.int16)
-    return _pack((q + 8).reshape(n, k)), scale
+    q, scale = mxfp4.quantize_int4(w, BLOCK)
+    codes = (q.astype(np.int16) + 8).astype(np.uint8).reshape(w.shape[0], -1, BLOCK)
+    return mxfp4.pack_nibbles(codes), scale.astype(np.float16)
 
 
 QUANTIZERS = {"mxfp4": quantize_mxfp4, "int4": quantize_int4}

@@ -180,6 +180,7 @@ def _to_low_precision(g: Graph, low: int, suffix: str) -> Graph:
     is_float = lambda v: types.get(v) == TensorProto.FLOAT   # noqa: E731
     low_inits: dict[str, str] = {}
     produced_low: set[str] = set()          # float values now computed in the low type
+    renamed: dict[str, str] = {}            # float graph outputs made in a block -> low-type name
     casts_down: dict[str, str] = {}
     out = Graph(g.name, opsets=dict(g.opsets))
     out.metadata, out.initializers = dict(g.metadata), dict(g.initializers)
@@ -199,7 +200,9 @@ def _to_low_precision(g: Graph, low: int, suffix: str) -> Graph:
             continue
         keep = _float32_ports(n)
         for i, v in enumerate(m.input):
-            if i in keep or not v or not is_float(v) or v in produced_low or v in cache_io:
+            if v in renamed:
+                m.input[i] = renamed[v]
+            elif i in keep or not v or not is_float(v) or v in produced_low or v in cache_io:
                 continue
             if v in g.initializers:
                 if v not in low_inits:
@@ -210,16 +213,16 @@ def _to_low_precision(g: Graph, low: int, suffix: str) -> Graph:
                     casts_down[v] = out.op("Cast", [v], f"{v}/to_{suffix}", to=low)
                 m.input[i] = casts_down[v]
         out.nodes.append(m)
-        for v in n.output:
-            if is_float(v) and v not in cache_io:
-                produced_low.add(v)
-                leaves = v in graph_outputs or any(not LOW_PRECISION_SCOPES.match(c.name)
-                                                   for c in consumers.get(v, []))
-                if leaves:
-                    out.op("Cast", [v], f"{v}/to_fp32", to=TensorProto.FLOAT)
-    for v in out.outputs:
-        if v.name in produced_low:
-            raise LoweringError(f"graph output {v.name} is produced inside a low-precision block")
+        for o, v in enumerate(n.output):
+            if not is_float(v) or v in cache_io:
+                continue
+            if v in graph_outputs:              # e.g. logits: computed low, bound as float32
+                renamed[v] = m.output[o] = f"{v}/{suffix}"
+                out.node("Cast", [renamed[v]], f"{n.name}/to_fp32", outputs=[v], to=TensorProto.FLOAT)
+                continue
+            produced_low.add(v)
+            if any(not LOW_PRECISION_SCOPES.match(c.name) for c in consumers.get(v, [])):
+                out.op("Cast", [v], f"{v}/to_fp32", to=TensorProto.FLOAT)
     return out
 
 

@@ -13,10 +13,7 @@ from typing import Any, Callable
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from gptoss_edge.compiler import opset
-
-# E2M1 nibble -> value; bit 3 is the sign.
-_E2M1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float64)
+from gptoss_edge.compiler import mxfp4, opset
 
 
 class KernelError(ValueError):
@@ -33,23 +30,14 @@ def _as_bytes(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8)
 
 
-def _nibbles(blocks: np.ndarray) -> np.ndarray:
-    """[..., K/32, 16] bytes -> [..., K/32, 32] nibbles; element 2j low nibble, 2j+1 high."""
-    b = _as_bytes(blocks)
-    return np.stack([b & 0x0F, b >> 4], axis=-1).reshape(*b.shape[:-1], 32)
-
-
 def dequant_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """MXFP4 [..., N, K/32, 16] + E8M0 [..., N, K/32] -> float64 [..., N, K]."""
-    vals = _E2M1[_nibbles(blocks)]
-    scale = np.ldexp(1.0, _as_bytes(scales).astype(np.int32) - 127)
-    w = vals * scale[..., None]
-    return w.reshape(*w.shape[:-2], -1)
+    """MXFP4 [..., N, K/32, 16] + E8M0 [..., N, K/32] -> float64 [..., N, K] (compiler/mxfp4.py)."""
+    return mxfp4.decode(_as_bytes(blocks), _as_bytes(scales)).astype(np.float64)
 
 
 def dequant_int4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Offset-binary int4 [N, K/32, 16] + float16 scales [N, K/32] -> float64 [N, K]."""
-    q = _nibbles(blocks).astype(np.float64) - 8.0
+    q = mxfp4.unpack_nibbles(_as_bytes(blocks)).astype(np.float64) - 8.0
     w = q * scales.astype(np.float64)[..., None]
     return w.reshape(*w.shape[:-2], -1)
 

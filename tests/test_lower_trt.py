@@ -18,7 +18,7 @@ from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.engine_dir import load_manifest
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.model import build_model
-from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS, dequant_int4, dequant_mxfp4
+from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS, dequant_int4, dequant_mxfp4, gemm_4bit
 from gptoss_edge.runtime.backend import BackendError, StepRow
 from gptoss_edge.runtime.generate import generate
 from gptoss_edge.runtime.reference_backend import ReferenceBackend
@@ -140,15 +140,21 @@ def test_fp32_target_graph_equals_canonical_graph(canonical, batch, fp32_logits)
     assert np.array_equal(got, fp32_logits)
 
 
-def test_fp16_blocks_stay_close(canonical, batch, fp32_logits):
-    got = evaluate(lower_trt.lower(canonical, precision="fp16"), *batch)
-    err = np.abs(got - fp32_logits)[0].max()
-    scale = np.abs(fp32_logits).max()
-    print(f"fp16 vs fp32: max |d logits| {err:.2e} (max |logit| {scale:.2f})")
-    # fp16 rounds each block input, weight and output to 11 significant bits (rel 4.9e-4); 4 layers
-    # x (attention + MoE) plus the lm_head chain ~20 such roundings of O(1) values: ~1e-2 of the
-    # logit scale is the expected order, 2e-2 leaves margin. A cast or cache-type bug is O(1).
-    assert err < 2e-2 * scale
+# fp16 keeps 11 significant bits (rounding 4.9e-4 relative), bf16 8 (3.9e-3). Each block
+# rounds its input, weights and output once, ~20 roundings of O(1) values on the way to the
+# logits: ~1e-3 (fp16) / ~1e-2 (bf16) of the logit scale, plus the tokens whose rounded hidden
+# state flips a near-tied top-2 routing decision (O(1) change on that token; measured: 1 of 300
+# tokens in fp16, a few percent in bf16). Measured relative RMS: fp16 0.004, bf16 0.09; the
+# bounds keep ~5x / ~2x margin. A missing cast, a cache of the wrong type or a float32 port
+# fed low precision gives O(1).
+@pytest.mark.parametrize("precision,bound", [("fp16", 0.02), ("bf16", 0.2)])
+def test_low_precision_blocks_stay_close(canonical, batch, fp32_logits, precision, bound):
+    got = evaluate(lower_trt.lower(canonical, precision=precision), *batch)
+    assert got.dtype == np.float32
+    rel = [np.sqrt(((got[b, :n] - fp32_logits[b, :n]) ** 2).mean() / (fp32_logits[b, :n] ** 2).mean())
+           for b, n in enumerate(batch[1])]
+    print(f"{precision} vs fp32: relative RMS logit error per row {[f'{r:.4f}' for r in rel]}")
+    assert max(rel) < bound
 
 
 @pytest.mark.parametrize("fmt", dense4bit.FORMATS)
@@ -160,32 +166,72 @@ def test_dense_quantization_error_bound_per_element(fmt):
     err = np.abs(wq - w).reshape(48, -1, 32)
     wb = np.abs(w.astype(np.float64)).reshape(48, -1, 32)
     if fmt == "mxfp4":
-        # Nearest E2M1 value: half a grid gap, <= 0.25 x max(|w|, 2^e) (gaps 0.5 below 2, 1 in
-        # [2, 4], 2 in [4, 6]; 2^e = the block scale, max|w| / 2^e <= 6 so nothing clips).
+        # Nearest E2M1 value below 6 x 2^X: half a grid gap, <= 0.25 x max(|w|, 2^X) (gaps 0.5
+        # below 2, 1 in [2, 4], 2 in [4, 6]); above, saturation at 6 x 2^X with |w| < 8 x 2^X:
+        # error < 2 x 2^X < |w| / 3. 2^X = the block scale.
         unit = np.ldexp(1.0, scales.astype(np.int32) - 127)[..., None]
-        bound = 0.25 * np.maximum(wb, unit)
+        bound = np.maximum(wb, unit) / 3
     else:
-        # Nearest multiple of scale = max|w|/7 (float16): half a step, + 7 x the scale's rounding.
+        # Nearest multiple of scale = max|w|/7: half a step, + 7 x the float16 rounding of it.
         s = scales.astype(np.float64)[..., None]
         bound = 0.5 * s + 7 * np.abs(s - wb.max(-1, keepdims=True) / 7) + 1e-12
     assert (err <= bound * (1 + 1e-6)).all()
     print(f"{fmt}: relative RMS weight error {np.sqrt((err ** 2).mean() / (wb ** 2).mean()):.3f}")
 
 
+def dense_projections(canonical, lowered):
+    """(canonical MatMul node, its W^T, the Gemm4bit node replacing it), matched by checkpoint key."""
+    by_source = {}
+    for n in lowered.nodes:
+        if n.op_type == opset.GEMM_4BIT.op_type:
+            by_source[lowered.initializers[n.input[1]].source] = n
+    out = []
+    for n in canonical.nodes:
+        if n.op_type == "MatMul" and n.input[1] in canonical.initializers:
+            w_t = canonical.initializers[n.input[1]]
+            out.append((n, w_t.array(), by_source[w_t.source]))
+    return out
+
+
 @pytest.mark.parametrize("fmt", dense4bit.FORMATS)
-def test_dense_4bit_logit_error_bounded(canonical, batch, fp32_logits, fmt):
-    got = evaluate(lower_trt.lower(canonical, precision="fp32", dense="4bit", dense_format=fmt), *batch)
+def test_dense_4bit_projection_error_bounded(canonical, batch, fmt):
+    lowered = lower_trt.lower(canonical, precision="fp32", dense="4bit", dense_format=fmt)
+    projections = dense_projections(canonical, lowered)
+    assert len(projections) == 4 * CFG.num_hidden_layers + 1
+    model = onnx_io.to_model_embedded(canonical)
     tokens, new_len = batch
+    feeds = {IO.INPUT_IDS: tokens[:1], IO.PAST_LEN: np.zeros(1, np.int32), IO.NEW_LEN: new_len[:1].astype(np.int32)}
+    for v in canonical.inputs:
+        if v.name.startswith(("past_key.", "past_value.")):
+            cap = v.shape[2] if isinstance(v.shape[2], int) else tokens.shape[1]
+            feeds[v.name] = np.zeros((1, CFG.num_key_value_heads, cap, CFG.head_dim), np.float32)
+    inputs = ReferenceEvaluator(model, new_ops=REFERENCE_OPS).run([n.input[0] for n, _, _ in projections], feeds)
+    worst = 0.0
+    for (mm, w_t, gemm), x in zip(projections, inputs):
+        exact = x.astype(np.float64) @ w_t.astype(np.float64)
+        blocks, scales = (lowered.initializers[v].array() for v in gemm.input[1:3])
+        got = gemm_4bit(x, blocks, scales, format=fmt, in_features=w_t.shape[0], out_features=w_t.shape[1])
+        rel = np.sqrt(((got - exact) ** 2).mean() / (exact ** 2).mean())
+        worst = max(worst, rel)
+    # The projection's own error, on the activations the model really feeds it: with relative
+    # RMS weight error e (~0.12 mxfp4, ~0.10 int4, test above) independent of the input,
+    # |E x| / |W x| ~ |E|_F / |W|_F = e. 0.2 bounds it with margin for per-row variance (64-wide
+    # rows); a layout or scale bug gives >= 1.4 (measured with swapped nibbles).
+    print(f"dense 4-bit {fmt}: worst relative RMS projection error {worst:.3f}")
+    assert worst < 0.2
+
+
+@pytest.mark.parametrize("fmt", dense4bit.FORMATS)
+def test_dense_4bit_logit_error_measured(canonical, batch, fp32_logits, fmt):
+    got = evaluate(lower_trt.lower(canonical, precision="fp32", dense="4bit", dense_format=fmt), *batch)
     rel = [np.sqrt(((got[b, :n] - fp32_logits[b, :n]) ** 2).mean() / (fp32_logits[b, :n] ** 2).mean())
-           for b, n in enumerate(new_len)]
-    # Relative RMS weight error (test above, Gaussian rows): ~0.12 mxfp4, ~0.10 int4. A projection
-    # with independent weight errors perturbs its output by about the same fraction. Five 4-bit
-    # projections sit on the path to the logits (q, k, v, o, lm_head); if each contributed in full
-    # and independently: sqrt(5) x 0.12 = 0.27. The residual stream (embedding + MoE, exact)
-    # dilutes the attention part, so less is expected (measured ~0.15-0.19): 0.35 bounds it. A
-    # layout or scale bug (swapped nibbles, wrong exponent) gives >= 1.
+           for b, n in enumerate(batch[1])]
+    # End to end the tiny random model amplifies the ~0.1 projection errors (bounded above): a
+    # perturbed residual stream flips near-tied top-2-of-8 routing decisions in later MoE layers
+    # (measured: 4-bit q_proj alone -> 0.32, all of layer 0 -> 0.40, all of layer 3 -> 0.08).
+    # Measured ~0.45-0.5 relative RMS; 0.75 bounds it and stays below a layout bug's 1.4.
     print(f"dense 4-bit {fmt}: relative RMS logit error per row {[f'{r:.3f}' for r in rel]}")
-    assert max(rel) < 0.35
+    assert max(rel) < 0.75
 
 
 # ---- engine directory, reference backend, CLI ------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from gptoss_edge.compiler import opset
+from gptoss_edge.compiler import mxfp4, opset
 from gptoss_edge.compiler import reference_kernels as rk
 
 # Kernels compute in float64 and return float32; the plain formulas are float64. The only gap is
@@ -55,7 +55,7 @@ def random_mxfp4(rng, shape_rows: tuple[int, ...], k: int):
 # ---- decoding and Gemm4bit -------------------------------------------------------------------
 
 def test_e2m1_table_matches_bit_fields():
-    assert [e2m1(i) for i in range(16)] == list(rk._E2M1)
+    assert [e2m1(i) for i in range(16)] == list(mxfp4.E2M1_VALUES)
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "int4"])
