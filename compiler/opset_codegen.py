@@ -19,7 +19,8 @@ from gptoss_edge.compiler import opset
 HEADER_RELPATH = Path("plugins") / "common" / "opset_generated.h"
 
 # Bit per dtype name; a port's mask lists what it may carry ("T" = the node's activation type).
-DTYPE_BITS = {"T": 1, "float32": 2, "float16": 4, "bfloat16": 8, "uint8": 16, "int32": 32, "int64": 64}
+DTYPE_BITS = {"T": 1, "float32": 2, "float16": 4, "bfloat16": 8, "uint8": 16, "int32": 32, "int64": 64,
+              "int8": 128}
 ATTR_KINDS = {"int": "kInt", "float": "kFloat", "string": "kString"}
 
 
@@ -104,6 +105,10 @@ def render() -> str:
         f"constexpr char const* kDomain = {c_string(opset.DOMAIN)};",
         f"constexpr char const* kPluginNamespace = {c_string(opset.PLUGIN_NAMESPACE)};",
         f"constexpr int32_t kOpsetVersion = {opset.OPSET_VERSION};",
+        "// Node attributes the ONNX parser consumes to find the creator; never plugin fields.",
+        "constexpr char const* kPluginAttrs[] = {"
+        + (", ".join(c_string(a) for a in getattr(opset, "PLUGIN_ATTRS", ())) or "nullptr") + "};",
+        f"constexpr int32_t kNbPluginAttrs = {len(getattr(opset, 'PLUGIN_ATTRS', ()))};",
         "",
         "// Port dtype masks (kDtypeT: the node's activation type, one of fp32/fp16/bf16).",
     ]

@@ -10,6 +10,9 @@ namespace opset
 constexpr char const* kDomain = "gptoss_edge";
 constexpr char const* kPluginNamespace = "gptoss_edge";
 constexpr int32_t kOpsetVersion = 1;
+// Node attributes the ONNX parser consumes to find the creator; never plugin fields.
+constexpr char const* kPluginAttrs[] = {"plugin_version", "plugin_namespace"};
+constexpr int32_t kNbPluginAttrs = 2;
 
 // Port dtype masks (kDtypeT: the node's activation type, one of fp32/fp16/bf16).
 constexpr uint32_t kDtypeT = 1u;
@@ -19,6 +22,7 @@ constexpr uint32_t kDtypeBfloat16 = 8u;
 constexpr uint32_t kDtypeUint8 = 16u;
 constexpr uint32_t kDtypeInt32 = 32u;
 constexpr uint32_t kDtypeInt64 = 64u;
+constexpr uint32_t kDtypeInt8 = 128u;
 
 enum class AttrKind : int32_t { kInt, kFloat, kString };
 struct AttrDesc
@@ -83,11 +87,11 @@ constexpr PortDesc kInputs[kNbInputs] = {
     {"hidden", kDtypeT, false},
     {"router_weight", kDtypeFloat32, false},
     {"router_bias", kDtypeFloat32, false},
-    {"gate_up_blocks", kDtypeUint8, false},
-    {"gate_up_scales", kDtypeUint8, false},
+    {"gate_up_blocks", kDtypeUint8 | kDtypeInt8, false},
+    {"gate_up_scales", kDtypeUint8 | kDtypeInt8, false},
     {"gate_up_bias", kDtypeFloat32, false},
-    {"down_blocks", kDtypeUint8, false},
-    {"down_scales", kDtypeUint8, false},
+    {"down_blocks", kDtypeUint8 | kDtypeInt8, false},
+    {"down_scales", kDtypeUint8 | kDtypeInt8, false},
     {"down_bias", kDtypeFloat32, false},
 };
 constexpr PortDesc kOutputs[kNbOutputs] = {
@@ -129,8 +133,8 @@ constexpr char const* kFormatMxfp4 = "mxfp4";
 constexpr char const* kFormatInt4 = "int4";
 constexpr PortDesc kInputs[kNbInputs] = {
     {"input", kDtypeT, false},
-    {"weight_blocks", kDtypeUint8, false},
-    {"weight_scales", kDtypeUint8 | kDtypeFloat16, false},
+    {"weight_blocks", kDtypeUint8 | kDtypeInt8, false},
+    {"weight_scales", kDtypeUint8 | kDtypeInt8 | kDtypeFloat16, false},
     {"bias", kDtypeFloat32, true},
 };
 constexpr PortDesc kOutputs[kNbOutputs] = {

@@ -83,6 +83,11 @@ Attrs::Attrs(char const* op_type, opset::AttrDesc const* descs, int count, nvinf
     for (int k = 0; k < nb; ++k)
     {
         nvinfer1::PluginField const& f = fc->fields[k];
+        bool lookup_attr = false;
+        for (int a = 0; a < opset::kNbPluginAttrs; ++a)
+            lookup_attr |= f.name && std::strcmp(f.name, opset::kPluginAttrs[a]) == 0;
+        if (lookup_attr)
+            continue; // plugin_version / plugin_namespace, should a parser forward them
         int idx = -1;
         for (int a = 0; a < count; ++a)
             if (f.name && std::strcmp(f.name, descs[a].name) == 0)
@@ -176,7 +181,7 @@ bool dtype_matches(uint32_t mask, nvinfer1::DataType t, nvinfer1::DataType activ
     return ((mask & opset::kDtypeT) && t == activation && is_activation(t))
         || ((mask & opset::kDtypeFloat32) && t == D::kFLOAT) || ((mask & opset::kDtypeFloat16) && t == D::kHALF)
         || ((mask & opset::kDtypeBfloat16) && t == D::kBF16)
-        || ((mask & opset::kDtypeUint8) && (t == D::kUINT8 || t == D::kINT8))
+        || ((mask & opset::kDtypeUint8) && t == D::kUINT8) || ((mask & opset::kDtypeInt8) && t == D::kINT8)
         || ((mask & opset::kDtypeInt32) && t == D::kINT32) || ((mask & opset::kDtypeInt64) && t == D::kINT64);
 }
 

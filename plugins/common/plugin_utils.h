@@ -86,8 +86,7 @@ private:
 
 // ---- dtypes ----------------------------------------------------------------------------------
 bool is_activation(nvinfer1::DataType t);
-// Does `t` satisfy a generated port mask? (kDtypeT must equal `activation`; uint8 ports also
-// accept INT8, which TensorRT may use for the same bytes.)
+// Does `t` satisfy a generated port mask? (kDtypeT must equal `activation`.)
 bool dtype_matches(uint32_t mask, nvinfer1::DataType t, nvinfer1::DataType activation);
 int to_gpe_dtype(nvinfer1::DataType t); // GPE_DTYPE_* or GPE_ERR_BAD_DTYPE
 int64_t volume(nvinfer1::Dims const& d, int begin, int end);

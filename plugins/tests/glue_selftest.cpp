@@ -236,6 +236,13 @@ void test_moe()
     bad_k.i(A(m::kNumExpertsAttr), E).i(A(m::kTopKAttr), 64).i(A(m::kHiddenSizeAttr), H).i(A(m::kIntermediateSizeAttr), I);
     CHECK(c->createPlugin("moe", bad_k.get(), TensorRTPhase::kBUILD) == nullptr);
     CHECK(logged("top_k=64"));
+    Fields with_lookup_attrs = good; // plugin_version / plugin_namespace are not plugin fields
+    with_lookup_attrs.fields.clear();
+    with_lookup_attrs.i(A(m::kNumExpertsAttr), E).i(A(m::kTopKAttr), k).i(A(m::kHiddenSizeAttr), H);
+    with_lookup_attrs.i(A(m::kIntermediateSizeAttr), I).s(ops::kPluginAttrs[0], m::kPluginVersion);
+    IPluginV3* lookup = c->createPlugin("moe", with_lookup_attrs.get(), TensorRTPhase::kBUILD);
+    CHECK(lookup != nullptr);
+    delete lookup;
 
     // serialize -> deserialize keeps every attribute, defaults included
     PluginFieldCollection const* ser = runtime_of(p)->getFieldsToSerialize();
@@ -260,6 +267,10 @@ void test_moe()
         desc(dims({-1, H}), DataType::kHALF),
     };
     CHECK(accepts(p, io, m::kNbInputs));
+    auto int8_bytes = io; // TensorRT graphs carry the packed bytes as INT8 (same bits)
+    for (int port : {m::kGateUpBlocksIn, m::kGateUpScalesIn, m::kDownBlocksIn, m::kDownScalesIn})
+        int8_bytes[port].desc.type = DataType::kINT8;
+    CHECK(accepts(p, int8_bytes, m::kNbInputs));
     auto bf16 = io;
     bf16[m::kHiddenIn].desc.type = bf16[m::kNbInputs].desc.type = DataType::kBF16;
     CHECK(accepts(p, bf16, m::kNbInputs));
