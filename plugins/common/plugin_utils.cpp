@@ -128,6 +128,22 @@ Attrs::Attrs(char const* op_type, opset::AttrDesc const* descs, int count, nvinf
     }
 }
 
+std::string Attrs::describe(std::initializer_list<int> indices) const
+{
+    std::ostringstream os;
+    for (int a : indices)
+    {
+        os << (os.tellp() > 0 ? " " : "") << descs_[a].name << "=";
+        switch (descs_[a].kind)
+        {
+        case opset::AttrKind::kInt: os << values_.at(a).i; break;
+        case opset::AttrKind::kFloat: os << values_.at(a).f; break;
+        case opset::AttrKind::kString: os << "'" << values_.at(a).s << "'"; break;
+        }
+    }
+    return os.str();
+}
+
 nvinfer1::PluginFieldCollection const* Attrs::fields()
 {
     int const count = static_cast<int>(values_.size());

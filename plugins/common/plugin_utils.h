@@ -9,6 +9,7 @@
 #include <NvInferRuntime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -59,6 +60,8 @@ public:
     int64_t i(int index) const { return values_.at(index).i; }
     float f(int index) const { return static_cast<float>(values_.at(index).f); }
     std::string const& s(int index) const { return values_.at(index).s; }
+    // "name=value name=value" for the given attribute indices (error messages).
+    std::string describe(std::initializer_list<int> indices) const;
 
     // Fields for IPluginV3OneRuntime::getFieldsToSerialize (pointers stay valid while *this lives).
     nvinfer1::PluginFieldCollection const* fields();

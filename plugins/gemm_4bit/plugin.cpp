@@ -34,8 +34,12 @@ std::string Gemm4bitPlugin::validate(Attrs const& a)
             + "', expected '" + op::kFormatMxfp4 + "' or '" + op::kFormatInt4 + "'";
     int64_t const K = a.i(op::kInFeaturesAttr), N = a.i(op::kOutFeaturesAttr);
     if (K < 32 || K % 32 != 0 || N < 1)
-        return "in_features must be a positive multiple of 32 and out_features >= 1, got in_features="
-            + std::to_string(K) + " out_features=" + std::to_string(N);
+    {
+        char const* k_name = op::kAttrs[op::kInFeaturesAttr].name;
+        char const* n_name = op::kAttrs[op::kOutFeaturesAttr].name;
+        return std::string(k_name) + " must be a positive multiple of 32 and " + n_name + " >= 1, got " + k_name + "="
+            + std::to_string(K) + " " + n_name + "=" + std::to_string(N);
+    }
     return {};
 }
 

@@ -14,9 +14,9 @@ std::string MoePlugin::validate(Attrs const& a)
     if (gpe_moe_mxfp4_workspace_size(1, static_cast<int>(E), static_cast<int>(k), static_cast<int>(H),
             static_cast<int>(I))
         == 0)
-        return "unsupported attributes num_experts=" + std::to_string(E) + " top_k=" + std::to_string(k)
-            + " hidden_size=" + std::to_string(H) + " intermediate_size=" + std::to_string(I)
-            + " (need 1 <= top_k <= min(num_experts, 32), num_experts <= 1024, sizes multiples of 32)";
+        return "unsupported attributes "
+            + a.describe({op::kNumExpertsAttr, op::kTopKAttr, op::kHiddenSizeAttr, op::kIntermediateSizeAttr})
+            + " (the kernels need 1 <= top-k <= min(experts, 32), experts <= 1024, sizes multiples of 32)";
     return {};
 }
 

@@ -24,11 +24,10 @@ std::string SinkAttentionPlugin::validate(Attrs const& a)
 {
     Heads const h = heads(a);
     if (gpe_sink_attention_workspace_size(1, 1, h.H, h.KVH, h.D, 0) == 0)
-        return "unsupported heads num_heads=" + std::to_string(h.H) + " num_kv_heads=" + std::to_string(h.KVH)
-            + " head_dim=" + std::to_string(h.D) + " (need head_dim in {16,32,64,128}, num_heads % num_kv_heads == 0, "
-            + "num_heads / num_kv_heads <= 16)";
+        return "unsupported heads " + a.describe({op::kNumHeadsAttr, op::kNumKvHeadsAttr, op::kHeadDimAttr})
+            + " (the kernels need head dim in {16,32,64,128}, kv heads dividing heads, at most 16 heads per kv head)";
     if (a.i(op::kWindowAttr) < 0)
-        return "attribute 'window' must be >= 0, got " + std::to_string(a.i(op::kWindowAttr));
+        return "unsupported " + a.describe({op::kWindowAttr}) + " (must be >= 0)";
     return {};
 }
 

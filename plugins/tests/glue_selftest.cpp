@@ -324,7 +324,7 @@ void test_gemm()
     Fields bad_k;
     bad_k.s(A(g::kFormatAttr), g::kFormatMxfp4).i(A(g::kInFeaturesAttr), 100).i(A(g::kOutFeaturesAttr), 8);
     CHECK(c->createPlugin("gemm", bad_k.get(), TensorRTPhase::kBUILD) == nullptr);
-    CHECK(logged("in_features"));
+    CHECK(logged(A(g::kInFeaturesAttr)));
 
     std::vector<DynamicPluginTensorDesc> io = {
         desc(dims({-1, -1, 2880}), DataType::kHALF),
