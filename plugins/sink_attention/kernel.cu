@@ -119,24 +119,30 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
     for (int kc = k_begin; kc < k_end; kc += kChunk)
     {
         int const nk = min(kChunk, k_end - kc);
-        for (int idx = tid; idx < nk * D; idx += kThreads)
+        // 16-byte vectors: a row of D elements is a multiple of 16 bytes for every supported D
+        constexpr int kVec = 16 / sizeof(T), kVecPerRow = D / kVec;
+        for (int idx = tid; idx < nk * kVecPerRow; idx += kThreads)
         {
-            int const j = idx / D, d = idx % D, kp = kc + j;
-            float kv, vv;
+            int const j = idx / kVecPerRow, d = (idx % kVecPerRow) * kVec, kp = kc + j;
+            T const *ksrc, *vsrc;
             if (kp < pl)
             {
                 size_t const slot = sh.window > 0 ? kp % sh.window : kp;
-                kv = to_float(pk[(cache_row + slot) * D + d]);
-                vv = to_float(pv[(cache_row + slot) * D + d]);
+                ksrc = pk + (cache_row + slot) * D + d;
+                vsrc = pv + (cache_row + slot) * D + d;
             }
             else
             {
-                size_t const row = static_cast<size_t>(b) * sh.S + (kp - pl);
-                kv = to_float(k_rot[(row * sh.KVH + kvh) * D + d]);
-                vv = to_float(nv[(row * sh.KVH + kvh) * D + d]);
+                size_t const row = (static_cast<size_t>(b) * sh.S + (kp - pl)) * sh.KVH + kvh;
+                ksrc = k_rot + row * D + d;
+                vsrc = nv + row * D + d;
             }
-            k_s[j][d] = kv;
-            v_s[j][d] = vv;
+            float kf[kVec], vf[kVec];
+            unpack16(__ldg(reinterpret_cast<uint4 const*>(ksrc)), ksrc, kf);
+            unpack16(__ldg(reinterpret_cast<uint4 const*>(vsrc)), vsrc, vf);
+#pragma unroll
+            for (int i = 0; i < kVec; ++i)
+                k_s[j][d + i] = kf[i], v_s[j][d + i] = vf[i];
         }
         __syncthreads();
         for (int idx = tid; idx < G * kChunk; idx += kThreads)
