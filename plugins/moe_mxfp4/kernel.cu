@@ -12,7 +12,7 @@ namespace gpe
 namespace
 {
 
-constexpr int kRouterWarps = 8;
+constexpr int kRouterThreads = 128;
 constexpr int kGroupThreads = 1024;
 constexpr int kMaxExperts = 1024;
 constexpr int kMaxTopK = 32;
@@ -57,25 +57,37 @@ MoeWorkspace carve(WorkspaceCarver& c, int tokens, int E, int k, int H, int I)
     return w;
 }
 
-// logits[t, e] = hidden[t] . router_weight[e] + router_bias[e] in fp32; warp per expert.
-// grid: (ceil(E / kRouterWarps), tokens), block 32 * kRouterWarps.
+// logits[t, e] = hidden[t] . router_weight[e] + router_bias[e] in fp32. One block per
+// (expert, token): at decode the router's E*H*4 bytes are spread over E blocks (a warp per
+// expert would be latency-bound), 16-byte weight loads. grid (E, tokens), block kRouterThreads.
 template <typename T>
-__global__ void router_logits_kernel(
+__global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(
     T const* hidden, float const* rw, float const* rb, int H, int E, float* logits)
 {
-    int const e = blockIdx.x * kRouterWarps + (threadIdx.x >> 5);
-    int const lane = threadIdx.x & 31;
-    if (e >= E)
-        return;
-    int const t = blockIdx.y;
+    __shared__ float partial[kRouterThreads / 32];
+    int const e = blockIdx.x, t = blockIdx.y;
     T const* h = hidden + static_cast<size_t>(t) * H;
-    float const* w = rw + static_cast<size_t>(e) * H;
+    float4 const* w = reinterpret_cast<float4 const*>(rw + static_cast<size_t>(e) * H);
     float s = 0.f;
-    for (int i = lane; i < H; i += 32)
-        s = fmaf(to_float(h[i]), __ldg(w + i), s);
+    for (int i = threadIdx.x; i < H / 4; i += kRouterThreads)
+    {
+        float4 const wv = __ldg(w + i);
+        s = fmaf(wv.x, to_float(h[4 * i]), s);
+        s = fmaf(wv.y, to_float(h[4 * i + 1]), s);
+        s = fmaf(wv.z, to_float(h[4 * i + 2]), s);
+        s = fmaf(wv.w, to_float(h[4 * i + 3]), s);
+    }
     s = warp_sum(s);
-    if (lane == 0)
-        logits[static_cast<size_t>(t) * E + e] = s + __ldg(rb + e);
+    if ((threadIdx.x & 31) == 0)
+        partial[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        float total = 0.f;
+        for (int i = 0; i < kRouterThreads / 32; ++i)
+            total += partial[i];
+        logits[static_cast<size_t>(t) * E + e] = total + __ldg(rb + e);
+    }
 }
 
 // Top-k (ties: lower expert first) and softmax over the selected, one thread per token.
@@ -179,7 +191,7 @@ template <typename T>
 int run_chunk(MoeArgs const& a, int tokens, bool gemv, T const* hidden, T* out, MoeWorkspace const& w,
     cudaStream_t stream)
 {
-    router_logits_kernel<T><<<dim3((a.E + kRouterWarps - 1) / kRouterWarps, tokens), 32 * kRouterWarps, 0, stream>>>(
+    router_logits_kernel<T><<<dim3(a.E, tokens), kRouterThreads, 0, stream>>>(
         hidden, a.router_weight, a.router_bias, a.H, a.E, w.logits);
     GPE_LAUNCH_CHECK();
     group_kernel<<<1, kGroupThreads, 0, stream>>>(tokens, a.E, a.k, w);
