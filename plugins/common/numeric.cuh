@@ -63,6 +63,17 @@ __device__ __forceinline__ void load32(T const* p, float* out)
         unpack16(__ldg(v + i), p, out + i * kPerVec);
 }
 
+// Load 8 consecutive activations (p must be 16-byte aligned) as floats.
+template <typename T>
+__device__ __forceinline__ void load8(T const* p, float* out)
+{
+    constexpr int kPerVec = 16 / sizeof(T);
+    uint4 const* v = reinterpret_cast<uint4 const*>(p);
+#pragma unroll
+    for (int i = 0; i < 8 / kPerVec; ++i)
+        unpack16(__ldg(v + i), p, out + i * kPerVec);
+}
+
 // ---- 4-bit weights ------------------------------------------------------------------------
 // E2M1 nibble: bit 3 sign, bits 0-2 index into [0, .5, 1, 1.5, 2, 3, 4, 6]. Twice the
 // magnitudes are the integers [0,1,2,3,4,6,8,12], packed one per nibble in kE2M1Twice; the

@@ -220,30 +220,38 @@ __global__ void __launch_bounds__(kTileThreads) w4_tiled_kernel(W4Problem p, TIn
     size_t const wrow = static_cast<size_t>(g) * p.N + n_base + lrow;
     bool const wvalid = n_base + lrow < p.N;
     __syncthreads();
-    for (int kb = 0; kb < kb_count; ++kb)
-    {
-        int const xr = xrow_s[lrow];
-        float xv[8] = {};
-        if (xr >= 0)
-        {
-            TIn const* src = x + static_cast<size_t>(xr) * p.K + kb * 32 + lseg * 8;
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-                xv[i] = to_float(src[i]);
-        }
+    // Register prefetch: the global loads of step kb+1 are in flight during step kb's FMAs.
+    int const xr = xrow_s[lrow];
+    float xv[8];
+    uint32_t word = 0;
+    float wscale = 0.f;
+    auto fetch = [&](int kb) {
 #pragma unroll
         for (int i = 0; i < 8; ++i)
-            xs[lseg * 8 + i][lrow] = xv[i];
-        float wv[8] = {};
+            xv[i] = 0.f;
+        if (xr >= 0)
+            load8(x + static_cast<size_t>(xr) * p.K + kb * 32 + lseg * 8, xv);
         if (wvalid)
         {
-            uint32_t word = __ldg(reinterpret_cast<uint32_t const*>(p.blocks + (wrow * kb_count + kb) * 16) + lseg);
-            decode8<F>(word, block_scale<F>(p.scales, wrow * kb_count + kb), wv);
+            word = __ldg(reinterpret_cast<uint32_t const*>(p.blocks + (wrow * kb_count + kb) * 16) + lseg);
+            wscale = block_scale<F>(p.scales, wrow * kb_count + kb);
         }
+    };
+    fetch(0);
+    for (int kb = 0; kb < kb_count; ++kb)
+    {
+        float wv[8] = {};
+        if (wvalid)
+            decode8<F>(word, wscale, wv);
 #pragma unroll
         for (int i = 0; i < 8; ++i)
+        {
+            xs[lseg * 8 + i][lrow] = xv[i];
             ws[lseg * 8 + i][lrow] = wv[i];
+        }
         __syncthreads();
+        if (kb + 1 < kb_count)
+            fetch(kb + 1);
 #pragma unroll 8
         for (int k = 0; k < 32; ++k)
         {
