@@ -92,7 +92,8 @@ def run_benchmarks(cuda, kernels, bench_records: list) -> None:
     steps = [
         lambda: b.moe(32, 4, 2880, 2880, (1, 4, 16), 512, p),
         lambda: b.moe(128, 4, 2880, 2880, (1, 16), 512, p),
-        lambda: [b.gemm(1, 2880, 201088, p), b.gemm(512, 2880, 4096, p), b.gemm(1, 2880, 4096, p, fmt="int4")],
+        lambda: [b.gemm(1, 2880, 201088, p), b.gemm(512, 2880, 4096, p, path="tiled"),
+                 b.gemm(512, 2880, 4096, p, path="mma"), b.gemm(1, 2880, 4096, p, fmt="int4")],
         lambda: [b.attention(1, 8191, 0, 8192, p), b.attention(8, 4095, 0, 4096, p),
                  b.attention(1, 4096, 128, 128, p), b.attention(16, 4096, 128, 128, p)],
     ]
@@ -103,7 +104,7 @@ def run_benchmarks(cuda, kernels, bench_records: list) -> None:
                 frac = f" = {r['fraction_of_peak']:.0%} of peak" if "fraction_of_peak" in r else ""
                 bw = f"{r['effective_GB_per_s']:.0f} GB/s{frac}" if "effective_GB_per_s" in r else ""
                 tf = f", {r['TFLOP_per_s']:.2f} TFLOP/s" if "TFLOP_per_s" in r else ""
-                log(f"bench {r['bench']}: {r['ms'] * 1e3:.1f} us, {bw}{tf}")
+                log(f"bench {r['bench']} [{r.get('path', '')}]: {r['ms'] * 1e3:.1f} us, {bw}{tf}")
         except Exception as e:  # noqa: BLE001
             bench_records.append({"bench": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
             log(f"bench error: {e}")
@@ -120,15 +121,15 @@ def write_results(out: Path, meta: dict, records: list, bench: list) -> None:
         else:
             lines.append(f"| {r['op']} | {r['case']} | {r['path']} | {'yes' if r['ok'] else '**NO**'} | "
                          f"{r['max_abs_err']:.3g} | {r['ref_max_abs']:.3g} | {r['n_bad']} / {r['n']} |")
-    lines += ["", "| benchmark | time | GB/s | fraction of peak | TFLOP/s |", "|---|---|---|---|---|"]
+    lines += ["", "| benchmark | path | time | GB/s | fraction of peak | TFLOP/s |", "|---|---|---|---|---|---|"]
     for r in bench:
         if "error" in r:
-            lines.append(f"| error | {r['error'][:100]} | | | |")
+            lines.append(f"| error | | {r['error'][:100]} | | | |")
             continue
         gbs = r.get("effective_GB_per_s", r.get("GB_per_s"))
         frac = r.get("fraction_of_peak")
         tf = r.get("TFLOP_per_s")
-        lines.append(f"| {r['bench']} | {r['ms'] * 1e3:.1f} us | {gbs:.0f} | "
+        lines.append(f"| {r['bench']} | {r.get('path', '')} | {r['ms'] * 1e3:.1f} us | {gbs:.0f} | "
                      f"{'' if frac is None else f'{frac:.0%}'} | {'' if tf is None else f'{tf:.2f}'} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 

@@ -18,8 +18,10 @@ enum GpeDtype { GPE_DTYPE_FLOAT32 = 0, GPE_DTYPE_FLOAT16 = 1, GPE_DTYPE_BFLOAT16
 // 4-bit weight block format (Gemm4bit attribute `format`).
 enum GpeW4Format { GPE_W4_MXFP4 = 0, GPE_W4_INT4 = 1 };
 
-// Kernel path; AUTO picks by row count, the others exist so tests cover both paths on one shape.
-enum GpePath { GPE_PATH_AUTO = 0, GPE_PATH_GEMV = 1, GPE_PATH_TILED = 2 };
+// Kernel path; AUTO picks GEMV or TILED by row count, the others exist so tests cover every
+// path on one shape. MMA = the tiled GEMM on tensor cores (fp16/bf16 nodes only; opt-in, not
+// chosen by AUTO until plugins/gpu_check.py has validated it on a GPU).
+enum GpePath { GPE_PATH_AUTO = 0, GPE_PATH_GEMV = 1, GPE_PATH_TILED = 2, GPE_PATH_MMA = 3 };
 
 enum GpeStatus {
     GPE_OK = 0,

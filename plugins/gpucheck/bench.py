@@ -64,20 +64,21 @@ class Bench:
             ws_size = self.k.size("gpe_moe_mxfp4_workspace_size", tokens, E, k, H, I)
             ws = self.cuda.malloc(ws_size)
 
-            def call(path=PATH_CODES["auto"]):
-                self.k.call("gpe_moe_mxfp4", DTYPE_CODES[dtype], path, tokens, E, k, H, I, *SWIGLU, x, dev["rw"],
-                            dev["rb"], dev["gub"], dev["gus"], dev["gubias"], dev["dnb"], dev["dns"], dev["dnbias"],
-                            out, ws, ws_size, None)
+            def call(path):
+                self.k.call("gpe_moe_mxfp4", DTYPE_CODES[dtype], PATH_CODES[path], tokens, E, k, H, I, *SWIGLU, x,
+                            dev["rw"], dev["rb"], dev["gub"], dev["gus"], dev["gubias"], dev["dnb"], dev["dns"],
+                            dev["dnbias"], out, ws, ws_size, None)
 
-            ms = self.timed(call)
             expert_bytes = len(experts) * per_expert
             flops = 2.0 * tokens * k * (2 * I * H + H * I)
-            results.append({"bench": f"MoeMxfp4 E={E} tokens={tokens} {dtype}",
-                            "path": "gemv" if tokens <= 16 else "tiled", "ms": ms,
-                            "experts_read": int(len(experts)), "expert_bytes": expert_bytes,
-                            "effective_GB_per_s": expert_bytes / ms / 1e6,
-                            "fraction_of_peak": expert_bytes / ms / 1e6 / peak,
-                            "TFLOP_per_s": flops / ms / 1e9})
+            paths = ("gemv",) if tokens <= 16 else ("tiled", "mma")
+            for path in paths:
+                ms = self.timed(lambda: call(path))
+                results.append({"bench": f"MoeMxfp4 E={E} tokens={tokens} {dtype}", "path": path, "ms": ms,
+                                "experts_read": int(len(experts)), "expert_bytes": expert_bytes,
+                                "effective_GB_per_s": expert_bytes / ms / 1e6,
+                                "fraction_of_peak": expert_bytes / ms / 1e6 / peak,
+                                "TFLOP_per_s": flops / ms / 1e9})
             for p in (x, out, ws):
                 self.cuda.free(p)
         for p in dev.values():
@@ -85,18 +86,19 @@ class Bench:
         return results
 
     # ---- Gemm4bit -------------------------------------------------------------------------
-    def gemm(self, M: int, K: int, N: int, peak: float, fmt: str = "mxfp4", dtype: str = "bfloat16") -> dict:
+    def gemm(self, M: int, K: int, N: int, peak: float, fmt: str = "mxfp4", dtype: str = "bfloat16",
+             path: str = "auto") -> dict:
         r = self.rng
         blocks, scales = (data.mxfp4_weights(r, (N,), K) if fmt == "mxfp4" else data.int4_weights(r, N, K))
         x_host, _ = data.device_array(r.standard_normal((M, K)), dtype)
         ptrs = [self.cuda.to_device(a) for a in (x_host, blocks, scales)]
         out = self.cuda.malloc(M * N * x_host.itemsize)
-        ms = self.timed(lambda: self.k.call("gpe_gemm_4bit", DTYPE_CODES[dtype], FORMAT_CODES[fmt], PATH_CODES["auto"],
+        ms = self.timed(lambda: self.k.call("gpe_gemm_4bit", DTYPE_CODES[dtype], FORMAT_CODES[fmt], PATH_CODES[path],
                                             M, K, N, ptrs[0], ptrs[1], ptrs[2], None, out, None))
         weight_bytes = blocks.nbytes + scales.nbytes
         for p in ptrs + [out]:
             self.cuda.free(p)
-        return {"bench": f"Gemm4bit {fmt} M={M} K={K} N={N} {dtype}", "ms": ms, "weight_bytes": weight_bytes,
+        return {"bench": f"Gemm4bit {fmt} M={M} K={K} N={N} {dtype}", "path": path, "ms": ms, "weight_bytes": weight_bytes,
                 "effective_GB_per_s": weight_bytes / ms / 1e6, "fraction_of_peak": weight_bytes / ms / 1e6 / peak,
                 "TFLOP_per_s": 2.0 * M * K * N / ms / 1e9}
 

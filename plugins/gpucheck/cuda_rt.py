@@ -29,7 +29,7 @@ KERNEL_ABI: dict[str, tuple[object, list[object]]] = {
 }
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}  # GpeDtype
 FORMAT_CODES = {"mxfp4": 0, "int4": 1}                      # GpeW4Format
-PATH_CODES = {"auto": 0, "gemv": 1, "tiled": 2}             # GpePath
+PATH_CODES = {"auto": 0, "gemv": 1, "tiled": 2, "mma": 3}   # GpePath
 
 
 def find_cudart(cuda_home: Path | None) -> str:

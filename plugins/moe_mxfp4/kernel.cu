@@ -3,7 +3,7 @@
 
 #include "../common/cuda_check.h"
 #include "../common/launch_utils.h"
-#include "../common/w4_gemm.cuh"
+#include "../common/w4_gemm_mma.cuh"
 
 #include <math.h>
 
@@ -188,7 +188,7 @@ struct MoeArgs
 };
 
 template <typename T>
-int run_chunk(MoeArgs const& a, int tokens, bool gemv, T const* hidden, T* out, MoeWorkspace const& w,
+int run_chunk(MoeArgs const& a, int tokens, int path, T const* hidden, T* out, MoeWorkspace const& w,
     cudaStream_t stream)
 {
     router_logits_kernel<T><<<dim3(a.E, tokens), kRouterThreads, 0, stream>>>(
@@ -198,17 +198,32 @@ int run_chunk(MoeArgs const& a, int tokens, bool gemv, T const* hidden, T* out, 
     GPE_LAUNCH_CHECK();
 
     W4Groups groups{w.offsets, w.active, w.counters, w.tile_group, w.tile_row0, w.counters + 1, nullptr, nullptr};
+    bool const gemv = path == GPE_PATH_GEMV;
     int const grid_y = gemv ? min(a.E, tokens * a.k) : max_tiles(tokens, a.k, a.E);
 
     W4Problem gu{a.gu_blocks, a.gu_scales, a.gu_bias, 2 * a.I, a.H, 0, a.I, a.swiglu, groups};
     gu.groups.in_rows = w.token_of_row; // gathered tokens; act rows stay in grouped order
-    launch_w4<T, float, W4Format::kMxfp4, Epilogue::kSwiglu>(gu, hidden, w.act, gemv, grid_y, stream);
-    GPE_LAUNCH_CHECK();
-
     W4Problem dn{a.dn_blocks, a.dn_scales, a.dn_bias, a.H, a.I, 0, a.H, a.swiglu, groups};
     dn.groups.out_rows = w.entry_of_row; // scatter back to (token, slot) order
-    launch_w4<float, float, W4Format::kMxfp4, Epilogue::kBias>(dn, w.act, w.y, gemv, grid_y, stream);
-    GPE_LAUNCH_CHECK();
+    bool mma = false;
+    if constexpr (kHasMma<T>)
+    {
+        mma = path == GPE_PATH_MMA;
+        if (mma)
+        {
+            launch_w4_mma<T, T, float, W4Format::kMxfp4, Epilogue::kSwiglu>(gu, hidden, w.act, grid_y, stream);
+            GPE_LAUNCH_CHECK();
+            launch_w4_mma<T, float, float, W4Format::kMxfp4, Epilogue::kBias>(dn, w.act, w.y, grid_y, stream);
+            GPE_LAUNCH_CHECK();
+        }
+    }
+    if (!mma)
+    {
+        launch_w4<T, float, W4Format::kMxfp4, Epilogue::kSwiglu>(gu, hidden, w.act, gemv, grid_y, stream);
+        GPE_LAUNCH_CHECK();
+        launch_w4<float, float, W4Format::kMxfp4, Epilogue::kBias>(dn, w.act, w.y, gemv, grid_y, stream);
+        GPE_LAUNCH_CHECK();
+    }
 
     combine_kernel<T><<<dim3((a.H + 255) / 256, tokens), 256, 0, stream>>>(w, a.k, a.H, out);
     GPE_LAUNCH_CHECK();
@@ -244,7 +259,8 @@ GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int 
 {
     using namespace gpe;
     GPE_REQUIRE(shape_ok(tokens, num_experts, top_k, hidden_size, intermediate_size), GPE_ERR_BAD_SHAPE);
-    GPE_REQUIRE(path >= GPE_PATH_AUTO && path <= GPE_PATH_TILED, GPE_ERR_UNSUPPORTED);
+    GPE_REQUIRE(path >= GPE_PATH_AUTO && path <= GPE_PATH_MMA, GPE_ERR_UNSUPPORTED);
+    GPE_REQUIRE(path != GPE_PATH_MMA || dtype != GPE_DTYPE_FLOAT32, GPE_ERR_UNSUPPORTED);
     if (tokens == 0)
         return GPE_OK;
     GPE_REQUIRE(hidden && router_weight && router_bias && gate_up_blocks && gate_up_scales && gate_up_bias
@@ -253,7 +269,8 @@ GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int 
     GPE_REQUIRE(workspace_size
             >= gpe_moe_mxfp4_workspace_size(tokens, num_experts, top_k, hidden_size, intermediate_size),
         GPE_ERR_WORKSPACE_TOO_SMALL);
-    bool const gemv = path == GPE_PATH_GEMV || (path == GPE_PATH_AUTO && tokens <= GPE_MOE_GEMV_MAX_TOKENS);
+    if (path == GPE_PATH_AUTO)
+        path = tokens <= GPE_MOE_GEMV_MAX_TOKENS ? GPE_PATH_GEMV : GPE_PATH_TILED;
     MoeArgs const a{num_experts, top_k, hidden_size, intermediate_size,
         SwigluParams{swiglu_limit, swiglu_alpha, swiglu_linear_offset}, router_weight, router_bias, gate_up_blocks,
         gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias};
@@ -267,7 +284,7 @@ GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int 
         {
             int const n = tokens - t0 < chunk ? tokens - t0 : chunk;
             size_t const off = static_cast<size_t>(t0) * hidden_size;
-            int rc = run_chunk<T>(a, n, gemv, static_cast<T const*>(hidden) + off, static_cast<T*>(output) + off, w, s);
+            int rc = run_chunk<T>(a, n, path, static_cast<T const*>(hidden) + off, static_cast<T*>(output) + off, w, s);
             if (rc != GPE_OK)
                 return rc;
         }

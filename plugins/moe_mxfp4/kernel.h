@@ -15,7 +15,8 @@
 // of GPE_MOE_CHUNK_TOKENS so the workspace stays bounded.
 // Path: GPE_PATH_GEMV reads only the selected experts' bytes once per pass of 8 rows (decode);
 // GPE_PATH_TILED runs a grouped tiled GEMM per expert (prefill); AUTO picks GEMV when
-// tokens <= GPE_MOE_GEMV_MAX_TOKENS.
+// tokens <= GPE_MOE_GEMV_MAX_TOKENS. GPE_PATH_MMA: the grouped GEMM on tensor cores (fp16/bf16,
+// SwiGLU outputs rounded to T before the down GEMM; opt-in until validated, see gpe_api.h).
 #pragma once
 #include "../common/gpe_api.h"
 
