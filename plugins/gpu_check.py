@@ -3,6 +3,10 @@
 
     python3 plugins/gpu_check.py RESULTS_DIR [--arch native] [--quick] [--skip-bench]
 
+Without nvcc on the GPU machine: build elsewhere with `--build-only --arch sm_90` (or the GPU's
+arch) and run there with `--lib RESULTS_DIR/build/libgptoss_edge_kernels.so` (the machine still
+needs the matching libcudart: `--cudart PATH`).
+
 1. builds the C-ABI kernel library (nvcc, this GPU's arch) into RESULTS_DIR/build,
 2. runs every kernel against the numpy reference (gptoss_edge.compiler.reference_kernels, or the
    fallback formulas of plugins/gpucheck/fallback_ref.py when that cannot be imported) over the
@@ -141,18 +145,32 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the 120b and 512-token correctness cases")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--fallback-reference", action="store_true", help="use gpucheck/fallback_ref.py")
+    ap.add_argument("--lib", type=Path, help="use this prebuilt libgptoss_edge_kernels.so (no nvcc needed)")
+    ap.add_argument("--cudart", help="path of libcudart.so (default: next to nvcc, else the loader path)")
+    ap.add_argument("--build-only", action="store_true", help="build the library and stop (no GPU needed)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     out = args.results_dir
     (out / "build").mkdir(parents=True, exist_ok=True)
 
-    nvcc = find_nvcc()
-    cudart = find_cudart(cuda_home(nvcc))
-    log(f"building the kernel library with {nvcc} -arch={args.arch} (cudart {cudart})")
-    t0 = time.perf_counter()
-    lib = build_library(ROOT, out / "build", nvcc, str(Path(cudart).parent), args.arch)
-    log(f"built {lib} in {time.perf_counter() - t0:.0f} s")
-    cuda = Cuda(cudart)
+    nvcc = None if args.lib else find_nvcc()
+    cudart = args.cudart or find_cudart(cuda_home(nvcc) if nvcc else None)
+    if args.lib:
+        lib = args.lib.resolve()
+        log(f"using prebuilt {lib} (cudart {cudart})")
+    else:
+        log(f"building the kernel library with {nvcc} -arch={args.arch} (cudart {cudart})")
+        t0 = time.perf_counter()
+        lib = build_library(ROOT, out / "build", nvcc, str(Path(cudart).parent), args.arch)
+        log(f"built {lib} in {time.perf_counter() - t0:.0f} s")
+    if args.build_only:
+        return 0
+    try:
+        cuda = Cuda(cudart)
+    except (OSError, RuntimeError) as e:
+        log(f"no usable CUDA device: {e}")
+        (out / "results.json").write_text(json.dumps({"meta": {"error": str(e), "cudart": cudart}}, indent=1))
+        return 2
     kernels = Kernels(str(lib))
     ref = Reference(ROOT, force_fallback=args.fallback_reference)
     log(f"reference: {ref.name}" + (f" (project reference unavailable: {ref.error})" if ref.error else ""))
