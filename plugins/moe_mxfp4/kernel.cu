@@ -5,6 +5,7 @@
 #include "../common/launch_utils.h"
 #include "../common/w4_gemm_mma.cuh"
 
+#include <limits.h>
 #include <math.h>
 
 namespace gpe
@@ -90,31 +91,50 @@ __global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(
     }
 }
 
-// Top-k (ties: lower expert first) and softmax over the selected, one thread per token.
-__device__ void select_top_k(float const* logits, int E, int k, int* idx, float* w)
+// Top-k (descending logit, ties: lower expert first, NaN ranks lowest) and softmax over the
+// selected, one warp per token: lane l holds experts l, l+32, ...; k rounds of a warp argmax.
+__device__ void warp_top_k(float const* logits, int E, int k, int* idx, float* w)
 {
-    float val[kMaxTopK];
+    constexpr int kSlots = kMaxExperts / 32;
+    int const lane = threadIdx.x & 31;
+    uint32_t taken = 0; // bit i: expert i*32+lane already selected
+    float chosen[kMaxTopK];
     for (int j = 0; j < k; ++j)
     {
-        int best = -1;
         float best_v = -INFINITY;
-        for (int e = 0; e < E; ++e)
+        int best_e = INT_MAX;
+        for (int i = 0; i < kSlots && i * 32 < E; ++i)
         {
-            bool taken = false;
-            for (int i = 0; i < j; ++i)
-                taken |= idx[i] == e;
-            float const v = logits[e];
-            if (!taken && (best < 0 || v > best_v))
-                best = e, best_v = v;
+            int const e = i * 32 + lane;
+            if (e >= E || (taken >> i) & 1u)
+                continue;
+            float v = logits[e];
+            v = isnan(v) ? -INFINITY : v;
+            if (v > best_v || (v == best_v && e < best_e))
+                best_v = v, best_e = e;
         }
-        idx[j] = best;
-        val[j] = best_v;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+        {
+            float const ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+            int const oe = __shfl_xor_sync(0xffffffffu, best_e, o);
+            if (ov > best_v || (ov == best_v && oe < best_e))
+                best_v = ov, best_e = oe;
+        }
+        if (best_e % 32 == lane)
+            taken |= 1u << (best_e / 32);
+        chosen[j] = best_v;
+        if (lane == 0)
+            idx[j] = best_e;
     }
-    float sum = 0.f;
-    for (int j = 0; j < k; ++j)
-        sum += (val[j] = expf(val[j] - val[0]));
-    for (int j = 0; j < k; ++j)
-        w[j] = val[j] / sum;
+    if (lane == 0)
+    {
+        float sum = 0.f;
+        for (int j = 0; j < k; ++j)
+            sum += (chosen[j] = expf(chosen[j] - chosen[0]));
+        for (int j = 0; j < k; ++j)
+            w[j] = chosen[j] / sum;
+    }
 }
 
 // One block: top-k per token, rows per expert, grouped-row maps, GEMV slots and tile list.
@@ -125,8 +145,8 @@ __global__ void __launch_bounds__(kGroupThreads) group_kernel(int tokens, int E,
     int const entries = tokens * k;
     for (int e = threadIdx.x; e < E; e += blockDim.x)
         count[e] = 0;
-    for (int t = threadIdx.x; t < tokens; t += blockDim.x)
-        select_top_k(w.logits + static_cast<size_t>(t) * E, E, k, w.topk_idx + t * k, w.topk_w + t * k);
+    for (int t = threadIdx.x / 32; t < tokens; t += blockDim.x / 32) // warp-uniform loop
+        warp_top_k(w.logits + static_cast<size_t>(t) * E, E, k, w.topk_idx + t * k, w.topk_w + t * k);
     __syncthreads();
     for (int i = threadIdx.x; i < entries; i += blockDim.x)
         atomicAdd(&count[w.topk_idx[i]], 1);
