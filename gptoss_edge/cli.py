@@ -8,6 +8,9 @@ import sys
 
 # Modules that contribute sub-commands (imported lazily so `--help` stays fast).
 COMMAND_MODULES = [
+    "gptoss_edge.cmd_compile",
+    "gptoss_edge.cmd_generate",
+    "gptoss_edge.compiler.plan",
     "gptoss_edge.compiler.cli_checkpoint",
 ]
 

@@ -1,0 +1,173 @@
+"""CPU checks of the tier-2 GPU script (plugins/gpu_check.py), so that it works the first time a
+GPU is available: its ctypes signatures match the C headers, its build step produces a library
+whose host-side paths (argument validation, workspace sizes, status strings) answer correctly
+through ctypes, its fallback numpy formulas agree with the project's reference kernels, its bf16
+conversion matches torch, and its cases respect the op contract. Nothing here runs a kernel."""
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "plugins"))
+
+from gpucheck import cases, cuda_rt, data, fallback_ref  # noqa: E402
+
+from gptoss_edge.compiler import opset, reference_kernels  # noqa: E402
+
+C_TYPES = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "size_t": ctypes.c_size_t, "float": ctypes.c_float}
+
+
+def header_prototypes() -> dict[str, tuple[str, list[str]]]:
+    protos = {}
+    for header in [*sorted((ROOT / "plugins").glob("*/kernel.h")), ROOT / "plugins" / "common" / "gpe_api.h"]:
+        text = re.sub(r"//[^\n]*", "", header.read_text())
+        for ret, name, params in re.findall(r"GPE_API\s+([\w\s\*]+?)\s*(\w+)\s*\(([^)]*)\)\s*;", text):
+            protos[name] = (ret.strip(), [" ".join(p.split()) for p in params.split(",")])
+    return protos
+
+
+def ctype_of(decl: str):
+    if "*" in decl:
+        return ctypes.c_void_p
+    return C_TYPES[decl.rsplit(" ", 1)[0]]
+
+
+def test_ctypes_signatures_match_the_headers():
+    protos = header_prototypes()
+    assert set(protos) == set(cuda_rt.KERNEL_ABI), "gpucheck/cuda_rt.py KERNEL_ABI and the headers list different functions"
+    for name, (ret, params) in protos.items():
+        restype, argtypes = cuda_rt.KERNEL_ABI[name]
+        expected_ret = ctypes.c_char_p if ret == "const char*" else C_TYPES[ret]
+        assert restype is expected_ret, f"{name}: return type {ret}"
+        assert len(argtypes) == len(params), f"{name}: {len(params)} params in the header, {len(argtypes)} in ctypes"
+        for i, (decl, got) in enumerate(zip(params, argtypes)):
+            assert got is ctype_of(decl), f"{name} param {i} '{decl}': ctypes has {got.__name__}"
+
+
+def test_enum_codes_match_the_header():
+    text = (ROOT / "plugins" / "common" / "gpe_api.h").read_text()
+    for table, prefix in ((cuda_rt.DTYPE_CODES, "GPE_DTYPE_"), (cuda_rt.FORMAT_CODES, "GPE_W4_"),
+                          (cuda_rt.PATH_CODES, "GPE_PATH_")):
+        for name, code in table.items():
+            assert re.search(rf"{prefix}{name.upper()} = {code}\b", text), f"{prefix}{name.upper()} != {code}"
+
+
+def test_swiglu_constants_are_the_opset_defaults():
+    spec = opset.MOE_MXFP4
+    assert data.SWIGLU == tuple(spec.attr(n).default for n in ("swiglu_limit", "swiglu_alpha", "swiglu_linear_offset"))
+
+
+def test_bf16_rounding_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal(10000).astype(np.float32) * 100
+    x[:4] = [0.0, -0.0, 1e-40, 3.0e38]
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(data.bf16_bits(x), want)
+    assert np.array_equal(data.bf16_to_f32(want), torch.from_numpy(want.view(np.int16)).view(torch.bfloat16).float().numpy())
+
+
+def test_compare_flags_nan_and_tolerates_rounding():
+    ref = np.linspace(-3, 3, 101)
+    got = data.round_to(ref, "bfloat16")
+    assert data.compare(got, ref, "bfloat16", 4.0, 0.0)["ok"]  # one bf16 rounding
+    got[7] = np.nan
+    res = data.compare(got, ref, "bfloat16", 4.0, 2e-4)
+    assert not res["ok"] and res["n_nan"] == 1
+
+
+def test_fallback_formulas_agree_with_the_reference_kernels():
+    """gpu_check falls back to these when the project's reference cannot be imported."""
+    r = np.random.default_rng(3)
+    E, k, H, I, T = 5, 2, 64, 96, 7
+    gub, gus = data.mxfp4_weights(r, (E, 2 * I), H)
+    dnb, dns = data.mxfp4_weights(r, (E, H), I)
+    w = [(r.standard_normal((E, H)) / 8).astype(np.float32), r.standard_normal(E).astype(np.float32) * .1, gub, gus,
+         r.standard_normal((E, 2 * I)).astype(np.float32) * .1, dnb, dns, r.standard_normal((E, H)).astype(np.float32)]
+    x = r.standard_normal((T, H)).astype(np.float32)
+    kw = dict(num_experts=E, top_k=k, hidden_size=H, intermediate_size=I, swiglu_limit=7.0, swiglu_alpha=1.702,
+              swiglu_linear_offset=1.0)
+    # float32 in, float32 out for the reference; 1e-5 relative covers its final float32 cast
+    np.testing.assert_allclose(fallback_ref.moe_mxfp4(x, *w, **kw), reference_kernels.moe_mxfp4(x, *w, **kw),
+                               rtol=1e-5, atol=1e-5)
+    for fmt in ("mxfp4", "int4"):
+        blocks, scales = data.mxfp4_weights(r, (9,), 64) if fmt == "mxfp4" else data.int4_weights(r, 9, 64)
+        bias = r.standard_normal(9).astype(np.float32)
+        np.testing.assert_allclose(
+            fallback_ref.gemm_4bit(x[:, :64], blocks, scales, bias, format=fmt),
+            reference_kernels.gemm_4bit(x[:, :64], blocks, scales, bias, format=fmt, in_features=64, out_features=9),
+            rtol=1e-5, atol=1e-5)
+    H_, KVH, D, S = 4, 2, 16, 11
+    for window, C, past, new in ((6, 6, (0, 4, 9), (11, 0, 5)), (0, 40, (0, 20, 3), (11, 2, 0))):
+        B = len(past)
+        a = [r.standard_normal(s).astype(np.float32) for s in
+             ((B, S, H_ * D), (B, S, KVH * D), (B, S, KVH * D), (H_,), (64, D // 2), (64, D // 2),
+              (B, KVH, C, D), (B, KVH, C, D))]
+        lens = (np.array(past, np.int32), np.array(new, np.int32))
+        akw = dict(num_heads=H_, num_kv_heads=KVH, head_dim=D, window=window, scale=0.25)
+        got = fallback_ref.sink_attention(*a, *lens, **akw)
+        want = reference_kernels.sink_attention(*a, *lens, **akw)
+        for g, wv in zip(got, want):
+            np.testing.assert_allclose(g, wv, rtol=1e-5, atol=1e-5)
+
+
+def test_cases_respect_the_op_contract():
+    for c in cases.MOE_CASES:
+        assert c.H % 32 == 0 and c.I % 32 == 0 and 0 < c.k <= c.E, c
+    for c in cases.GEMM_CASES:
+        assert c.K % 32 == 0, c
+    for c in cases.ATTN_CASES:
+        assert len(c.past) == len(c.new) and all(0 <= n <= c.S for n in c.new), c
+        assert c.H % c.KVH == 0 and c.D in (16, 32, 64, 128), c
+        if c.window:
+            assert c.C == c.window, c  # ring cache
+        else:
+            assert all(p + n <= c.C for p, n in zip(c.past, c.new)), c
+    names = [c.name for c in cases.MOE_CASES] + [c.name for c in cases.ATTN_CASES]
+    assert any("120b" in n for n in names) and any("512" in n for n in names)
+    assert any(c.tokens > 512 for c in cases.MOE_CASES)  # crosses the launcher's token chunk
+
+
+@pytest.fixture(scope="module")
+def kernel_library(tmp_path_factory):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found: gpu_check build step not exercised")
+    sys.path.insert(0, str(ROOT / "plugins"))
+    import gpu_check
+
+    cudart = cuda_rt.find_cudart(gpu_check.cuda_home(nvcc))
+    lib = cuda_rt.build_library(ROOT, tmp_path_factory.mktemp("gpucheck"), nvcc, str(Path(cudart).parent), "sm_89")
+    return cuda_rt.Kernels(str(lib))
+
+
+def test_built_library_answers_host_side_through_ctypes(kernel_library):
+    """gpu_check's own build + ctypes bindings, exercised on paths that return before any CUDA call."""
+    k = kernel_library
+    ws = k.size("gpe_moe_mxfp4_workspace_size", 16, 32, 4, 2880, 2880)
+    assert ws >= 16 * 4 * (2880 + 2880) * 4  # fp32 rows of every (token, expert) pair
+    assert k.size("gpe_moe_mxfp4_workspace_size", 16, 32, 4, 2880, 2881) == 0  # I % 32 != 0
+    assert k.size("gpe_sink_attention_workspace_size", 1, 1, 64, 8, 64, 0) > 0
+    assert k.size("gpe_sink_attention_workspace_size", 1, 1, 64, 8, 48, 0) == 0  # head_dim 48 unsupported
+    null = None
+    moe_args = [2, 0, 4, 32, 4, 2880, 2880, 7.0, 1.702, 1.0] + [null] * 11 + [0, null]
+    assert k.lib.gpe_moe_mxfp4(*moe_args) == -3  # GPE_ERR_NULL_POINTER
+    assert k.lib.gpe_moe_mxfp4(*(moe_args[:2] + [0] + moe_args[3:])) == 0  # zero tokens: nothing to do
+    bad_dtype = [7] + moe_args[1:]
+    bad_dtype[10:21] = [1] * 11  # non-null pointers, never dereferenced: the dtype is checked on the host
+    bad_dtype[21] = 1 << 40
+    assert k.lib.gpe_moe_mxfp4(*bad_dtype) == -1  # GPE_ERR_BAD_DTYPE
+    small_ws = list(bad_dtype)
+    small_ws[0], small_ws[21] = 2, 16
+    assert k.lib.gpe_moe_mxfp4(*small_ws) == -4  # GPE_ERR_WORKSPACE_TOO_SMALL
+    assert k.lib.gpe_gemm_4bit(1, 0, 0, 3, 100, 8, *[null] * 6) == -2  # K % 32 != 0
+    assert k.lib.gpe_gemm_4bit(1, 5, 0, 3, 64, 8, *[null] * 6) == -5  # unknown format
+    assert b"workspace" in k.lib.gpe_status_string(-4)
+    with pytest.raises(RuntimeError, match="null"):
+        k.call("gpe_gemm_4bit", 1, 0, 0, 3, 64, 8, None, None, None, None, None, None)
