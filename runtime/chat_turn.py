@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gptoss_edge.runtime import harmony
 from gptoss_edge.runtime.serving import invalid, parse_tool_schema
-from gptoss_edge.runtime.stop_strings import StopStringMatcher
+from gptoss_edge.runtime.sampler import StopStringMatcher
 from gptoss_edge.v1 import llm_pb2 as pb
 
 ROLES = {pb.ROLE_SYSTEM: "system", pb.ROLE_DEVELOPER: "developer", pb.ROLE_USER: "user",
@@ -18,38 +18,36 @@ class MalformedOutput(RuntimeError):
     """The model's tokens are not valid harmony; ends that stream (INTERNAL) with this text."""
 
 
-def request_messages(request: pb.ChatRequest) -> list[dict]:
+def request_messages(request: pb.ChatRequest) -> list[harmony.Message]:
+    """Wire messages -> harmony messages. An assistant message expands to its analysis
+    (reasoning), its tool calls (commentary to=functions.NAME) and its final content."""
     if not request.messages:
         raise invalid("messages: at least one message is required")
-    out = []
+    out: list[harmony.Message] = []
     for i, msg in enumerate(request.messages):
         role = ROLES.get(msg.role)
         if role is None:
             raise invalid(f"messages[{i}].role: set a harmony role (system, developer, user, "
                           f"assistant, tool), got {pb.Role.Name(msg.role)}")
-        if role == "tool" and not msg.name:
-            raise invalid(f"messages[{i}].name: a tool result must name its tool")
         if role != "assistant" and (msg.tool_calls or msg.reasoning):
             raise invalid(f"messages[{i}]: only assistant messages carry reasoning/tool_calls")
         if not (msg.content or msg.tool_calls or msg.reasoning):
             raise invalid(f"messages[{i}].content: empty message")
-        out.append({"role": role, "content": msg.content, "name": msg.name or None,
-                    "reasoning": msg.reasoning or None,
-                    "tool_calls": [{"name": c.name, "arguments": c.arguments}
-                                   for c in msg.tool_calls]})
+        if role != "assistant":
+            out.append(harmony.Message(role, msg.content, name=msg.name or None))
+            continue
+        if msg.reasoning:
+            out.append(harmony.Message("assistant", msg.reasoning, channel="analysis"))
+        for call in msg.tool_calls:
+            out.append(harmony.Message("assistant", call.arguments, recipient=call.name))
+        if msg.content:
+            out.append(harmony.Message("assistant", msg.content))
     return out
 
 
-def request_tools(request: pb.ChatRequest) -> list[dict]:
-    names = set()
-    tools = []
-    for i, t in enumerate(request.tools):
-        schema = parse_tool_schema(i, t.name, t.parameters_json)
-        if t.name in names:
-            raise invalid(f"tools[{i}].name: {t.name!r} is declared twice")
-        names.add(t.name)
-        tools.append({"name": t.name, "description": t.description, "parameters": schema})
-    return tools
+def request_tools(request: pb.ChatRequest) -> list[harmony.Tool]:
+    return [harmony.Tool(t.name, t.description, parse_tool_schema(i, t.name, t.parameters_json))
+            for i, t in enumerate(request.tools)]
 
 
 def render_request(request: pb.ChatRequest, tokenizer) -> list[int]:
@@ -58,14 +56,14 @@ def render_request(request: pb.ChatRequest, tokenizer) -> list[int]:
     try:
         return list(harmony.render_chat(messages, tools, EFFORT[request.reasoning_effort],
                                         tokenizer))
-    except (ValueError, harmony.HarmonyError) as e:
-        raise invalid(f"messages: cannot render as harmony: {e}") from None
+    except ValueError as e:   # names the message or tool (HarmonyError is a ValueError too)
+        raise invalid(str(e)) from None
 
 
 class ChatTurn:
     def __init__(self, tokenizer, stops: list[str]):
         self.parser = harmony.HarmonyStreamParser(tokenizer)
-        self.stop_token_ids = frozenset(self.parser.stop_token_ids)
+        self.stop_token_ids = frozenset(harmony.stop_token_ids(tokenizer))
         self.content_stops = StopStringMatcher(stops)
         self.tokens = 0
         self.reasoning_tokens = 0
@@ -94,10 +92,10 @@ class ChatTurn:
                 out.append(pb.ChatResponse(commentary=ev.text))
             elif isinstance(ev, harmony.FinalDelta):
                 self._in_call = False
-                text = self.content_stops.push(ev.text)
-                if text:
-                    out.append(pb.ChatResponse(content=text))
-                if self.content_stops.stopped:
+                match = self.content_stops.feed(ev.text)
+                if match.text:
+                    out.append(pb.ChatResponse(content=match.text))
+                if match.stop is not None:
                     self.finish_reason = "stop"
                     break
             elif isinstance(ev, harmony.ToolCallDelta):
@@ -108,7 +106,7 @@ class ChatTurn:
         return out
 
     def _tool_delta(self, ev) -> pb.ToolCallDelta:
-        new_call = not self._in_call or (ev.name and ev.name != self._call_name)
+        new_call = not self._in_call or ev.name != self._call_name
         if new_call:
             self._call_index += 1
             self._call_name = ev.name

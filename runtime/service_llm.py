@@ -9,7 +9,7 @@ import grpc
 from gptoss_edge.runtime import chat_turn
 from gptoss_edge.runtime.scheduler import SeqRequest
 from gptoss_edge.runtime.serving import RequestError, ServedModel, invalid, status_for
-from gptoss_edge.runtime.stop_strings import StopStringMatcher
+from gptoss_edge.runtime.sampler import Sampler, SamplingParams, StopStringMatcher
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 
@@ -27,17 +27,13 @@ async def abort(context: grpc.aio.ServicerContext, model: ServedModel, exc: Base
 def make_sampler(sampling: pb.SamplingParams, max_tokens: int, stop, logprobs: bool,
                  top_logprobs: int):
     """Proto sampling fields -> runtime.sampler.Sampler (validate() names a bad field)."""
-    from gptoss_edge.runtime.sampler import Sampler, SamplingParams
-
     params = SamplingParams(
         temperature=sampling.temperature if sampling.HasField("temperature") else 0.0,
         top_p=sampling.top_p if sampling.HasField("top_p") else 1.0,
         top_k=sampling.top_k if sampling.HasField("top_k") else 0,
         seed=sampling.seed if sampling.HasField("seed") else None,
-        max_tokens=max_tokens, stop=list(stop),
-        logprobs=int(top_logprobs) if logprobs or top_logprobs else None)
-    params.validate()
-    return Sampler(params)
+        max_tokens=max_tokens, stop=tuple(stop), logprobs=int(top_logprobs))
+    return Sampler(params)   # validates: ValueError names the field
 
 
 def token_logprob(ev) -> pb.TokenLogprob:
@@ -92,25 +88,27 @@ class LLMService(llm_pb2_grpc.LLMServicer):
             return
         decoder = _decoder(m.tokenizer)
         usage = pb.Usage(prompt_tokens=len(prompt))
-        reason = "stop"
+        reason = None
         try:
             async for ev in stream:
                 usage.completion_tokens += 1
                 text = "" if ev.is_stop_token or decoder is None else decoder.feed(ev.token_id)
-                text = matcher.push(text)
-                out = pb.GenerateResponse(token_ids=[ev.token_id], text=text)
+                if ev.finish and decoder is not None:
+                    text += decoder.flush()
+                match = matcher.feed(text)
+                out = pb.GenerateResponse(token_ids=[ev.token_id], text=match.text)
                 if request.logprobs or request.top_logprobs:
                     out.logprobs.append(token_logprob(ev))
-                if matcher.stopped:
+                if match.stop is not None:
+                    reason = "stop"
                     stream.cancel()
-                    yield out
-                    break
-                if ev.finish:
+                elif ev.finish:
                     reason = ev.finish
-                    out.text += matcher.push(decoder.flush() if decoder else "") + matcher.flush()
+                    out.text += matcher.flush()
                 yield out
-            else:
-                reason = stream.end.reason if stream.end else reason
+                if reason:
+                    break
+            reason = reason or (stream.end.reason if stream.end else "stop")
             yield pb.GenerateResponse(finish=pb.Finish(reason=FINISH[reason], usage=usage))
         except Exception as e:
             await abort(context, m, e)
@@ -136,26 +134,20 @@ class LLMService(llm_pb2_grpc.LLMServicer):
             await abort(context, m, e)
             return
         want_logprobs = request.logprobs or request.top_logprobs > 0
-        pending: list[pb.TokenLogprob] = []
+        pending: list[pb.TokenLogprob] = []   # logprobs of tokens not yet shown in a delta
+        reason = None
         try:
-            reason = await_end = None
             async for ev in stream:
                 if want_logprobs:
                     pending.append(token_logprob(ev))
                 for resp in turn.feed(ev.token_id):
-                    if pending:
-                        resp.logprobs.extend(pending)
-                        pending.clear()
+                    resp.logprobs.extend(pending)
+                    pending.clear()
                     yield resp
-                if turn.finish_reason:
-                    reason = turn.finish_reason
-                    stream.cancel()
+                reason = turn.finish_reason or ev.finish
+                if reason:
                     break
-                if ev.finish:
-                    reason = ev.finish
-            else:
-                await_end = stream.end.reason if stream.end else None
-            reason = reason or await_end or "stop"
+            reason = reason or (stream.end.reason if stream.end else "stop")
             for resp in turn.close():
                 yield resp
             usage = pb.Usage(prompt_tokens=len(prompt), completion_tokens=turn.tokens,

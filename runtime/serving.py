@@ -85,26 +85,16 @@ class ServedModel:
         return max(1, min(requested, room) if requested else room)
 
 
-def parse_tool_schema(index: int, name: str, parameters_json: str) -> dict:
-    """A tool's JSON-schema parameters: a JSON object describing an object (or empty)."""
-    where = f"tools[{index}] ({name!r})"
-    if not name or not all(c.isalnum() or c in "_-." for c in name):
-        raise invalid(f"tools[{index}].name: {name!r} must be non-empty [A-Za-z0-9_.-]")
+def parse_tool_schema(index: int, name: str, parameters_json: str) -> dict | None:
+    """A tool's parameters as sent on the wire (JSON text) -> the schema object (None: no
+    arguments). The schema itself is validated by harmony.validate_tools when rendering."""
     if not parameters_json.strip():
-        return {"type": "object", "properties": {}}
+        return None
     try:
         schema = json.loads(parameters_json)
     except json.JSONDecodeError as e:
-        raise invalid(f"{where}.parameters_json is not valid JSON: {e}") from None
+        raise invalid(f"tools[{index}] ({name!r}).parameters_json is not valid JSON: {e}") from None
     if not isinstance(schema, dict):
-        raise invalid(f"{where}.parameters_json must be a JSON object (a JSON Schema)")
-    if schema.get("type", "object") != "object":
-        raise invalid(f"{where}.parameters_json: arguments schema must have type 'object', "
-                      f"got {schema.get('type')!r}")
-    props = schema.get("properties", {})
-    if not isinstance(props, dict) or not all(isinstance(v, dict) for v in props.values()):
-        raise invalid(f"{where}.parameters_json: 'properties' must map names to schemas")
-    required = schema.get("required", [])
-    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-        raise invalid(f"{where}.parameters_json: 'required' must be a list of names")
+        raise invalid(f"tools[{index}] ({name!r}).parameters_json must be a JSON object "
+                      f"(a JSON Schema), got {type(schema).__name__}")
     return schema

@@ -72,7 +72,7 @@ class HFBackend:
                                f"{self._info.max_context}")
         cache = self._caches.setdefault(row.slot, DynamicCache(config=self._hf_cfg))
         pos = torch.arange(start, start + n)
-        out = self.model(torch.tensor([list(row.token_ids)]), past_key_values=cache,
+        out = self.model(torch.tensor([list(row.token_ids)]), cache=cache,
                          position_ids=pos[None], cache_position=pos, use_cache=True)
         self._lengths[row.slot] = start + n
         logits = out.logits[0].float().numpy()
