@@ -136,7 +136,7 @@ class Scheduler:
     def submit(self, req: SeqRequest) -> Stream:
         if not self._accepting:
             raise SchedulerClosed("server is draining; not accepting new requests")
-        if self.slots.free == 0 and len(self._waiting) >= self.max_queue:
+        if len(self._waiting) >= self.slots.free + self.max_queue:   # admitted at next boundary
             raise Overloaded(
                 f"all {self.slots.total} KV slots are busy and the wait queue is full "
                 f"({self.max_queue} requests); retry later, or serve with a larger --max-memory "
@@ -174,7 +174,9 @@ class Scheduler:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        """Requests waiting for a slot (not counting those a free slot takes at the next
+        step boundary)."""
+        return max(0, len(self._waiting) - self.slots.free)
 
     def cached_tokens(self) -> int:
         return sum(s.prefilled + len(s.generated) for s in self._active.values())
@@ -273,7 +275,7 @@ class Scheduler:
             return "stop"
         if len(s.generated) >= s.request.max_tokens:
             return "length"
-        if s.prefilled + len(s.generated) >= self.info.max_context:
+        if s.prefilled + len(s.generated) > self.info.max_context:
             return "length"                   # no room to feed this token back
         return None
 
@@ -283,6 +285,7 @@ class Scheduler:
         if s.done:
             return
         s.done = True
+        s.end = end
         s.queue.put_nowait(end)
         if self.metrics:
             self.metrics.requests.labels(end.reason).inc()

@@ -59,20 +59,23 @@ class ScriptedBackend:
             raise BackendError(f"slot {row.slot}: context full")
         emitted = self._emitted.get(row.slot, 0)
         script = self._script(hist + list(row.token_ids))
+        logits = np.zeros(self._info.config.vocab_size, np.float32)
+        if script is None:          # a prefill chunk before the key: logits go unused
+            hist.extend(row.token_ids)
+            return logits
         continuing = emitted > 0 and list(row.token_ids) == [script[emitted - 1]]
         hist.extend(row.token_ids)
         k = emitted if continuing else 0
         self._emitted[row.slot] = k + 1
-        logits = np.zeros(self._info.config.vocab_size, np.float32)
         logits[script[min(k, len(script) - 1)]] = 30.0
         return logits
 
-    def _script(self, history: list[int]) -> list[int]:
+    def _script(self, history: list[int]) -> list[int] | None:
         text = self.tokenizer.decode(history)
         for key, ids in self.scripts.items():
             if key in text:
                 return ids
-        raise BackendError("no script matches this prompt")
+        return None
 
     def release(self, slot: int) -> None:
         with self._lock:
