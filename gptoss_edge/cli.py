@@ -9,6 +9,7 @@ import sys
 # Modules that contribute sub-commands (imported lazily so `--help` stays fast).
 COMMAND_MODULES = [
     "gptoss_edge.runtime.commands",
+    "gptoss_edge.compiler.cli_checkpoint",
 ]
 
 
