@@ -10,6 +10,8 @@ import sys
 COMMAND_MODULES = [
     "gptoss_edge.runtime.commands",
     "gptoss_edge.compiler.cli_checkpoint",
+    "gptoss_edge.cmd_compile",
+    "gptoss_edge.cmd_generate",
 ]
 
 
