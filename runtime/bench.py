@@ -106,20 +106,23 @@ def format_row(label: str, f: RunFigures) -> str:
 
 
 async def bench_main(args) -> int:
-    from gptoss_edge.runtime.commands import open_engine
-    from gptoss_edge.runtime.kv import parse_bytes
+    from gptoss_edge.compiler.engine_dir import EngineDirError
+    from gptoss_edge.runtime.commands import engine_limits
+    from gptoss_edge.runtime.engine_dir import open_engine
     from gptoss_edge.runtime.server import Server, ServeOptions
 
     try:
-        backend, tokenizer, name = open_engine(args.engine_dir)
         levels = [int(c) for c in args.concurrency.split(",")]
-        max_memory = parse_bytes(args.max_memory) if args.max_memory else None
-    except (ValueError, OSError) as e:
+        limits = engine_limits(args)
+        engine = open_engine(args.engine_dir, dataclasses.replace(
+            limits, max_slots=max(limits.max_slots, max(levels))))
+    except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    backend, name = engine.backend, engine.name
     sock = Path(tempfile.mkdtemp(prefix="gptoss-edge-bench-")) / "s.sock"
-    server = await Server.start(backend, tokenizer, ServeOptions(
-        listen=f"unix:{sock}", model_name=name, max_memory=max_memory, max_queue=max(levels)))
+    server = await Server.start(backend, engine.tokenizer, ServeOptions(
+        listen=f"unix:{sock}", model_name=name, max_queue=max(levels)))
     vocab = backend.info.config.vocab_size
     print(f"engine {name} ({backend.info.target}), {server.model.scheduler.slots.total} slots, "
           f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} generated per stream")

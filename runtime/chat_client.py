@@ -131,11 +131,11 @@ async def chat_main(args) -> int:
 
 async def _start_local_server():
     """No server named and none running: serve the default model in-process for this turn."""
-    from gptoss_edge.runtime.commands import open_engine
+    from gptoss_edge.runtime.engine_dir import EngineLimits, open_engine
     from gptoss_edge.runtime.server import Server, ServeOptions
 
-    backend, tokenizer, name = open_engine(None)
+    engine = open_engine(None, EngineLimits(max_slots=1))
     sock = Path(tempfile.mkdtemp(prefix="gptoss-edge-chat-")) / "s.sock"
-    server = await Server.start(backend, tokenizer,
-                                ServeOptions(listen=f"unix:{sock}", model_name=name))
+    server = await Server.start(engine.backend, engine.tokenizer,
+                                ServeOptions(listen=f"unix:{sock}", model_name=engine.name))
     return server, server.address

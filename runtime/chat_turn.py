@@ -80,11 +80,11 @@ class ChatTurn:
         except harmony.HarmonyError as e:
             raise MalformedOutput(f"model output is not valid harmony at completion token "
                                   f"{self.tokens} (id {token_id}): {e}") from None
+        current = self.parser.current
+        self.reasoning_tokens += current is not None and current.channel == "analysis"
         out: list[pb.ChatResponse] = []
-        reasoning = False
         for ev in events:
             if isinstance(ev, harmony.ReasoningDelta):
-                reasoning = True
                 self._in_call = False
                 out.append(pb.ChatResponse(reasoning=ev.text))
             elif isinstance(ev, harmony.CommentaryDelta):
@@ -102,7 +102,6 @@ class ChatTurn:
                 out.append(pb.ChatResponse(tool_call=self._tool_delta(ev)))
             elif isinstance(ev, harmony.Stop):
                 self.finish_reason = ev.reason
-        self.reasoning_tokens += reasoning
         return out
 
     def _tool_delta(self, ev) -> pb.ToolCallDelta:

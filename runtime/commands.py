@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--prompt-tokens", type=int, default=64)
     b.add_argument("--gen-tokens", type=int, default=64)
     b.add_argument("--max-memory", default=None)
+    add_engine_limits(b)
     b.set_defaults(func=run_bench)
 
 
@@ -46,7 +47,9 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                    "gptoss-edge-UID.sock) or HOST:PORT")
     p.add_argument("--name", default=None, help="model name clients use (default: from manifest)")
     p.add_argument("--max-memory", default=None,
-                   help="KV cache budget, e.g. 2GiB (default: every slot the engine has)")
+                   help="KV cache budget, e.g. 2GiB: as many --max-context slots as fit "
+                        "(at most --max-slots)")
+    add_engine_limits(p)
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for a KV slot before RESOURCE_EXHAUSTED")
     p.add_argument("--metrics-port", type=int, default=None,
@@ -61,8 +64,22 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                    help="seconds in-flight requests may take to finish after SIGTERM")
 
 
-def server_options(args: argparse.Namespace, name: str):
+def add_engine_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-slots", type=int, default=8, help="most concurrent sequences")
+    p.add_argument("--max-context", type=int, default=4096, help="tokens per sequence")
+    p.add_argument("--max-step-tokens", type=int, default=256, help="prefill chunk size")
+
+
+def engine_limits(args: argparse.Namespace):
+    from gptoss_edge.runtime.engine_dir import EngineLimits
     from gptoss_edge.runtime.kv import parse_bytes
+
+    return EngineLimits(max_slots=args.max_slots, max_context=args.max_context,
+                        max_step_tokens=args.max_step_tokens,
+                        max_memory=parse_bytes(args.max_memory) if args.max_memory else None)
+
+
+def server_options(args: argparse.Namespace, name: str):
     from gptoss_edge.runtime.server import ServeOptions
 
     token = None
@@ -72,30 +89,22 @@ def server_options(args: argparse.Namespace, name: str):
             raise ValueError(f"--auth-token-file {args.auth_token_file}: empty")
     return ServeOptions(
         listen=args.listen, model_name=args.name or name,
-        max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
         max_queue=args.max_queue, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
         max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace)
 
 
-def open_engine(engine_dir: Path | None, max_memory: int | None = None):
-    """-> (backend, tokenizer, name) for an engine dir (default: the embedded model)."""
-    from gptoss_edge.runtime import engine_dir as ed
-
-    path = engine_dir or ed.default_engine_dir()
-    manifest = ed.read_manifest(path)
-    backend = ed.open_backend(path, manifest, max_slots=None)
-    return backend, ed.open_tokenizer(path, manifest), ed.model_name(path, manifest)
-
-
 def run_serve(args: argparse.Namespace) -> int:
+    from gptoss_edge.compiler.engine_dir import EngineDirError
+    from gptoss_edge.runtime.engine_dir import open_engine
+
     try:
-        backend, tokenizer, name = open_engine(args.engine_dir)
-        options = server_options(args, name)
-    except (ValueError, OSError) as e:
+        engine = open_engine(args.engine_dir, engine_limits(args))
+        options = server_options(args, engine.name)
+    except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(backend, tokenizer, options))
+    return asyncio.run(_serve(engine.backend, engine.tokenizer, options))
 
 
 async def _serve(backend, tokenizer, options) -> int:

@@ -1,52 +1,88 @@
-"""Open an engine directory for serving: backend by manifest target, tokenizer by manifest
-spec, and the embedded default model's engine when none is named."""
+"""Open a compiled engine directory for serving: KV slots sized from the memory budget, the
+backend its manifest's target names (files verified against the manifest hashes on load), the
+tokenizer its manifest names, and the embedded default model's engine when none is named."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from gptoss_edge.compiler.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.runtime.backend import Backend
+from gptoss_edge.runtime.kv import slots_in_budget
 
 
-class EngineDirError(ValueError):
-    """An engine directory that cannot be served; the message names the file or key."""
+class EngineOpenError(ValueError):
+    """An engine directory that cannot be served; the message names the file or option."""
 
 
-def read_manifest(engine_dir: Path) -> dict[str, Any]:
-    path = Path(engine_dir) / "manifest.json"
-    if not path.is_file():
-        raise EngineDirError(f"{engine_dir}: no manifest.json (not a compiled engine dir; "
-                             f"build one with `gptoss-edge compile`)")
+@dataclasses.dataclass(frozen=True)
+class EngineLimits:
+    max_slots: int = 8             # most sequences at once (before --max-memory)
+    max_context: int = 4096        # tokens per sequence
+    max_step_tokens: int = 256     # prefill chunk
+    max_memory: int | None = None  # KV budget in bytes
+
+
+@dataclasses.dataclass
+class OpenedEngine:
+    backend: Backend
+    tokenizer: Any | None
+    name: str
+    manifest: EngineManifest
+
+
+def kv_slots(manifest: EngineManifest, limits: EngineLimits) -> int:
+    """Slots that fit the KV budget (each slot budgeted at the full context)."""
+    from gptoss_edge.compiler.compile import kv_bytes_per_token
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EngineDirError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or "target" not in manifest:
-        raise EngineDirError(f"{path}: missing key 'target'")
-    return manifest
+        return slots_in_budget(kv_bytes_per_token(manifest.config), limits.max_context,
+                               limits.max_slots, limits.max_memory)
+    except ValueError as e:
+        raise EngineOpenError(str(e)) from None
 
 
-def open_backend(engine_dir: Path, manifest: dict[str, Any], max_slots: int | None) -> Backend:
-    target = manifest["target"]
-    if target == "onnxruntime":
-        from gptoss_edge.runtime.ort_backend import OrtBackend
-        return OrtBackend(engine_dir, max_slots=max_slots)
-    raise EngineDirError(f"{engine_dir}/manifest.json: target {target!r} cannot be served on this "
-                         f"machine (supported: onnxruntime)")
+def open_engine(engine_dir: Path | None, limits: EngineLimits = EngineLimits()) -> OpenedEngine:
+    path = Path(engine_dir) if engine_dir is not None else default_engine_dir()
+    manifest = load_manifest(path, verify="none")          # cheap: config for the slot budget
+    slots = kv_slots(manifest, limits)
+    if manifest.target != "onnxruntime":
+        raise EngineOpenError(f"{path}/manifest.json: target {manifest.target!r} cannot be served "
+                              f"on this machine (supported here: onnxruntime)")
+    from gptoss_edge.runtime.ort_backend import OrtBackend
+    backend = OrtBackend(path, max_slots=slots, max_context=limits.max_context,
+                         max_step_tokens=limits.max_step_tokens, verify=True)
+    return OpenedEngine(backend, open_tokenizer(backend.manifest), model_name(backend.manifest),
+                        backend.manifest)
 
 
-def open_tokenizer(engine_dir: Path, manifest: dict[str, Any]):
-    spec = manifest.get("tokenizer")
-    if spec is None:
-        return None
+def tokenizer_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Manifest tokenizer entry -> runtime.tokenizer spec. Engines written before the
+    tokenizer module existed say {"encoding": "o200k_harmony", ...}."""
+    if "kind" in spec:
+        return dict(spec)
+    if spec.get("encoding") == "o200k_harmony":
+        return {"kind": "o200k_harmony"}
+    return dict(spec)          # load_tokenizer names what is wrong with it
+
+
+def open_tokenizer(manifest: EngineManifest):
+    """The engine's tokenizer, or None (token ids only) when its vocabulary does not fit the
+    model's (e.g. a synthetic tiny checkpoint compiled with the default o200k entry)."""
     from gptoss_edge.runtime.tokenizer import load_tokenizer
-    return load_tokenizer(spec, base_dir=engine_dir)
+
+    tok = load_tokenizer(tokenizer_spec(dict(manifest.tokenizer)), base_dir=manifest.path)
+    if tok.vocab_size > manifest.config.vocab_size:
+        print(f"warning: {manifest.path}: tokenizer has {tok.vocab_size} ids, the model "
+              f"{manifest.config.vocab_size}; serving token ids only", file=sys.stderr)
+        return None
+    return tok
 
 
-def model_name(engine_dir: Path, manifest: dict[str, Any]) -> str:
-    return str(manifest.get("name") or Path(engine_dir).resolve().name)
+def model_name(manifest: EngineManifest) -> str:
+    return manifest.path.resolve().name
 
 
 def default_engine_dir() -> Path:
@@ -58,5 +94,5 @@ def default_engine_dir() -> Path:
     env = os.environ.get("GPTOSS_EDGE_DEFAULT_ENGINE")
     if env:
         return Path(env)
-    raise EngineDirError("no ENGINE_DIR given and the embedded default model is not wired into "
-                         "this build yet; pass an engine dir (or set GPTOSS_EDGE_DEFAULT_ENGINE)")
+    raise EngineOpenError("no ENGINE_DIR given and the embedded default model is not wired into "
+                          "this build yet; pass an engine dir (or set GPTOSS_EDGE_DEFAULT_ENGINE)")

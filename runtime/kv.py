@@ -25,22 +25,24 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def slot_bytes(info: BackendInfo) -> int:
-    """KV bytes one slot costs when filled to the full context."""
-    return info.kv_bytes_per_token * info.max_context
+def slots_in_budget(kv_bytes_per_token: int, max_context: int, max_slots: int,
+                    max_memory: int | None) -> int:
+    """Slots to use: `max_slots`, or as many full-context slots as fit in `max_memory` bytes."""
+    if max_memory is None:
+        return max_slots
+    per_slot = kv_bytes_per_token * max_context
+    n = min(max_slots, max_memory // per_slot) if per_slot else max_slots
+    if n < 1:
+        raise ValueError(
+            f"--max-memory {max_memory} B holds no KV slot: one slot of {max_context} tokens "
+            f"needs {per_slot} B ({kv_bytes_per_token} B/token); lower --max-context or raise "
+            f"--max-memory")
+    return int(n)
 
 
 def slots_for_budget(info: BackendInfo, max_memory: int | None) -> int:
-    """Number of slots to use: all the engine has, or as many as fit in `max_memory` bytes."""
-    if max_memory is None:
-        return info.max_slots
-    per_slot = slot_bytes(info)
-    n = min(info.max_slots, max_memory // per_slot if per_slot else info.max_slots)
-    if n < 1:
-        raise ValueError(
-            f"--max-memory {max_memory} B holds no KV slot: one slot of {info.max_context} tokens "
-            f"needs {per_slot} B ({info.kv_bytes_per_token} B/token)")
-    return int(n)
+    """Slots of an opened backend to use under the budget."""
+    return slots_in_budget(info.kv_bytes_per_token, info.max_context, info.max_slots, max_memory)
 
 
 class SlotPool:

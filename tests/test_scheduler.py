@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-
-import numpy as np
 import pytest
 
 from gptoss_edge.compiler.config import preset
@@ -12,7 +9,7 @@ from gptoss_edge.runtime.backend import BackendInfo
 from gptoss_edge.runtime.kv import SlotPool, parse_bytes, slots_for_budget
 from gptoss_edge.runtime.sampler import Sampler, SamplingParams
 from gptoss_edge.runtime.scheduler import Overloaded, Scheduler, SchedulerClosed, SeqRequest
-from hf_backend import HFBackend
+from conftest import ort_backend
 
 
 def info(**kw) -> BackendInfo:
@@ -52,9 +49,9 @@ def greedy(n=8):
     return Sampler(SamplingParams(temperature=0.0, max_tokens=n))
 
 
-def test_admission_queue_then_overloaded_then_closed():
+def test_admission_queue_then_overloaded_then_closed(tiny_engine):
     async def main():
-        sched = Scheduler(HFBackend(max_slots=1, max_context=64), 1, max_queue=1)
+        sched = Scheduler(ort_backend(tiny_engine, max_slots=1, max_context=64), 1, max_queue=1)
         sched.start()
         first = sched.submit(SeqRequest([1, 2, 3], greedy(), 40))
         second = sched.submit(SeqRequest([1, 2, 3], greedy(), 2))
@@ -72,9 +69,9 @@ def test_admission_queue_then_overloaded_then_closed():
     asyncio.run(main())
 
 
-def test_context_limit_ends_with_length():
+def test_context_limit_ends_with_length(tiny_engine):
     async def main():
-        sched = Scheduler(HFBackend(max_slots=2, max_context=20), 2)
+        sched = Scheduler(ort_backend(tiny_engine, max_slots=2, max_context=20), 2)
         sched.start()
         s = sched.submit(SeqRequest(list(range(1, 16)), greedy(100), 100))
         events = [ev async for ev in s]
@@ -85,18 +82,20 @@ def test_context_limit_ends_with_length():
     assert len(events) == 6 and events[-1].finish == "length"
 
 
-def test_engine_fault_ends_the_step_streams_not_the_scheduler():
-    class Faulty(HFBackend):
-        fail = False
+def test_engine_fault_ends_the_step_streams_not_the_scheduler(tiny_engine):
+    backend = ort_backend(tiny_engine, max_slots=2, max_context=64)
+    real_step = backend.step
 
-        def step(self, rows):
-            if self.fail:
-                self.fail = False
-                raise RuntimeError("engine fault")
-            return super().step(rows)
+    def faulty_step(rows):             # the engine fails once, like a driver error would
+        if backend.fail:
+            backend.fail = False
+            raise RuntimeError("engine fault")
+        return real_step(rows)
+
+    backend.fail = False
+    backend.step = faulty_step
 
     async def main():
-        backend = Faulty(max_slots=2, max_context=64)
         sched = Scheduler(backend, 2)
         sched.start()
         first = [ev.token_id async for ev in sched.submit(SeqRequest([1, 2], greedy(), 3))]

@@ -13,22 +13,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gptoss_edge.runtime.server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
-from hf_backend import HFBackend
+from conftest import ort_backend
 from serving_helpers import ServerThread, generate_ids, model_info, run_parallel, wait_until
 
 OK_PROMPT = [40, 41, 42, 43]
 
 
-def make_server(tokenizer, tmp_path, **options):
-    backend = HFBackend(max_slots=options.pop("slots", 4), max_context=256, max_step_tokens=32,
-                        vocab_size=tokenizer.vocab_size)
+def make_server(engine, tokenizer, tmp_path, **options):
+    backend = ort_backend(engine, max_slots=options.pop("slots", 4), max_context=256, max_step_tokens=32)
     return ServerThread(backend, tokenizer, ServeOptions(
         listen=f"unix:{tmp_path}/s.sock", model_name="tiny", **options))
 
 
 @pytest.fixture(scope="module")
-def server(tiny_tokenizer, tmp_path_factory):
-    st = make_server(tiny_tokenizer, tmp_path_factory.mktemp("err"), slots=8,
+def server(tiny_engine, tiny_tokenizer, tmp_path_factory):
+    st = make_server(tiny_engine, tiny_tokenizer, tmp_path_factory.mktemp("err"), slots=8,
                      max_message_bytes=64 * 1024)
     yield st
     st.stop()
@@ -85,8 +84,8 @@ def test_bad_inputs_get_precise_status_and_leave_streams_untouched(server):
         assert wait_until(lambda: model_info(stub).kv_slots_used == 0)
 
 
-def test_queue_full_is_resource_exhausted(tiny_tokenizer, tmp_path):
-    st = make_server(tiny_tokenizer, tmp_path, slots=1, max_queue=1)
+def test_queue_full_is_resource_exhausted(tiny_engine, tiny_tokenizer, tmp_path):
+    st = make_server(tiny_engine, tiny_tokenizer, tmp_path, slots=1, max_queue=1)
     try:
         with st.channel() as ch:
             stub = llm_pb2_grpc.LLMStub(ch)
@@ -104,8 +103,8 @@ def test_queue_full_is_resource_exhausted(tiny_tokenizer, tmp_path):
         st.stop()
 
 
-def test_drain_finishes_in_flight_and_refuses_new(tiny_tokenizer, tmp_path):
-    st = make_server(tiny_tokenizer, tmp_path, slots=2)
+def test_drain_finishes_in_flight_and_refuses_new(tiny_engine, tiny_tokenizer, tmp_path):
+    st = make_server(tiny_engine, tiny_tokenizer, tmp_path, slots=2)
     ch = st.channel()
     stub = llm_pb2_grpc.LLMStub(ch)
     health = health_pb2_grpc.HealthStub(ch)

@@ -1,4 +1,4 @@
-"""Real server (TCP loopback and Unix socket) over the HF GptOss reference backend: streaming
+"""Real server (TCP loopback and Unix socket) over the ONNX Runtime engine of a tiny checkpoint: streaming
 Generate, continuous batching exactness, cancellation/deadline freeing slots, admission."""
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import pytest
 from gptoss_edge.runtime.server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
-from hf_backend import HFBackend
+from conftest import ort_backend
 from serving_helpers import ServerThread, generate_ids, model_info, run_parallel, wait_until
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_tokenizer):
-    return HFBackend(max_slots=16, max_context=512, max_step_tokens=32,
-                     vocab_size=tiny_tokenizer.vocab_size)
+def backend(tiny_engine):
+    return ort_backend(tiny_engine, max_slots=16, max_context=512, max_step_tokens=32)
 
 
 @pytest.fixture(scope="module", params=["tcp", "unix"])

@@ -19,14 +19,13 @@ from gptoss_edge.runtime.client import open_channel
 from gptoss_edge.runtime.server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
-from hf_backend import HFBackend
+from conftest import ort_backend
 from serving_helpers import ServerThread, generate_ids
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_tokenizer):
-    return HFBackend(max_slots=4, max_context=256, max_step_tokens=32,
-                     vocab_size=tiny_tokenizer.vocab_size)
+def backend(tiny_engine):
+    return ort_backend(tiny_engine, max_slots=4, max_context=256, max_step_tokens=32)
 
 
 @pytest.fixture(scope="module")
