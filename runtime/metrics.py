@@ -44,6 +44,10 @@ class ServerMetrics:
                                        registry=r)
         self.step_seconds = Histogram("gptoss_edge_engine_step_seconds", "One engine step",
                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.cancel_release_steps = Histogram(
+            "gptoss_edge_cancel_release_steps",
+            "Engine steps between a cancel (client gone, deadline) and its KV slot's release",
+            buckets=(0, 1, 2, 4, 8), registry=r)
         self._window_start = time.monotonic()
         self._window_tokens = 0
 

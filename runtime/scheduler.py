@@ -73,6 +73,7 @@ class Stream:
         self.prefilled = 0                # prompt tokens already in the cache
         self.generated: list[int] = []
         self.cancelled = False
+        self.cancel_step = 0              # scheduler.steps when cancel() was called
         self.done = False
         self.end: StreamEnd | None = None
         self.t_submit = time.monotonic()
@@ -82,6 +83,7 @@ class Stream:
         """Stop generating; the slot is released at the next step boundary. Idempotent."""
         if not self.done and not self.cancelled:
             self.cancelled = True
+            self.cancel_step = self._scheduler.steps
             self._scheduler._wake()
 
     def __aiter__(self):
@@ -97,6 +99,18 @@ class Stream:
                 raise item.error
             raise StopAsyncIteration
         return item
+
+    def ready_events(self) -> list[TokenEvent]:
+        """Token events already queued (never the end marker): lets a slow consumer send
+        several tokens in one message instead of falling behind."""
+        out = []
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, StreamEnd):
+                self.queue.put_nowait(item)      # the only item left; read by __anext__
+                break
+            out.append(item)
+        return out
 
     @property
     def prefill_left(self) -> int:
@@ -295,6 +309,8 @@ class Scheduler:
             del self._active[slot]
             self.backend.release(slot)
             self.slots.release(slot)
+            if s.cancelled and self.metrics:
+                self.metrics.cancel_release_steps.observe(self.steps - s.cancel_step)
 
     def _update_gauges(self) -> None:
         if self.metrics:

@@ -119,8 +119,6 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         sampler = make_sampler(pb.SamplingParams(), max_new, [], False, 0)
         eos = m.info.config.eos_token_id
         stops = {eos} if eos is not None else set()
-        if "<|return|>" in tok.special_tokens():
-            stops.add(tok.special_id("<|return|>"))
         stream = m.scheduler.submit(SeqRequest(prompt, sampler, max_new, frozenset(stops)))
         return stream, IncrementalDecoder(tok), streaming
 

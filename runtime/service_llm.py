@@ -57,12 +57,10 @@ class LLMService(llm_pb2_grpc.LLMServicer):
         raise invalid("prompt: set `text` or `tokens`")
 
     def _eos_ids(self) -> set[int]:
+        """The model's declared end-of-sequence token (config.json eos_token_id; <|return|>
+        for gpt-oss); none for checkpoints that declare none."""
         eos = self.model.info.config.eos_token_id
-        ids = {eos} if eos is not None else set()
-        tok = self.model.tokenizer
-        if tok is not None and "<|return|>" in tok.special_tokens():
-            ids.add(tok.special_id("<|return|>"))
-        return ids
+        return {eos} if eos is not None else set()
 
     async def Generate(self, request: pb.GenerateRequest, context):
         m = self.model
@@ -88,23 +86,28 @@ class LLMService(llm_pb2_grpc.LLMServicer):
             return
         decoder = _decoder(m.tokenizer)
         usage = pb.Usage(prompt_tokens=len(prompt))
+        want_logprobs = request.logprobs or request.top_logprobs > 0
         reason = None
         try:
-            async for ev in stream:
-                usage.completion_tokens += 1
-                text = "" if ev.is_stop_token or decoder is None else decoder.feed(ev.token_id)
-                if ev.finish and decoder is not None:
-                    text += decoder.flush()
-                match = matcher.feed(text)
-                out = pb.GenerateResponse(token_ids=[ev.token_id], text=match.text)
-                if request.logprobs or request.top_logprobs:
-                    out.logprobs.append(token_logprob(ev))
-                if match.stop is not None:
-                    reason = "stop"
-                    stream.cancel()
-                elif ev.finish:
-                    reason = ev.finish
-                    out.text += matcher.flush()
+            async for first in stream:
+                out = pb.GenerateResponse()
+                for ev in [first, *stream.ready_events()]:    # tokens that piled up: one message
+                    usage.completion_tokens += 1
+                    out.token_ids.append(ev.token_id)
+                    if want_logprobs:
+                        out.logprobs.append(token_logprob(ev))
+                    text = "" if ev.is_stop_token or decoder is None else decoder.feed(ev.token_id)
+                    if ev.finish and decoder is not None:
+                        text += decoder.flush()
+                    match = matcher.feed(text)
+                    out.text += match.text
+                    if match.stop is not None:
+                        reason = "stop"
+                        stream.cancel()
+                        break
+                    if ev.finish:
+                        reason = ev.finish
+                        out.text += matcher.flush()
                 yield out
                 if reason:
                     break
