@@ -1,8 +1,9 @@
 """Serving benchmark (figures, not assertions), all ratios measured in the same run:
 
   1. aggregate decode tok/s of 8 concurrent greedy Generate streams vs 1 (target >= 3x),
-  2. server overhead per token: the same workload through the gRPC server vs driving the
-     backend directly (target <= 5%),
+  2. server overhead per token: the same workload through the gRPC server (its own process,
+     `gptoss-edge serve`, client in this process) vs driving the backend directly here, with
+     the same sampler (target <= 5%),
   3. an RSS soak: 8 concurrent streams back to back, RSS sampled every second (target: no growth
      after warm-up). Short by default; `--soak-minutes 10` for the full soak.
 
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +28,10 @@ from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.synthetic import write_checkpoint
 from gptoss_edge.runtime.bench import (format_row, random_prompts, run_direct, run_server_streams)
 from gptoss_edge.runtime.ort_backend import OrtBackend
-from gptoss_edge.runtime.server import Server, ServeOptions
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mib(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -50,37 +49,49 @@ def build_engine(shape: str, work: Path) -> Path:
     return work / "engine"
 
 
-async def throughput(server: Server, backend, vocab: int, prompt_len: int, gen: int,
+def start_server(engine: Path, sock: Path, args) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptoss_edge.cli", "serve", str(engine), "--listen",
+         f"unix:{sock}", "--max-slots", str(args.max_slots), "--max-context", "1024",
+         "--max-step-tokens", str(args.step_tokens)], stdout=subprocess.PIPE, text=True)
+    banner = proc.stdout.readline()
+    if "serving" not in banner:
+        raise RuntimeError(f"server did not start: {banner}")
+    print(banner.strip())
+    return proc
+
+
+async def throughput(address: str, backend, vocab: int, prompt_len: int, gen: int,
                      levels: list[int], repeats: int) -> dict[int, tuple]:
     """Per concurrency: (median server figures, median direct figures) over `repeats`."""
     out = {}
-    await run_server_streams(server.address, random_prompts(vocab, 2, 8, 7), 4)      # warm-up
+    await run_server_streams(address, random_prompts(vocab, 2, 8, 7), 4)      # warm-up
+    run_direct(backend, random_prompts(vocab, 2, 8, 7), 4)
     for c in levels:
         prompts = random_prompts(vocab, c, prompt_len, seed=c)
         srv, direct = [], []
         for _ in range(repeats):
-            srv.append(await run_server_streams(server.address, prompts, gen))
-            await server.model.scheduler.wait_idle()
-            direct.append(await asyncio.to_thread(run_direct, backend, prompts, gen))
+            srv.append(await run_server_streams(address, prompts, gen))
+            direct.append(run_direct(backend, prompts, gen))
         pick = lambda runs: sorted(runs, key=lambda f: f.decode_tok_s)[len(runs) // 2]  # noqa
         out[c] = (pick(srv), pick(direct))
     return out
 
 
-async def soak(server: Server, vocab: int, seconds: float, concurrency: int) -> list[tuple]:
+async def soak(address: str, pid: int, vocab: int, seconds: float, concurrency: int
+               ) -> list[tuple]:
     samples, t0 = [], time.monotonic()
     stop = asyncio.Event()
 
     async def sampler():
         while not stop.is_set():
-            samples.append((time.monotonic() - t0, rss_mib()))
+            samples.append((time.monotonic() - t0, rss_mib(pid)))
             await asyncio.sleep(1.0)
 
     task = asyncio.create_task(sampler())
     rounds = 0
     while time.monotonic() - t0 < seconds:
-        await run_server_streams(server.address,
-                                 random_prompts(vocab, concurrency, 48, seed=rounds), 48)
+        await run_server_streams(address, random_prompts(vocab, concurrency, 48, seed=rounds), 48)
         rounds += 1
     stop.set()
     await task
@@ -92,30 +103,34 @@ async def main_async(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="gptoss-edge-serve-bench-"))
     engine = Path(args.engine) if args.engine else build_engine(args.shape, work)
     levels = [int(c) for c in args.concurrency.split(",")]
+    args.max_slots = max(levels)
+    server = start_server(engine, work / "s.sock", args)
+    address = f"unix:{work}/s.sock"
     backend = OrtBackend(engine, max_slots=max(levels), max_context=1024,
-                         max_step_tokens=args.step_tokens, threads=args.threads)
-    server = await Server.start(backend, None, ServeOptions(
-        listen=f"unix:{work}/s.sock", model_name="bench", max_queue=64))
+                         max_step_tokens=args.step_tokens)
     vocab = backend.info.config.vocab_size
     print(f"engine {engine} ({backend.info.target}, {backend.info.config.num_hidden_layers} "
           f"layers, vocab {vocab}), prompt {args.prompt_tokens}, generate {args.gen_tokens}, "
           f"median of {args.repeats}")
     try:
-        figs = await throughput(server, backend, vocab, args.prompt_tokens, args.gen_tokens,
+        figs = await throughput(address, backend, vocab, args.prompt_tokens, args.gen_tokens,
                                 levels, args.repeats)
         base = figs[levels[0]][0].decode_tok_s
+        dbase = figs[levels[0]][1].decode_tok_s
         for c, (srv, direct) in figs.items():
             overhead = srv.s_per_token / direct.s_per_token - 1
             print(format_row("server", srv) + f"  x{srv.decode_tok_s / base:.2f} vs c={levels[0]}")
-            print(format_row("direct", direct) + f"  server overhead/token {100 * overhead:+.1f}%")
-        samples = await soak(server, vocab, args.soak_minutes * 60, max(levels))
+            print(format_row("direct", direct) + f"  x{direct.decode_tok_s / dbase:.2f};"
+                  f" server overhead/token {100 * overhead:+.1f}%")
+        backend.close()
+        samples = await soak(address, server.pid, vocab, args.soak_minutes * 60, max(levels))
         warm = [r for t, r in samples if t >= min(10.0, samples[-1][0] / 3)]
-        print(f"RSS MiB: start {samples[0][1]:.0f}, after warm-up {warm[0]:.0f}, "
+        print(f"server RSS MiB: start {samples[0][1]:.0f}, after warm-up {warm[0]:.0f}, "
               f"end {samples[-1][1]:.0f}, max {max(r for _, r in samples):.0f} "
-              f"(growth after warm-up {samples[-1][1] - warm[0]:+.1f} MiB, "
-              f"median {statistics.median(warm):.0f})")
+              f"(growth after warm-up {samples[-1][1] - warm[0]:+.1f} MiB)")
     finally:
-        await server.stop()
+        server.terminate()
+        server.wait(60)
 
 
 def main() -> int:
@@ -127,7 +142,6 @@ def main() -> int:
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--step-tokens", type=int, default=64, help="prefill chunk")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     ap.add_argument("--soak-minutes", type=float, default=0.5)
     asyncio.run(main_async(ap.parse_args()))
     return 0

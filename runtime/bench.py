@@ -60,7 +60,10 @@ async def run_server_streams(address: str, prompts: list[list[int]], gen_tokens:
 
 def run_direct(backend: Backend, prompts: list[list[int]], gen_tokens: int) -> RunFigures:
     """Same workload on the backend alone: chunked prefill, then one step per token for all
-    rows at once, greedy (argmax) like the server's temperature-0 sampling."""
+    rows at once, sampled by the same greedy Sampler the server uses (temperature 0)."""
+    from gptoss_edge.runtime.sampler import Sampler, SamplingParams
+
+    samplers = [Sampler(SamplingParams(temperature=0.0, max_tokens=gen_tokens)) for _ in prompts]
     info = backend.info
     t_start = time.perf_counter()
     slots = list(range(len(prompts)))
@@ -69,13 +72,13 @@ def run_direct(backend: Backend, prompts: list[list[int]], gen_tokens: int) -> R
     for s, prompt in zip(slots, prompts):
         for i in range(0, len(prompt), info.max_step_tokens):
             logits = backend.step([StepRow(s, prompt[i:i + info.max_step_tokens])])[0]
-        last[s] = int(np.argmax(logits))
+        last[s] = samplers[s].sample(logits).token_id
         stamps[s].append(time.perf_counter())
     for _ in range(gen_tokens - 1):
         out = backend.step([StepRow(s, [last[s]]) for s in slots])
         now = time.perf_counter()
         for s, lg in zip(slots, out):
-            last[s] = int(np.argmax(lg))
+            last[s] = samplers[s].sample(lg).token_id
             stamps[s].append(now)
     for s in slots:
         backend.release(s)

@@ -114,7 +114,11 @@ async def chat_main(args) -> int:
     address = args.server or f"unix:{default_socket_path()}"
     local = None
     if not args.server and not Path(default_socket_path()).exists():
-        local, address = await _start_local_server()
+        try:
+            local, address = await _start_local_server()
+        except (ValueError, OSError, RuntimeError) as e:   # no default model, bad engine dir
+            print(f"error: no server at {address} and cannot start one: {e}", file=sys.stderr)
+            return 2
     try:
         async with open_channel(address, tls_ca=args.tls_ca, token=token) as channel:
             printer = TerminalPrinter()

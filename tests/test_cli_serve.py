@@ -107,3 +107,14 @@ def test_chat_cli_reports_status(scripted_server, tmp_path):
     bad.write_text(json.dumps({"name": "f", "parameters": {"type": "string"}}))
     out = run_chat(scripted_server.address, "--tool", str(bad), "KEY_CLI x")
     assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr
+
+
+def test_bench_cli_reports_figures(tiny_engine):
+    out = subprocess.run(CLI + ["bench", str(tiny_engine), "--concurrency", "1,2",
+                                "--prompt-tokens", "8", "--gen-tokens", "4", "--max-context",
+                                "256", "--max-step-tokens", "32"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("server")]
+    assert len(rows) == 2 and "c=2" in rows[1] and "tokens=8" in rows[1]
+    assert "peak RSS" in out.stdout

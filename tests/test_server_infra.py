@@ -77,7 +77,7 @@ def test_generic_kserve_client_via_reflection(server, tiny_tokenizer):
             req = Request(model_name="tiny", id=f"r{max_tokens}")
             for name, dtype in (("text_input", "BYTES"), ("max_tokens", "INT32"),
                                 ("stream", "BOOL")):
-                t = req.inputs.add(name=name, datatype=dtype, shape=[1])
+                req.inputs.add(name=name, datatype=dtype, shape=[1])
             req.raw_input_contents.extend([_bytes_tensor([text.encode()]),
                                            struct.pack("<i", max_tokens), bytes([stream])])
             return req
@@ -96,6 +96,18 @@ def test_generic_kserve_client_via_reflection(server, tiny_tokenizer):
     with server.channel() as ch:
         ids, _ = generate_ids(llm_pb2_grpc.LLMStub(ch), tiny_tokenizer.encode("def f(x):"), 6)
     assert texts[6] == tiny_tokenizer.decode(ids)
+    # unary ModelInfer with typed (non-raw) tensor contents, as HTTP-less clients send it
+    with server.channel() as ch:
+        Unary = _reflected_class(pool, "inference.ModelInferResponse")
+        infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                               request_serializer=Request.SerializeToString,
+                               response_deserializer=Unary.FromString)
+        req = Request(model_name="tiny")
+        req.inputs.add(name="text_input", datatype="BYTES", shape=[1]).contents \
+            .bytes_contents.append(b"def f(x):")
+        req.inputs.add(name="max_tokens", datatype="INT32", shape=[1]).contents \
+            .int_contents.append(6)
+        assert _decode_text(infer(req)) == texts[6]
 
 
 def _decode_text(resp) -> str:
