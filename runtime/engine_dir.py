@@ -4,6 +4,7 @@ tokenizer its manifest names, and the embedded default model's engine when none 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -85,14 +86,34 @@ def model_name(manifest: EngineManifest) -> str:
     return manifest.path.resolve().name
 
 
-def default_engine_dir() -> Path:
-    """Engine dir of the embedded default model (issue 6), compiled on first use and cached.
+def cache_root() -> Path:
+    return Path(os.environ.get("GPTOSS_EDGE_CACHE") or Path.home() / ".cache" / "gptoss-edge")
 
-    Hook for the lead: until the embedded model and its compile step are wired in here, the
-    environment variable GPTOSS_EDGE_DEFAULT_ENGINE may point at any compiled engine dir.
-    """
+
+def default_engine_dir() -> Path:
+    """Engine dir of the embedded default model (issue 6), compiled on first use and cached
+    under $GPTOSS_EDGE_CACHE (default ~/.cache/gptoss-edge), keyed by the model files' hash so
+    a regenerated model is recompiled. GPTOSS_EDGE_DEFAULT_ENGINE=DIR overrides it.
+
+    Hook for the lead: needs `gptoss_edge.models.default_model_dir()` (issue 6) and a compile
+    that carries the checkpoint's tokenizer.json into the engine's manifest."""
     env = os.environ.get("GPTOSS_EDGE_DEFAULT_ENGINE")
     if env:
         return Path(env)
-    raise EngineOpenError("no ENGINE_DIR given and the embedded default model is not wired into "
-                          "this build yet; pass an engine dir (or set GPTOSS_EDGE_DEFAULT_ENGINE)")
+    try:
+        from gptoss_edge.models import default_model_dir
+        src = default_model_dir()
+    except (ImportError, FileNotFoundError) as e:
+        raise EngineOpenError(f"no ENGINE_DIR given and the embedded default model is not "
+                              f"available ({e}); pass an engine dir") from None
+    digest = hashlib.sha256()
+    for f in sorted(p for p in src.iterdir() if p.is_file()):
+        digest.update(f.name.encode() + f.read_bytes())
+    engine = cache_root() / "engines" / f"default-{digest.hexdigest()[:16]}"
+    if not (engine / "manifest.json").is_file():
+        from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
+        print(f"compiling the default model into {engine} (once) ...", file=sys.stderr)
+        compile_checkpoint(src, engine, CompileOptions(target="onnxruntime",
+                                                       max_positions=EngineLimits().max_context
+                                                       + EngineLimits().max_step_tokens))
+    return engine
