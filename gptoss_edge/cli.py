@@ -8,7 +8,10 @@ import sys
 
 # Modules that contribute sub-commands (imported lazily so `--help` stays fast).
 COMMAND_MODULES = [
+    "gptoss_edge.runtime.commands",
     "gptoss_edge.compiler.cli_checkpoint",
+    "gptoss_edge.cmd_compile",
+    "gptoss_edge.cmd_generate",
 ]
 
 

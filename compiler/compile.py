@@ -1,0 +1,159 @@
+"""checkpoint -> canonical graph -> target lowering -> engine directory (atomic, manifest).
+
+Targets register in TARGETS (target name -> function that writes the target's files into an
+EngineDirWriter and returns the manifest's target_config). The ONNX Runtime target lives here;
+the TensorRT target adds its own entry.
+
+Peak memory: the largest single tensor a lowering materializes (a dense matrix such as the
+lm_head in float32, or one expert) plus the ONNX protos; never a whole layer's experts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from gptoss_edge.compiler import lower_ort
+from gptoss_edge.compiler.config import ModelConfig
+from gptoss_edge.compiler.engine_dir import EngineDirWriter, EngineManifest
+from gptoss_edge.compiler.graph import onnx_io
+from gptoss_edge.compiler.graph.ir import Graph
+from gptoss_edge.compiler.graph.model import build_model
+from gptoss_edge.compiler.graph.ops import WeightSource
+from gptoss_edge.compiler.progress import Bar
+
+GiB = 1 << 30
+TOKENIZER = {"encoding": "o200k_harmony", "package": "openai-harmony"}
+MODEL_FILE = "model.onnx"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    target: str = "onnxruntime"
+    experts: str | None = None       # None: chosen from max_memory_gib
+    dense: str = "float"
+    max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
+    max_positions: int | None = None  # RoPE table rows (default: the model's context)
+    budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileSummary:
+    manifest: EngineManifest
+    options: CompileOptions
+    experts: str
+    experts_reason: str
+    weight_bytes: int
+    file_bytes: dict[str, int]
+    seconds: float
+    peak_rss_bytes: int
+
+    def text(self) -> str:
+        lines = [f"engine     {self.manifest.path}  (target {self.manifest.target})",
+                 f"experts    {self.experts}  ({self.experts_reason})",
+                 f"dense      {self.options.dense}"]
+        for name, size in sorted(self.file_bytes.items()):
+            lines.append(f"file       {name:<24} {size / GiB:9.3f} GiB")
+        lines += [f"weights    {self.weight_bytes / GiB:.3f} GiB",
+                  f"time       {self.seconds:.1f} s",
+                  f"peak RSS   {self.peak_rss_bytes / GiB:.3f} GiB"]
+        return "\n".join(lines)
+
+
+# A target writes its files into the writer and returns its target_config (an optional
+# "bindings" entry, {"inputs": [...], "outputs": [...]}, becomes the manifest's bindings).
+TargetFn = Callable[[Graph, WeightSource, CompileOptions, EngineDirWriter, Bar], dict[str, Any]]
+
+
+# ---- ONNX Runtime target -----------------------------------------------------------------------
+def kv_bytes_per_token(cfg: ModelConfig, itemsize: int = 4) -> int:
+    """ONNX Runtime keeps the whole context on every layer (key + value)."""
+    return cfg.num_hidden_layers * 2 * cfg.kv_size * itemsize
+
+
+def choose_experts(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, dict[str, int]]:
+    """The most exact expert format whose weights + one slot's KV cache fit the budget."""
+    sizes = {m: lower_ort.lower(graph, m, opts.dense).total_weight_bytes() for m in lower_ort.EXPERT_MODES}
+    if opts.experts:
+        return opts.experts, "asked for", sizes
+    kv = kv_bytes_per_token(cfg) * opts.budget_context
+    budget = opts.max_memory_gib * GiB
+    for mode in lower_ort.EXPERT_MODES:     # most exact first
+        if sizes[mode] + kv <= budget:
+            return mode, (f"{sizes[mode] / GiB:.2f} GiB weights + {kv / GiB:.2f} GiB KV "
+                          f"({opts.budget_context} tokens) fit --max-memory {opts.max_memory_gib:g} GiB"), sizes
+    return "int4", (f"nothing fits --max-memory {opts.max_memory_gib:g} GiB; int4 is the smallest "
+                    f"({sizes['int4'] / GiB:.2f} GiB)"), sizes
+
+
+def bindings(g: Graph) -> dict[str, Any]:
+    def vi(v):
+        return {"name": v.name, "dtype": onnx_io.onnx_dtype_name(v.elem_type), "shape": list(v.shape)}
+    return {"inputs": [vi(v) for v in g.inputs], "outputs": [vi(v) for v in g.outputs]}
+
+
+def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w: EngineDirWriter,
+                       bar: Bar) -> dict[str, Any]:
+    cfg = ckpt.config
+    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense)
+    bar.start(len(lowered.initializers), lowered.total_weight_bytes())
+    onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
+    bar.finish()
+    positions = lowered.initializers["/rope/cos"].shape[0]
+    return {
+        "model_file": MODEL_FILE,
+        "experts": opts.experts, "dense": opts.dense,
+        "max_positions": positions,
+        "bindings": bindings(lowered),      # moved to the manifest's top level by the driver
+        "kv_layout": {"dtype": "float32", "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
+                      "capacity": "full context on every layer (sliding layers masked by "
+                                  "local_window_size)", "bytes_per_token": kv_bytes_per_token(cfg)},
+        "session": {"graph_optimization_level": "ORT_ENABLE_ALL"},
+    }
+
+
+TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime}
+
+
+# ---- driver ------------------------------------------------------------------------------------
+def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Path,
+                       options: CompileOptions = CompileOptions(), *, show_progress: bool | None = None
+                       ) -> CompileSummary:
+    """Compile a checkpoint directory (or an opened WeightSource) into the engine dir `out_dir`."""
+    if options.target not in TARGETS:
+        raise ValueError(f"unknown --target {options.target!r}; choose one of {', '.join(TARGETS)}")
+    t0 = time.monotonic()
+    ckpt = _open(checkpoint)
+    cfg = ckpt.config
+    graph = build_model(ckpt, max_positions=options.max_positions)
+    experts, reason, sizes = choose_experts(graph, cfg, options)
+    options = dataclasses.replace(options, experts=experts)
+    bar = Bar(enabled=sys.stderr.isatty() if show_progress is None else show_progress)
+    with EngineDirWriter(out_dir) as w:
+        target_config = TARGETS[options.target](graph, ckpt, options, w, bar)
+        manifest = w.finish({
+            "target": options.target, "model_config": cfg, "tokenizer": TOKENIZER,
+            "bindings": target_config.pop("bindings", None) or bindings(graph),
+            "target_config": target_config,
+        })
+    return CompileSummary(
+        manifest=manifest, options=options, experts=experts, experts_reason=reason,
+        weight_bytes=sizes[experts], file_bytes={n: e.size for n, e in manifest.files.items()},
+        seconds=time.monotonic() - t0, peak_rss_bytes=peak_rss_bytes())
+
+
+def _open(checkpoint) -> WeightSource:
+    if isinstance(checkpoint, (str, Path)):
+        from gptoss_edge.compiler.checkpoint import open_checkpoint
+        return open_checkpoint(checkpoint)
+    return checkpoint
+
+
+def peak_rss_bytes() -> int:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kb) * (1 if sys.platform == "darwin" else 1024)
+
+

@@ -1,0 +1,107 @@
+"""Lazy weight conversions for the ONNX Runtime lowering, one expert (or one row block) at a time.
+
+  float_experts: MXFP4 [E, N, K/32, 16] + E8M0 scales -> float32 [E, N, K]   (MoE op, exact)
+  int_experts:   MXFP4 -> QMoE int8 (uint8 q+128 [E, N, K], float32 scales [E, N, K/32]; exact)
+                        or int4 (uint8 [E, N, K/2], nibble q+8, low nibble = even element; lossy)
+  int4_dense:    float32 W^T [K, N] -> MatMulNBits B [N, K/32, 16] + float32 scales [N, K/32]
+Peak memory: one expert's float32 matrix (20b gate_up: 5760 x 2880 x 4 B = 66 MB).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gptoss_edge.compiler.graph.ir import Initializer, lazy, rows_of_untransposed
+
+BLOCK = 32
+_E2M1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
+
+
+# ---- MXFP4 codec (TEMPORARY: replaced by compiler/mxfp4.py from the ckpt branch) ---------------
+def _nibbles(blocks: np.ndarray) -> np.ndarray:
+    """[..., nb, 16] uint8 -> [..., nb, 32] codes (element 2j = low nibble of byte j)."""
+    lo, hi = blocks & 0x0F, blocks >> 4
+    return np.stack([lo, hi], axis=-1).reshape(*blocks.shape[:-1], 32)
+
+
+def _decode(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    v = _E2M1[_nibbles(blocks)] * np.ldexp(np.float32(1), scales.astype(np.int32) - 127)[..., None]
+    return v.reshape(*blocks.shape[:-2], -1).astype(np.float32)
+
+
+def _to_int(blocks: np.ndarray, scales: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """MXFP4 -> symmetric ints q [..., K] (int8) and float32 scales [..., K/32]."""
+    if bits == 8:   # E2M1 values are k/2 with k in [-12, 12]: q = k, scale = 2^(s-128): lossless
+        q = (2 * _E2M1[_nibbles(blocks)]).astype(np.int8)
+        s = np.ldexp(np.float32(1), scales.astype(np.int32) - 128).astype(np.float32)
+        return q.reshape(*blocks.shape[:-2], -1), s
+    return _quantize_int4(_decode(blocks, scales))
+
+
+def _quantize_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float [..., K] -> q int8 in [-8, 7] [..., K], scales [..., K/32]: scale = max|w|/7 per block
+    (round to nearest; the block's extreme value is exact)."""
+    wb = w.reshape(*w.shape[:-1], -1, BLOCK)
+    s = (np.abs(wb).max(-1) / 7.0).astype(np.float32)
+    safe = np.where(s > 0, s, 1.0)
+    q = np.clip(np.rint(wb / safe[..., None]), -8, 7).astype(np.int8)
+    return q.reshape(w.shape), s
+
+
+# ---- packing for ONNX Runtime -------------------------------------------------------------------
+def _pack_u4(q: np.ndarray) -> np.ndarray:
+    """int [-8, 7] [..., K] -> uint8 [..., K/2]: (q+8), element 2j in the low nibble."""
+    u = (q.astype(np.int16) + 8).astype(np.uint8)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _per_expert(blocks: Initializer, scales: Initializer):
+    for b, s in zip(blocks.chunks(), scales.chunks()):
+        yield b, s
+
+
+def float_experts(name: str, blocks: Initializer, scales: Initializer) -> Initializer:
+    e, n, nb, _ = blocks.shape
+    return lazy(name, np.float32, [e, n, nb * BLOCK],
+                lambda: (_decode(b, s) for b, s in _per_expert(blocks, scales)), source=blocks.source)
+
+
+def int_experts(name: str, blocks: Initializer, scales: Initializer, bits: int) -> tuple[Initializer, Initializer]:
+    e, n, nb, _ = blocks.shape
+    k = nb * BLOCK
+
+    def weights():
+        for b, s in _per_expert(blocks, scales):
+            q, _ = _to_int(b, s, bits)
+            yield (q.astype(np.int16) + 128).astype(np.uint8) if bits == 8 else _pack_u4(q)
+
+    def qscales():
+        for b, s in _per_expert(blocks, scales):
+            yield _to_int(b, s, bits)[1]
+    w_shape = [e, n, k if bits == 8 else k // 2]
+    return (lazy(f"{name}_weight_q{bits}", np.uint8, w_shape, weights, source=blocks.source),
+            lazy(f"{name}_scales_q{bits}", np.float32, [e, n, nb], qscales, source=scales.source))
+
+
+def int4_dense(name: str, w_t: Initializer, rows: int = 1024) -> tuple[Initializer, Initializer]:
+    """W^T [K, N] float32 -> MatMulNBits B [N, K/32, 16] uint8 and scales [N, K/32] float32."""
+    k, n = w_t.shape
+
+    def quantized():                           # W [N, K] row chunks (streamed, see ir.py)
+        for chunk in rows_of_untransposed(w_t):
+            for i in range(0, chunk.shape[0], rows):
+                yield _quantize_int4(np.ascontiguousarray(chunk[i:i + rows], dtype=np.float32))
+
+    return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16],
+                 lambda: (_pack_u4(q).reshape(q.shape[0], -1, 16) for q, _ in quantized()), source=w_t.source),
+            lazy(f"{name}/scales_q4", np.float32, [n, k // BLOCK], lambda: (s for _, s in quantized()),
+                 source=w_t.source))
+
+
+def dequant_int(q_packed: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of int_experts/int4_dense storage (for tests and error measurement)."""
+    if bits == 8:
+        q = q_packed.astype(np.float32) - 128
+    else:
+        q = np.stack([q_packed & 0x0F, q_packed >> 4], -1).reshape(*q_packed.shape[:-1], -1).astype(np.float32) - 8
+    qb = q.reshape(*scales.shape, BLOCK)
+    return (qb * scales[..., None]).reshape(q.shape)

@@ -1,0 +1,174 @@
+"""Lower the canonical graph (our op set) to ONNX Runtime contrib ops (com.microsoft).
+
+  SinkAttention -> GroupQueryAttention: RoPE from our cos/sin tables (do_rotary, half split),
+                   sinks as head_sink, local_window_size = window (ORT attends to the current
+                   token and window-1 previous ones: gpt-oss's q-k < window), right-padded rows
+                   through query_seqlens = new_len, seqlens_k = past_len + new_len - 1.
+                   KV cache: full length (the `kv_capacity` dim) on every layer, shared in place
+                   when past/present are bound to the same buffer.
+  MoeMxfp4      -> router MatMul + Add (float32) -> MoE (experts "float", dequantized, exact)
+                   or QMoE (experts "int8": block 32, lossless weights, int8 activations;
+                   "int4": block 32, lossy weights, float32 activations), gpt-oss SwiGLU
+                   (interleaved gate/linear rows, limit, alpha 1.702, beta 1), softmax over the
+                   top-k selected logits (normalize_routing_weights=1).
+  MatMul(x, W^T initializer) [+ Add(bias)] -> MatMulNBits (dense "4bit", int4 block 32), or
+                   left as is (dense "float").
+Expert weights are converted expert by expert (a 20b layer's dequantized gate_up is 2 GB of
+float32: never materialized); see ORT_NOTES.md for the measured kernel behaviour.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from gptoss_edge.compiler import opset
+from gptoss_edge.compiler.graph.ir import Graph, Initializer, ValueInfo, from_array, lazy
+from gptoss_edge.compiler.graph.ops import init_of
+from gptoss_edge.compiler import expert_formats as fmt
+
+MS = "com.microsoft"
+EXPERT_MODES = ("float", "int8", "int4")
+DENSE_MODES = ("float", "4bit")
+IO = opset.ENGINE_IO
+LEN = "/lengths"
+
+
+def lower(g: Graph, experts: str = "float", dense: str = "float") -> Graph:
+    """A new graph for ONNX Runtime; `g` is left unchanged. Initializers stay lazy."""
+    if experts not in EXPERT_MODES:
+        raise ValueError(f"--experts must be one of {', '.join(EXPERT_MODES)}, got {experts!r}")
+    if dense not in DENSE_MODES:
+        raise ValueError(f"--dense must be one of {', '.join(DENSE_MODES)}, got {dense!r}")
+    out = Graph(g.name, opsets={"": g.opsets.get("", 21), MS: 1})
+    out.metadata = dict(g.metadata)
+    out.inputs = [_full_cache(v) for v in g.inputs]
+    out.outputs = [_full_cache(v) for v in g.outputs]
+    consumers = _consumers(g)
+    if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
+        _length_nodes(out)
+    skip: set[str] = set()
+    for n in g.nodes:
+        if n.name in skip:
+            continue
+        if n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type:
+            _lower_attention(out, n)
+        elif n.domain == opset.DOMAIN and n.op_type == opset.MOE_MXFP4.op_type:
+            _lower_moe(out, g, n, experts)
+        elif n.domain == opset.DOMAIN:
+            raise ValueError(f"node {n.name}: no ONNX Runtime lowering for {n.op_type}")
+        elif dense == "4bit" and _is_dense(g, n):
+            skip |= _lower_dense(out, g, n, consumers)
+        else:
+            out.nodes.append(n)
+    _keep_used_initializers(out, g)
+    return out
+
+
+# ---- graph plumbing ----------------------------------------------------------------------------
+def _full_cache(v: ValueInfo) -> ValueInfo:
+    """Every layer's cache holds the whole context in ORT (sliding layers too)."""
+    if v.name.startswith(("past_key.", "past_value.", "present_key.", "present_value.")):
+        return ValueInfo(v.name, v.elem_type, (v.shape[0], v.shape[1], "kv_capacity", v.shape[3]))
+    return v
+
+
+def _consumers(g: Graph) -> dict[str, list[onnx.NodeProto]]:
+    c: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.nodes:
+        for i in n.input:
+            c.setdefault(i, []).append(n)
+    return c
+
+
+def _keep_used_initializers(out: Graph, g: Graph) -> None:
+    used = {i for n in out.nodes for i in n.input}
+    for name, init in g.initializers.items():
+        if name in used and name not in out.initializers:
+            out.add_initializer(init)
+    unused = [k for k in out.initializers if k not in used]
+    for k in unused:
+        del out.initializers[k]
+
+
+def _length_nodes(out: Graph) -> None:
+    """seqlens_k = past_len + new_len - 1 (per row); total = max over rows of past_len + new_len."""
+    total = out.op("Add", [IO.PAST_LEN, IO.NEW_LEN], f"{LEN}/total")
+    out.op("Sub", [total, out.const(f"{LEN}/one", 1, np.int32)], f"{LEN}/seqlens_k")
+    out.op("ReduceMax", [total], f"{LEN}/max_total", keepdims=0)
+
+
+# ---- attention ---------------------------------------------------------------------------------
+def _lower_attention(out: Graph, n: onnx.NodeProto) -> None:
+    s = opset.SINK_ATTENTION
+    port = {p.name: n.input[i] if i < len(n.input) else "" for i, p in enumerate(s.inputs)}
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+    window = int(a.get("window", 0))
+    gqa_inputs = [port["query"], port["key"], port["value"], port["past_key"], port["past_value"],
+                  f"{LEN}/seqlens_k", f"{LEN}/max_total", port["rope_cos"], port["rope_sin"],
+                  "", "", port["sinks"], "", "", "", "", port["new_len"]]
+    # position_ids, attention_bias unused; head_sink; k_scale, v_scale, q/k norm unused; query_seqlens
+    out.node("GroupQueryAttention", gqa_inputs, n.name, outputs=list(n.output), domain=MS,
+             num_heads=int(a["num_heads"]), kv_num_heads=int(a["num_kv_heads"]), scale=float(a["scale"]),
+             do_rotary=1, rotary_interleaved=0, local_window_size=window if window > 0 else -1)
+
+
+# ---- MoE ---------------------------------------------------------------------------------------
+def _lower_moe(out: Graph, g: Graph, n: onnx.NodeProto, experts: str) -> None:
+    s = opset.MOE_MXFP4
+    port = {p.name: n.input[i] for i, p in enumerate(s.inputs)}
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+    a = opset.validate_attrs(s, a)
+    name = n.name
+    rw = init_of(g, port["router_weight"])
+    rw_t = out.add_initializer(lazy(f"{rw.name}_T", np.float32, rw.shape[::-1],
+                                    lambda rw=rw: [rw.array().T], source=rw.source))
+    logits = out.op("Add", [out.op("MatMul", [port["hidden"], rw_t], f"{name}/router/matmul"),
+                           port["router_bias"]], f"{name}/router")
+    blocks = {p: init_of(g, port[f"{p}_blocks"]) for p in ("gate_up", "down")}
+    scales = {p: init_of(g, port[f"{p}_scales"]) for p in ("gate_up", "down")}
+    common = dict(k=a["top_k"], activation_type="swiglu", swiglu_fusion=1,
+                  swiglu_limit=a["swiglu_limit"], activation_alpha=a["swiglu_alpha"],
+                  activation_beta=a["swiglu_linear_offset"], normalize_routing_weights=1)
+    w = {}
+    if experts == "float":
+        for p in ("gate_up", "down"):
+            w[p] = out.add_initializer(fmt.float_experts(f"{name}/{p}_weight", blocks[p], scales[p]))
+        out.node("MoE", [port["hidden"], logits, w["gate_up"], port["gate_up_bias"], w["down"],
+                         port["down_bias"]], name, outputs=list(n.output), domain=MS, **common)
+        return
+    bits = 8 if experts == "int8" else 4
+    sc = {}
+    for p in ("gate_up", "down"):
+        q, qs = fmt.int_experts(f"{name}/{p}", blocks[p], scales[p], bits)
+        w[p], sc[p] = out.add_initializer(q), out.add_initializer(qs)
+    out.node("QMoE", [port["hidden"], logits, w["gate_up"], sc["gate_up"], port["gate_up_bias"],
+                      w["down"], sc["down"], port["down_bias"]], name, outputs=list(n.output),
+             domain=MS, expert_weight_bits=bits, block_size=32, quant_type="int", accuracy_level=0,
+             **common)
+
+
+# ---- dense 4-bit -------------------------------------------------------------------------------
+def _is_dense(g: Graph, n: onnx.NodeProto) -> bool:
+    return (n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and n.input[1] in g.initializers
+            and len(g.initializers[n.input[1]].shape) == 2)
+
+
+def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers) -> set[str]:
+    """MatMul(x, W^T) [+ Add(b)] -> MatMulNBits; returns the names of the nodes it absorbed."""
+    w_t = g.initializers[n.input[1]]
+    k, n_out = w_t.shape
+    if k % 32:
+        out.nodes.append(n)
+        return set()
+    uses = consumers.get(n.output[0], [])
+    bias, absorbed, y = "", set(), n.output[0]
+    if (len(uses) == 1 and uses[0].op_type == "Add" and uses[0].input[0] == n.output[0]
+            and uses[0].input[1] in g.initializers and g.initializers[uses[0].input[1]].shape == (n_out,)):
+        bias, absorbed, y = uses[0].input[1], {uses[0].name}, uses[0].output[0]
+    q, qs = fmt.int4_dense(n.name, w_t)
+    out.add_initializer(q)
+    out.add_initializer(qs)
+    out.node("MatMulNBits", [n.input[0], q.name, qs.name, "", "", bias], n.name, outputs=[y], domain=MS,
+             K=k, N=n_out, bits=4, block_size=32, accuracy_level=0)
+    return absorbed

@@ -1,0 +1,41 @@
+"""`gptoss-edge compile CHECKPOINT -o ENGINE_DIR --target onnxruntime [--experts ...] [--dense ...]`"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gptoss_edge.compiler import lower_ort
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from gptoss_edge.compiler.compile import TARGETS
+    p = sub.add_parser("compile", help="compile a gpt-oss checkpoint into an engine directory",
+                       description="Compile a gpt-oss checkpoint (HF or original layout) into an engine directory.")
+    p.add_argument("checkpoint", help="checkpoint directory (safetensors + config.json)")
+    p.add_argument("-o", "--output", required=True, help="engine directory to write (replaced atomically)")
+    p.add_argument("--target", default="onnxruntime", choices=sorted(TARGETS))
+    p.add_argument("--experts", choices=lower_ort.EXPERT_MODES, default=None,
+                   help="expert weights: float (exact), int8 (lossless weights, int8 activations), "
+                        "int4 (smallest, lossy); default: the most exact that fits --max-memory")
+    p.add_argument("--dense", choices=lower_ort.DENSE_MODES, default="float",
+                   help="attention and lm_head weights: float or 4bit (MatMulNBits, block 32)")
+    p.add_argument("--max-memory", type=float, default=14.0, metavar="GiB",
+                   help="memory budget for weights + one 4k-token KV cache (default 14)")
+    p.add_argument("--max-positions", type=int, default=None,
+                   help="RoPE table rows (default: the model's max_position_embeddings)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
+    opts = CompileOptions(target=args.target, experts=args.experts, dense=args.dense,
+                          max_memory_gib=args.max_memory, max_positions=args.max_positions)
+    try:
+        summary = compile_checkpoint(args.checkpoint, args.output, opts,
+                                     show_progress=False if args.no_progress else None)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"gptoss-edge compile: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.text(), file=sys.stderr)
+    return 0

@@ -1,0 +1,162 @@
+"""OrtBackend: the Backend protocol on an ONNX Runtime engine directory (CPU).
+
+KV cache: the backend owns, per layer, key and value arrays [max_slots, kv_heads, max_context,
+head_dim] float32 (zero-filled lazily by the OS: untouched pages cost nothing). A step over one
+slot binds that slot's rows in place (past_* and present_* are the same buffer; ONNX Runtime's
+GroupQueryAttention appends into it). A step over several slots right-pads their new tokens to
+the longest, gathers their caches into a step buffer [rows, kv_heads, max(past)+S, head_dim],
+runs once, and scatters the new tokens back. Per row the engine gets past_len (tokens cached)
+and new_len (valid tokens of this step); padded positions never enter a cache.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from gptoss_edge.compiler import opset
+from gptoss_edge.compiler.engine_dir import load_manifest
+from gptoss_edge.runtime.backend import BackendError, BackendInfo, StepRow
+
+IO = opset.ENGINE_IO
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return so
+
+
+class OrtBackend:
+    def __init__(self, engine_dir: str | Path, max_slots: int = 4, max_context: int = 4096,
+                 max_step_tokens: int = 256, threads: int | None = None, verify: bool | str = True):
+        self.manifest = load_manifest(engine_dir, verify=verify)
+        m = self.manifest
+        if m.target != "onnxruntime":
+            raise BackendError(f"{m.path}: engine target is {m.target!r}, OrtBackend runs 'onnxruntime'")
+        cfg = m.config
+        positions = int(m.target_config.get("max_positions", cfg.max_position_embeddings))
+        if max_slots < 1 or max_context < 1 or max_step_tokens < 1:
+            raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
+        if max_context + max_step_tokens > positions:
+            raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
+                               f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
+        self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
+                                            session_options(threads), providers=["CPUExecutionProvider"])
+        self.cfg = cfg
+        self._kv_shape = (max_slots, cfg.num_key_value_heads, max_context, cfg.head_dim)
+        self._keys = [np.zeros(self._kv_shape, np.float32) for _ in range(cfg.num_hidden_layers)]
+        self._values = [np.zeros(self._kv_shape, np.float32) for _ in range(cfg.num_hidden_layers)]
+        self._lengths = [0] * max_slots
+        self._info = BackendInfo(config=cfg, target="onnxruntime", max_slots=max_slots,
+                                 max_context=max_context, max_step_tokens=max_step_tokens,
+                                 kv_bytes_per_token=cfg.num_hidden_layers * 2 * cfg.kv_size * 4)
+
+    # ---- protocol ---------------------------------------------------------------------------
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def slot_length(self, slot: int) -> int:
+        return self._lengths[self._check_slot(slot)]
+
+    def release(self, slot: int) -> None:
+        self._lengths[self._check_slot(slot)] = 0     # stale cache rows are never read again
+
+    def close(self) -> None:
+        self.session = None
+        self._keys = self._values = []
+
+    def step(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
+        self._validate(rows)
+        b, s = len(rows), max(len(r.token_ids) for r in rows)
+        ids = np.zeros((b, s), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r.token_ids)] = r.token_ids
+        past = np.array([self._lengths[r.slot] for r in rows], np.int32)
+        new = np.array([len(r.token_ids) for r in rows], np.int32)
+        logits = np.empty((b, s, self.cfg.vocab_size), np.float32)
+        if b == 1:
+            caches = self._slot_views(rows[0].slot)
+            self._run(ids, past, new, caches, logits)
+        else:
+            caches = self._gather(rows, past, s)
+            self._run(ids, past, new, caches, logits)
+            self._scatter(rows, past, new, caches)
+        for r, n in zip(rows, new):
+            self._lengths[r.slot] += int(n)
+        return [logits[i, :n].copy() if r.all_logits else logits[i, n - 1].copy()
+                for i, (r, n) in enumerate(zip(rows, new))]
+
+    # ---- internals --------------------------------------------------------------------------
+    def _run(self, ids, past, new, caches, logits) -> None:
+        if self.session is None:
+            raise BackendError("backend is closed")
+        io = self.session.io_binding()
+        io.bind_cpu_input(IO.INPUT_IDS, ids)
+        io.bind_cpu_input(IO.PAST_LEN, past)
+        io.bind_cpu_input(IO.NEW_LEN, new)
+        for layer, (k, v) in enumerate(caches):
+            for name_in, name_out, buf in ((IO.past_key(layer), IO.present_key(layer), k),
+                                           (IO.past_value(layer), IO.present_value(layer), v)):
+                ov = ort.OrtValue.ortvalue_from_numpy(buf)        # shares memory with buf
+                io.bind_ortvalue_input(name_in, ov)
+                io.bind_ortvalue_output(name_out, ov)             # in place: present == past
+        io.bind_output(IO.LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.session.run_with_iobinding(io)
+
+    def _slot_views(self, slot: int):
+        return [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in zip(self._keys, self._values)]
+
+    def _gather(self, rows, past, s):
+        cap = int(past.max()) + s
+        shape = (len(rows), self.cfg.num_key_value_heads, cap, self.cfg.head_dim)
+        caches = []
+        for k, v in zip(self._keys, self._values):
+            bk, bv = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            for i, r in enumerate(rows):
+                p = int(past[i])
+                bk[i, :, :p] = k[r.slot, :, :p]
+                bv[i, :, :p] = v[r.slot, :, :p]
+            caches.append((bk, bv))
+        return caches
+
+    def _scatter(self, rows, past, new, caches) -> None:
+        for (k, v), (bk, bv) in zip(zip(self._keys, self._values), caches):
+            for i, r in enumerate(rows):
+                p, n = int(past[i]), int(new[i])
+                k[r.slot, :, p:p + n] = bk[i, :, p:p + n]
+                v[r.slot, :, p:p + n] = bv[i, :, p:p + n]
+
+    def _check_slot(self, slot: int) -> int:
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self._info.max_slots:
+            raise BackendError(f"slot {slot!r} out of range [0, {self._info.max_slots})")
+        return int(slot)
+
+    def _validate(self, rows: Sequence[StepRow]) -> None:
+        if not rows:
+            raise BackendError("step needs at least one row")
+        seen = set()
+        for r in rows:
+            slot = self._check_slot(r.slot)
+            if slot in seen:
+                raise BackendError(f"slot {slot} appears twice in one step")
+            seen.add(slot)
+            n = len(r.token_ids)
+            if n == 0:
+                raise BackendError(f"slot {slot}: a step row needs at least one token")
+            if n > self._info.max_step_tokens:
+                raise BackendError(f"slot {slot}: {n} tokens in one step exceed max_step_tokens "
+                                   f"{self._info.max_step_tokens} (split the prompt)")
+            if self._lengths[slot] + n > self._info.max_context:
+                raise BackendError(f"slot {slot}: {self._lengths[slot]} + {n} tokens exceed max_context "
+                                   f"{self._info.max_context}")
+            bad = [t for t in r.token_ids if not 0 <= int(t) < self.cfg.vocab_size]
+            if bad:
+                raise BackendError(f"slot {slot}: token id {bad[0]} outside the vocabulary "
+                                   f"[0, {self.cfg.vocab_size})")

@@ -1,0 +1,142 @@
+"""Each ONNX Runtime lowering against a direct numpy computation at tiny size.
+
+One-node canonical graphs (our op set) are lowered by compiler.lower_ort, written with
+external data and run on ONNX Runtime's CPU provider."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+
+from gptoss_edge.compiler import expert_formats as fmt
+from gptoss_edge.compiler import lower_ort, opset
+from gptoss_edge.compiler.graph import onnx_io
+from gptoss_edge.compiler.graph.ir import Graph, from_array
+from gptoss_edge.compiler.graph.ops import our_node
+
+IO = opset.ENGINE_IO
+E, H, I, TOPK = 4, 64, 32, 2
+
+
+def run_graph(g: Graph, tmp_path, feeds: dict, **lower_kw) -> list[np.ndarray]:
+    lowered = lower_ort.lower(g, **lower_kw)
+    model, _ = onnx_io.save(lowered, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def canonical(name: str) -> Graph:
+    return Graph(name, opsets={"": 21, opset.DOMAIN: opset.OPSET_VERSION})
+
+
+# ---- MoE ---------------------------------------------------------------------------------------
+def random_experts(rng):
+    def mx(n, k):   # random MXFP4 codes, scales 2^-9..2^-4 keep outputs O(1)
+        return (rng.integers(0, 256, (E, n, k // 32, 16), dtype=np.uint8),
+                rng.integers(118, 124, (E, n, k // 32), dtype=np.uint8))
+    gub, gus = mx(2 * I, H)
+    db, ds = mx(H, I)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)   # noqa: E731
+    return dict(router_weight=f(E, H) * .3, router_bias=f(E) * .3, gate_up_blocks=gub, gate_up_scales=gus,
+                gate_up_bias=f(E, 2 * I) * .3, down_blocks=db, down_scales=ds, down_bias=f(E, H) * .3)
+
+
+def moe_numpy(x, w, gate_up, down):
+    """gpt-oss MLP on float weights [E, N, K] (the formula of opset.MOE_MXFP4)."""
+    logits = x @ w["router_weight"].T + w["router_bias"]
+    out = np.zeros_like(x, dtype=np.float64)
+    for t in range(x.shape[0]):
+        top = np.argsort(-logits[t], kind="stable")[:TOPK]
+        p = np.exp(logits[t, top] - logits[t, top].max())
+        p /= p.sum()
+        for e, pe in zip(top, p):
+            gu = gate_up[e] @ x[t] + w["gate_up_bias"][e]
+            g, lin = np.minimum(gu[0::2], 7.0), np.clip(gu[1::2], -7.0, 7.0)
+            a = g / (1 + np.exp(-1.702 * g)) * (lin + 1)
+            out[t] += pe * (down[e] @ a + w["down_bias"][e])
+    return out.astype(np.float32)
+
+
+def moe_graph(w) -> Graph:
+    g = canonical("moe")
+    g.add_input("x", TensorProto.FLOAT, ["tokens", H])
+    g.add_output("y", TensorProto.FLOAT, ["tokens", H])
+    ports = {k: g.add_initializer(from_array(f"/moe/{k}", v)) for k, v in w.items()}
+    ports["hidden"] = "x"
+    our_node(g, opset.MOE_MXFP4, "/moe/experts", ports, outputs=["y"], num_experts=E, top_k=TOPK,
+             hidden_size=H, intermediate_size=I)
+    return g
+
+
+@pytest.fixture(scope="module")
+def moe_case():
+    rng = np.random.default_rng(7)
+    w = random_experts(rng)
+    x = rng.standard_normal((9, H)).astype(np.float32)
+    gate_up = fmt._decode(w["gate_up_blocks"], w["gate_up_scales"])
+    down = fmt._decode(w["down_blocks"], w["down_scales"])
+    return w, x, gate_up, down, moe_numpy(x, w, gate_up, down)
+
+
+def test_moe_float_is_exact(moe_case, tmp_path):
+    w, x, _, _, ref = moe_case
+    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, experts="float")
+    # Same float32 weights and formula; only summation order differs (K <= 64): ~1e-7 relative.
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_moe_int8_weights_lossless_activation_error_bounded(moe_case, tmp_path):
+    w, x, gate_up, down, ref = moe_case
+    q, s = fmt._to_int(w["gate_up_blocks"], w["gate_up_scales"], 8)
+    assert np.array_equal(q.astype(np.float32).reshape(*s.shape, 32) * s[..., None],
+                          gate_up.reshape(*s.shape, 32))          # MXFP4 -> int8 is exact
+    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, experts="int8")
+    rel = np.abs(y - ref).max() / np.abs(ref).max()
+    # ORT's CPU int8 QMoE quantizes activations to int8 (no fp32 kernel): each GEMM input is off
+    # by <= 1/254 of its block max per element; two GEMMs -> ~1% of the output scale (measured
+    # 0.8% when probing). 3% leaves room for a near-tie in the SwiGLU clamp, not for a layout bug
+    # (a wrong layout/zero point gives O(100%)).
+    assert 1e-6 < rel < 3e-2
+
+
+def test_moe_int4_matches_its_dequantized_weights(moe_case, tmp_path):
+    w, x, gate_up, down, ref = moe_case
+    deq = {}
+    for p in ("gate_up", "down"):
+        q, s = fmt._to_int(w[f"{p}_blocks"], w[f"{p}_scales"], 4)
+        deq[p] = fmt.dequant_int(fmt._pack_u4(q), s, 4)
+    ref4 = moe_numpy(x, w, deq["gate_up"], deq["down"])
+    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, experts="int4")
+    # accuracy_level 0 keeps float32 activations: the only error vs the int4 weights is
+    # summation order (~1e-7 relative).
+    assert np.abs(y - ref4).max() <= 1e-5 * np.abs(ref4).max()
+    # int4 weight error vs the MXFP4 original: symmetric scale max|w|/7 per 32-block, so each
+    # weight is within scale/2 = max/14 of its value (plus nothing else).
+    blocks = gate_up.reshape(E, 2 * I, -1, 32)
+    err = np.abs(deq["gate_up"].reshape(blocks.shape) - blocks).max(-1)
+    assert np.all(err <= np.abs(blocks).max(-1) / 14 * (1 + 1e-6))
+    assert np.abs(y - ref).max() > 0          # lossy: it must differ from the MXFP4 result
+
+
+# ---- dense 4 bit ----------------------------------------------------------------------------------
+def test_dense_4bit_matmulnbits(tmp_path):
+    rng = np.random.default_rng(3)
+    k, n = 96, 40
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    g = canonical("dense")
+    g.add_input("x", TensorProto.FLOAT, ["b", "s", k])
+    g.add_output("y", TensorProto.FLOAT, ["b", "s", n])
+    wt = g.add_initializer(from_array("/lin/weight_T", np.ascontiguousarray(w.T)))
+    mm = g.op("MatMul", ["x", wt], "/lin/matmul")
+    g.node("Add", [mm, g.add_initializer(from_array("/lin/bias", b))], "/lin/add_bias", outputs=["y"])
+    lowered = lower_ort.lower(g, dense="4bit")
+    assert [n_.op_type for n_ in lowered.nodes] == ["MatMulNBits"]
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    (y,) = run_graph(g, tmp_path, {"x": x}, dense="4bit")
+    q, s = fmt._quantize_int4(w)
+    wq = fmt.dequant_int(fmt._pack_u4(q), s, 4)
+    ref = x @ wq.T + b
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()      # same weights: summation order only
+    assert np.abs(wq - w).max() <= np.abs(w).max() / 14 * (1 + 1e-6)  # within half a step of max/7
