@@ -7,13 +7,13 @@ systemd-analyze, systemd-sysusers and hadolint are used when installed, skipped 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from concurrent import futures
 from pathlib import Path
@@ -202,7 +202,6 @@ def last(instrs, name: str) -> str:
 
 
 def exec_form(rest: str) -> list[str]:
-    import json
     return json.loads(rest)
 
 
@@ -311,7 +310,10 @@ def test_deployment_args_ports_probes_agree(k8s):
         assert c[probe]["grpc"].get("service", "") in HEALTH_NAMES, probe
     sleep = c["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
-    assert pod["spec"]["terminationGracePeriodSeconds"] > int(sleep[1]) + args.drain_grace + FLUSH_S
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert grace > int(sleep[1]) + args.drain_grace + FLUSH_S
+    live = c["livenessProbe"]                  # NOT_SERVING while draining must not kill it
+    assert live["periodSeconds"] * live["failureThreshold"] > grace
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/engines"]["readOnly"] and str(args.engine_dir).startswith("/engines/")
     secret_mount = next(p for p in mounts if str(args.auth_token_file).startswith(p + "/"))
@@ -360,7 +362,11 @@ def test_envoy_routes_timeouts_and_retries(k8s):
                     if lst["name"] == "grpc_tls")
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     [vhost] = hcm["route_config"]["virtual_hosts"]
-    assert vhost["retry_policy"]["retry_on"] == "unavailable"            # nothing else retried
+    # Only calls the server never started: gRPC UNAVAILABLE (draining), connect failure, HTTP/2
+    # refused stream. Never reset/5xx/internal/deadline-exceeded (a generation may have begun).
+    retry_on = set(vhost["retry_policy"]["retry_on"].split(","))
+    assert "unavailable" in retry_on and retry_on <= {"unavailable", "connect-failure",
+                                                      "refused-stream"}, retry_on
     routes = vhost["routes"]
     methods = grpc_methods()
 
