@@ -438,6 +438,16 @@ def test_overlays_render(overlays):
             assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_overlays_match_the_kubernetes_schemas(overlays, version):
+    """Strict: an unknown or misspelt field fails. Uses kubernetes-validate when installed."""
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="kubernetes-validate not installed: schema check skipped")
+    for objs in overlays.values():
+        for obj in objs.values():
+            kv.validate(obj, version, strict=True)          # raises ValidationError
+
 # ---- health probe script + the unit's command line, for real --------------------------------
 
 def load_healthcheck():
