@@ -22,3 +22,37 @@ def tiny_checkpoint(tmp_path_factory) -> oracles.CheckpointPair:
 def oracle_case(tiny_checkpoint) -> oracles.OracleCase:
     """HF (prompt logits + KV-cached greedy decode) and OpenAI logits for the standard batch."""
     return oracles.compute_oracle_case(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """The harmony-aware byte-level BPE that `make-checkpoint --preset tiny` writes."""
+    from gptoss_edge.runtime.tokenizer import load_tokenizer, make_tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    make_tiny_tokenizer(512).save(str(path))
+    return load_tokenizer({"kind": "hf", "file": str(path)})
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory, tiny_tokenizer):
+    """ONNX Runtime engine compiled from a synthetic tiny gpt-oss checkpoint (random weights,
+    4 layers: window + full attention, 8 experts top-2), vocabulary sized to the tiny BPE."""
+    import dataclasses
+
+    from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
+    from gptoss_edge.compiler.config import preset
+    from gptoss_edge.compiler.synthetic import write_checkpoint
+
+    root = tmp_path_factory.mktemp("engine")
+    cfg = dataclasses.replace(preset("tiny"), vocab_size=tiny_tokenizer.vocab_size)
+    write_checkpoint(root / "ckpt", cfg, "hf", 5)
+    compile_checkpoint(root / "ckpt", root / "tiny", CompileOptions(
+        target="onnxruntime", experts="float", max_positions=1024), show_progress=False)
+    return root / "tiny"
+
+
+def ort_backend(engine, **limits):
+    """OrtBackend with one intra-op thread (CI has 2 shared cores; more threads only contend)."""
+    from gptoss_edge.runtime.ort_backend import OrtBackend
+    return OrtBackend(engine, threads=1, **limits)

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (protos/generate.py); do not edit."""

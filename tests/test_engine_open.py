@@ -1,0 +1,52 @@
+"""Opening engine dirs for serving: slot budget, verification, tokenizer fallback, and the
+default-engine hook (compile once, then cached)."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+
+import pytest
+
+from gptoss_edge.compiler.config import preset
+from gptoss_edge.compiler.engine_dir import EngineDirError
+from gptoss_edge.compiler.synthetic import write_checkpoint
+from gptoss_edge.runtime import engine_dir as ed
+
+
+def test_open_engine_sizes_slots_from_memory_budget(tiny_engine):
+    # tiny: 4 layers x 2 (K,V) x 2 kv heads x 16 dims x 4 B = 1024 B per token
+    limits = ed.EngineLimits(max_slots=8, max_context=256, max_step_tokens=32,
+                             max_memory=3 * 1024 * 256 + 100)
+    engine = ed.open_engine(tiny_engine, limits)
+    assert engine.backend.info.max_slots == 3
+    assert engine.name == "tiny" and engine.tokenizer is None     # o200k entry, 489-id model
+    with pytest.raises(ed.EngineOpenError, match="holds no KV slot"):
+        ed.open_engine(tiny_engine, dataclasses.replace(limits, max_memory=1000))
+
+
+def test_open_engine_refuses_tampered_engine(tiny_engine, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_engine, copy)
+    victim = next(p for p in copy.iterdir() if p.name != "manifest.json" and p.is_file())
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(EngineDirError, match=victim.name):
+        ed.open_engine(copy, ed.EngineLimits(max_slots=1, max_context=128, max_step_tokens=32))
+
+
+def test_default_engine_is_compiled_once_and_cached(tmp_path, monkeypatch):
+    ckpt = write_checkpoint(tmp_path / "default", preset("tiny"), "hf", 1)
+    monkeypatch.setitem(sys.modules, "gptoss_edge.models",
+                        types.SimpleNamespace(default_model_dir=lambda: ckpt))
+    monkeypatch.setenv("GPTOSS_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GPTOSS_EDGE_DEFAULT_ENGINE", raising=False)
+    first = ed.default_engine_dir()
+    assert (first / "manifest.json").is_file() and first.parent == tmp_path / "cache" / "engines"
+    stamp = (first / "manifest.json").stat().st_mtime_ns
+    assert ed.default_engine_dir() == first
+    assert (first / "manifest.json").stat().st_mtime_ns == stamp      # not recompiled
+    monkeypatch.setenv("GPTOSS_EDGE_DEFAULT_ENGINE", str(tmp_path / "elsewhere"))
+    assert ed.default_engine_dir() == tmp_path / "elsewhere"
