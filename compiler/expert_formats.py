@@ -40,18 +40,36 @@ def float_experts(name: str, blocks: Initializer, scales: Initializer) -> Initia
                 lambda: (mxfp4.decode(b, s) for b, s in _per_expert(blocks, scales)), source=blocks.source)
 
 
+def _paired(convert, source_chunks):
+    """Two lazy outputs (packed weights, scales) of one conversion pass: the writer streams the
+    weights first, which stashes the (small) scales for the second; if the scales are asked
+    for first or alone, the conversion runs again. Peak: one chunk plus all scales."""
+    stash: list[np.ndarray] = []
+
+    def weights():
+        stash.clear()
+        for chunk in source_chunks():
+            packed, scales = convert(chunk)
+            stash.append(scales)
+            yield packed
+
+    def scales():
+        if stash:
+            yield from stash
+            stash.clear()
+        else:
+            yield from (convert(c)[1] for c in source_chunks())
+    return weights, scales
+
+
 def int_experts(name: str, blocks: Initializer, scales: Initializer, bits: int) -> tuple[Initializer, Initializer]:
     e, n, nb, _ = blocks.shape
     k = nb * BLOCK
 
-    def weights():
-        for b, s in _per_expert(blocks, scales):
-            q, _ = _to_int(b, s, bits)
-            yield (q.astype(np.int16) + 128).astype(np.uint8) if bits == 8 else _pack_u4(q)
-
-    def qscales():
-        for b, s in _per_expert(blocks, scales):
-            yield _to_int(b, s, bits)[1]
+    def convert(pair):
+        q, s = _to_int(pair[0], pair[1], bits)
+        return ((q.astype(np.int16) + 128).astype(np.uint8) if bits == 8 else _pack_u4(q)), s
+    weights, qscales = _paired(convert, lambda: _per_expert(blocks, scales))
     w_shape = [e, n, k if bits == 8 else k // 2]
     return (lazy(f"{name}_weight_q{bits}", np.uint8, w_shape, weights, source=blocks.source),
             lazy(f"{name}_scales_q{bits}", np.float32, [e, n, nb], qscales, source=scales.source))
@@ -61,15 +79,17 @@ def int4_dense(name: str, w_t: Initializer, rows: int = 1024) -> tuple[Initializ
     """W^T [K, N] float32 -> MatMulNBits B [N, K/32, 16] uint8 and scales [N, K/32] float32."""
     k, n = w_t.shape
 
-    def quantized():                           # W [N, K] row chunks (streamed, see ir.py)
+    def row_blocks():                          # W [N, K] row chunks (streamed, see ir.py)
         for chunk in rows_of_untransposed(w_t):
             for i in range(0, chunk.shape[0], rows):
-                yield mxfp4.quantize_int4(np.ascontiguousarray(chunk[i:i + rows], dtype=np.float32))
+                yield np.ascontiguousarray(chunk[i:i + rows], dtype=np.float32)
 
-    return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16],
-                 lambda: (_pack_u4(q).reshape(q.shape[0], -1, 16) for q, _ in quantized()), source=w_t.source),
-            lazy(f"{name}/scales_q4", np.float32, [n, k // BLOCK], lambda: (s for _, s in quantized()),
-                 source=w_t.source))
+    def convert(w):
+        q, s = mxfp4.quantize_int4(w)
+        return _pack_u4(q).reshape(q.shape[0], -1, 16), s
+    weights, scales = _paired(convert, row_blocks)
+    return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16], weights, source=w_t.source),
+            lazy(f"{name}/scales_q4", np.float32, [n, k // BLOCK], scales, source=w_t.source))
 
 
 def dequant_int(q_packed: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
