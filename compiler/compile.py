@@ -35,6 +35,7 @@ class CompileOptions:
     target: str = "onnxruntime"
     experts: str | None = None       # None: chosen from max_memory_gib
     dense: str = "float"
+    embedding: str | None = None     # "bf16" | "float"; None: bf16 when the checkpoint stores bf16
     max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
@@ -54,7 +55,8 @@ class CompileSummary:
     def text(self) -> str:
         lines = [f"engine     {self.manifest.path}  (target {self.manifest.target})",
                  f"experts    {self.experts}  ({self.experts_reason})",
-                 f"dense      {self.options.dense}"]
+                 f"dense      {self.options.dense}",
+                 f"embedding  {self.options.embedding}"]
         for name, size in sorted(self.file_bytes.items()):
             lines.append(f"file       {name:<24} {size / GiB:9.3f} GiB")
         lines += [f"weights    {self.weight_bytes / GiB:.3f} GiB",
@@ -76,7 +78,8 @@ def kv_bytes_per_token(cfg: ModelConfig, itemsize: int = 4) -> int:
 
 def choose_experts(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, dict[str, int]]:
     """The most exact expert format whose weights + one slot's KV cache fit the budget."""
-    sizes = {m: lower_ort.lower(graph, m, opts.dense).total_weight_bytes() for m in lower_ort.EXPERT_MODES}
+    sizes = {m: lower_ort.lower(graph, m, opts.dense, opts.embedding or "float").total_weight_bytes()
+             for m in lower_ort.EXPERT_MODES}
     if opts.experts:
         return opts.experts, "asked for", sizes
     kv = kv_bytes_per_token(cfg) * opts.budget_context
@@ -89,6 +92,14 @@ def choose_experts(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tupl
                     f"({sizes['int4'] / GiB:.2f} GiB)"), sizes
 
 
+def default_embedding(ckpt: WeightSource) -> str:
+    """bf16 (exact, half the bytes) when the checkpoint stores the embedding in bf16."""
+    raw = getattr(ckpt, "raw", None)
+    if raw is None:
+        return "float"
+    return "bf16" if raw("model.embed_tokens.weight")[1] == "BF16" else "float"
+
+
 def bindings(g: Graph) -> dict[str, Any]:
     def vi(v):
         return {"name": v.name, "dtype": onnx_io.onnx_dtype_name(v.elem_type), "shape": list(v.shape)}
@@ -98,14 +109,14 @@ def bindings(g: Graph) -> dict[str, Any]:
 def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w: EngineDirWriter,
                        bar: Bar) -> dict[str, Any]:
     cfg = ckpt.config
-    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense)
+    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense, opts.embedding or "float")
     bar.start(len(lowered.initializers), lowered.total_weight_bytes())
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
     positions = lowered.initializers["/rope/cos"].shape[0]
     return {
         "model_file": MODEL_FILE,
-        "experts": opts.experts, "dense": opts.dense,
+        "experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
         "max_positions": positions,
         "bindings": bindings(lowered),      # moved to the manifest's top level by the driver
         "kv_layout": {"dtype": "float32", "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
@@ -129,6 +140,8 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
     ckpt = _open(checkpoint)
     cfg = ckpt.config
     graph = build_model(ckpt, max_positions=options.max_positions)
+    if options.embedding is None:
+        options = dataclasses.replace(options, embedding=default_embedding(ckpt))
     experts, reason, sizes = choose_experts(graph, cfg, options)
     options = dataclasses.replace(options, experts=experts)
     bar = Bar(enabled=sys.stderr.isatty() if show_progress is None else show_progress)

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "int4 (smallest, lossy); default: the most exact that fits --max-memory")
     p.add_argument("--dense", choices=lower_ort.DENSE_MODES, default="float",
                    help="attention and lm_head weights: float or 4bit (MatMulNBits, block 32)")
+    p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
+                   help="embedding table: bf16 (exact for bf16 checkpoints, half the bytes) or float; "
+                        "default: bf16 when the checkpoint stores it in bf16")
     p.add_argument("--max-memory", type=float, default=14.0, metavar="GiB",
                    help="memory budget for weights + one 4k-token KV cache (default 14)")
     p.add_argument("--max-positions", type=int, default=None,
@@ -29,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
-    opts = CompileOptions(target=args.target, experts=args.experts, dense=args.dense,
+    opts = CompileOptions(target=args.target, experts=args.experts, dense=args.dense, embedding=args.embedding,
                           max_memory_gib=args.max_memory, max_positions=args.max_positions)
     try:
         summary = compile_checkpoint(args.checkpoint, args.output, opts,
