@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experts", choices=lower_ort.EXPERT_MODES, default=None,
                    help="expert weights: float (exact), int8 (lossless weights, int8 activations), "
                         "int4 (smallest, lossy); default: the most exact that fits --max-memory")
-    p.add_argument("--dense", choices=lower_ort.DENSE_MODES, default="float",
-                   help="attention and lm_head weights: float or 4bit (MatMulNBits, block 32)")
+    p.add_argument("--dense", choices=lower_ort.DENSE_MODES, default=None,
+                   help="attention and lm_head weights: float or 4bit (MatMulNBits, block 32); "
+                        "default: float if it fits --max-memory")
     p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
                    help="embedding table: bf16 (exact for bf16 checkpoints, half the bytes) or float; "
                         "default: bf16 when the checkpoint stores it in bf16")
