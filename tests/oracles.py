@@ -127,7 +127,7 @@ def load_hf(checkpoint: str | Path):
 #                       the input of each expert GEMM (the normed hidden state, the SwiGLU
 #                       output) is quantized per token and per block of 32 inputs to int8 with
 #                       scale amax/127, q = round-half-even(x * 127/amax).
-VARIANTS = ("exact", "int8-activations", "int4-weights")
+VARIANTS = ("exact", "int8-activations", "int4-weights", "dense4bit-mxfp4", "dense4bit-int4")
 
 
 def int8_block_rounding(x: torch.Tensor) -> torch.Tensor:
@@ -147,6 +147,16 @@ def int4_block_rounding(w: torch.Tensor) -> torch.Tensor:
     return (q * scale).reshape(w.shape)
 
 
+def dense_4bit_rounding(w: torch.Tensor, fmt: str) -> torch.Tensor:
+    """w [out, in] -> the values a Gemm4bit node holds (compiler/dense4bit.py, blocks of 32 along
+    `in`; decoded by the reference kernels' decoders, themselves tested against bit-field loops)."""
+    from gptoss_edge.compiler import dense4bit
+    from gptoss_edge.compiler.reference_kernels import dequant_int4, dequant_mxfp4
+    blocks, scales = dense4bit.QUANTIZERS[fmt](w.detach().float().numpy())
+    decoded = dequant_mxfp4(blocks, scales) if fmt == "mxfp4" else dequant_int4(blocks, scales)
+    return torch.from_numpy(decoded.astype(np.float32))
+
+
 def load_hf_variant(checkpoint: str | Path, variant: str):
     """The HF oracle, with a lossy mode's rounding applied through HF's own expert module:
     weights replaced in place (HF stores them [E, K, N]: transposed to round along K), the
@@ -154,6 +164,15 @@ def load_hf_variant(checkpoint: str | Path, variant: str):
     if variant not in VARIANTS:
         raise ValueError(f"unknown oracle variant {variant!r}; one of {VARIANTS}")
     model = load_hf(checkpoint)
+    if variant.startswith("dense4bit-"):     # q/k/v/o and lm_head weights as 4-bit blocks hold them
+        fmt = variant.split("-", 1)[1]
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                             layer.self_attn.o_proj):
+                    proj.weight.copy_(dense_4bit_rounding(proj.weight, fmt))
+            model.lm_head.weight.copy_(dense_4bit_rounding(model.lm_head.weight, fmt))
+        return model
     for layer in model.model.layers:
         experts = layer.mlp.experts
         if variant == "int4-weights":
