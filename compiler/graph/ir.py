@@ -25,6 +25,9 @@ class Initializer:
     shape: tuple[int, ...]
     produce: Chunks
     source: str = ""      # where the data comes from (checkpoint key), for diagnostics
+    # For a weight stored transposed (W^T [in, out] for MatMul): W [out, in] as row chunks, so
+    # a lowering that wants rows of W (4-bit packing) streams them instead of transposing back.
+    untransposed: Chunks | None = None
 
     @property
     def nbytes(self) -> int:
@@ -56,8 +59,18 @@ def from_array(name: str, a: np.ndarray, source: str = "") -> Initializer:
     return Initializer(name, a.dtype, shape, lambda: [a.reshape((1,) if not shape else shape)], source)
 
 
-def lazy(name: str, dtype, shape: Sequence[int], produce: Chunks, source: str = "") -> Initializer:
-    return Initializer(name, np.dtype(dtype), tuple(int(s) for s in shape), produce, source)
+def lazy(name: str, dtype, shape: Sequence[int], produce: Chunks, source: str = "",
+         untransposed: Chunks | None = None) -> Initializer:
+    return Initializer(name, np.dtype(dtype), tuple(int(s) for s in shape), produce, source, untransposed)
+
+
+def rows_of_untransposed(w_t: Initializer) -> Iterable[np.ndarray]:
+    """Row chunks of W for an initializer holding W^T (streamed when the builder recorded how,
+    else by transposing the whole tensor)."""
+    if w_t.untransposed is not None:
+        yield from w_t.untransposed()
+    else:
+        yield np.ascontiguousarray(w_t.array().T)
 
 
 @dataclasses.dataclass

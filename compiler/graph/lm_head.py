@@ -11,4 +11,4 @@ def build_lm_head(g: Graph, ckpt: WeightSource, x: str, logits_name: str) -> str
     cfg = ckpt.config
     h = build_rmsnorm(g, ckpt, "model.norm.weight", x, "/final_norm")
     y = build_linear(g, ckpt, "lm_head", h, "/lm_head", cfg.hidden_size, cfg.vocab_size, bias=False)
-    return g.op("Identity", [y], logits_name) if y != logits_name else y
+    return g.node("Identity", [y], "/lm_head/output", outputs=[logits_name])[0]

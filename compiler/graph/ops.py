@@ -13,11 +13,11 @@ from gptoss_edge.compiler.graph.ir import Graph, Initializer, lazy
 
 class WeightSource(Protocol):
     """What builders need from a checkpoint (compiler.checkpoint.Checkpoint satisfies it):
-    `get(key)` returns float32 for float tensors and raw uint8 for MXFP4 blocks/scales,
-    keyed by the canonical Hugging Face tensor names."""
+    `get(key, rows=(start, stop))` returns float32 for float tensors and raw uint8 for MXFP4
+    blocks/scales (rows: only that slice of axis 0), keyed by the canonical HF tensor names."""
     config: ModelConfig
 
-    def get(self, key: str) -> np.ndarray: ...
+    def get(self, key: str, rows: tuple[int, int] | None = None) -> np.ndarray: ...
 
 
 def our_node(g: Graph, s: opset.OpSpec, name: str, ports: Mapping[str, str],
@@ -39,28 +39,48 @@ def our_node(g: Graph, s: opset.OpSpec, name: str, ports: Mapping[str, str],
                   **opset.validate_attrs(s, attrs))
 
 
+CHUNK_BYTES = 256 << 20   # float32 bytes per chunk when streaming big tensors
+
+
 def weight(g: Graph, ckpt: WeightSource, key: str, name: str, shape: Sequence[int],
            dtype=np.float32, per_row: bool = False, transpose: bool = False) -> str:
     """Checkpoint tensor `key` (expected `shape` [checkpoint layout] and `dtype`) as a lazily
-    read initializer named `name` (hierarchical). Nothing is read until the writer streams it.
-    per_row: yield one slice along axis 0 at a time (expert tensors: one expert per chunk);
+    read initializer named `name` (hierarchical). Nothing is read until the writer streams it,
+    and then in chunks of at most CHUNK_BYTES (or one row, with per_row: one expert per chunk),
+    so the largest 20b tensor (lm_head, 2.3 GB in float32) is never whole in memory.
     transpose: store the 2-D tensor transposed ([out, in] -> [in, out] for MatMul)."""
     shape = tuple(int(s) for s in shape)
-    out_shape = shape[::-1] if transpose else shape
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    rows_per_chunk = 1 if per_row else max(1, CHUNK_BYTES // max(row_bytes, 1))
+
+    def read(start: int, stop: int) -> np.ndarray:
+        a = ckpt.get(key, rows=(start, stop))
+        want = (stop - start,) + shape[1:]
+        if tuple(a.shape) != want or a.dtype != np.dtype(dtype):
+            raise ValueError(f"checkpoint tensor {key}: expected {np.dtype(dtype)} {list(shape)}, got "
+                             f"{a.dtype} {list(a.shape)} for rows {start}:{stop}")
+        return a
 
     def produce():
-        a = ckpt.get(key)
-        if tuple(a.shape) != shape or a.dtype != np.dtype(dtype):
-            raise ValueError(f"checkpoint tensor {key}: expected {np.dtype(dtype)} {list(shape)}, "
-                             f"got {a.dtype} {list(a.shape)}")
-        if transpose:
-            a = a.T
-            yield from (a[i:i + 256] for i in range(0, a.shape[0], 256))
-        elif per_row:
-            yield from (a[i:i + 1] for i in range(a.shape[0]))
-        else:
-            yield a
-    return g.add_initializer(lazy(name, dtype, out_shape, produce, source=key))
+        for start in range(0, shape[0], rows_per_chunk):
+            yield read(start, min(start + rows_per_chunk, shape[0]))
+
+    def produce_transposed():
+        n_out, n_in = shape                     # W [out, in] -> W^T [in, out], column blocks
+        cols = max(1, CHUNK_BYTES // (n_out * 4))
+        for c0 in range(0, n_in, cols):
+            c1 = min(c0 + cols, n_in)
+            block = np.empty((c1 - c0, n_out), np.float32)
+            for r0 in range(0, n_out, rows_per_chunk):
+                r1 = min(r0 + rows_per_chunk, n_out)
+                block[:, r0:r1] = read(r0, r1)[:, c0:c1].T
+            yield block
+
+    if transpose and len(shape) != 2:
+        raise ValueError(f"{key}: only 2-D tensors can be stored transposed")
+    if transpose:
+        return g.add_initializer(lazy(name, dtype, shape[::-1], produce_transposed, source=key, untransposed=produce))
+    return g.add_initializer(lazy(name, dtype, shape, produce, source=key))
 
 
 def init_of(g: Graph, name: str) -> Initializer:

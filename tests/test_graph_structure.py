@@ -1,0 +1,82 @@
+"""Structure of the canonical graph and of its ONNX Runtime lowering (no weights are read)."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from gptoss_edge.compiler import lower_ort, opset
+from gptoss_edge.compiler.config import preset
+from gptoss_edge.compiler.graph.model import build_model
+
+IO = opset.ENGINE_IO
+
+
+class NoReads:
+    """A weight source that only has a config: building a graph must not read any tensor."""
+    def __init__(self, cfg):
+        self.config = cfg
+
+    def get(self, key):
+        raise AssertionError(f"graph construction read {key}")
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return build_model(NoReads(preset("tiny")), max_positions=512)
+
+
+def test_names_are_hierarchical_and_unique(graph):
+    names = [n.name for n in graph.nodes]
+    assert len(names) == len(set(names))
+    pattern = re.compile(r"^/(embed|rope|final_norm|lm_head|layers\.\d+/(attn|attn_norm|moe|moe_norm|"
+                         r"attn_residual|moe_residual))(/|$)")
+    assert [n for n in names if not pattern.match(n)] == []
+    assert all(re.match(r"^/", i) for i in graph.initializers)
+
+
+def test_one_of_our_ops_per_layer_and_engine_io(graph):
+    cfg = preset("tiny")
+    ours = Counter(n.op_type for n in graph.nodes if n.domain == opset.DOMAIN)
+    assert ours == {opset.SINK_ATTENTION.op_type: cfg.num_hidden_layers, opset.MOE_MXFP4.op_type: cfg.num_hidden_layers}
+    assert [v.name for v in graph.inputs] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN] + [
+        n for i in range(cfg.num_hidden_layers) for n in (IO.past_key(i), IO.past_value(i))]
+    assert [v.name for v in graph.outputs] == [IO.LOGITS] + [
+        n for i in range(cfg.num_hidden_layers) for n in (IO.present_key(i), IO.present_value(i))]
+    windows = [next(a.i for a in n.attribute if a.name == "window")
+               for n in graph.nodes if n.op_type == opset.SINK_ATTENTION.op_type]
+    assert windows == [cfg.sliding_window if cfg.is_sliding(i) else 0 for i in range(cfg.num_hidden_layers)]
+    caps = [v.shape[2] for v in graph.inputs if v.name.startswith("past_key.")]
+    assert caps == [cfg.sliding_window if cfg.is_sliding(i) else "kv_capacity" for i in range(cfg.num_hidden_layers)]
+
+
+def test_our_nodes_follow_the_op_set(graph):
+    for n in graph.nodes:
+        if n.domain != opset.DOMAIN:
+            continue
+        s = opset.spec(n.op_type)
+        assert len(n.input) <= len(s.inputs) and len(n.output) == len(s.outputs)
+        assert {a.name for a in n.attribute} == {a.name for a in s.attrs}
+
+
+@pytest.mark.parametrize("experts", lower_ort.EXPERT_MODES)
+@pytest.mark.parametrize("dense", lower_ort.DENSE_MODES)
+def test_lowering_leaves_only_ort_ops(graph, experts, dense):
+    low = lower_ort.lower(graph, experts, dense)
+    ops = Counter((n.domain or "", n.op_type) for n in low.nodes)
+    assert not any(d == opset.DOMAIN for d, _ in ops)
+    layers = preset("tiny").num_hidden_layers
+    assert ops[("com.microsoft", "GroupQueryAttention")] == layers
+    assert ops[("com.microsoft", "MoE" if experts == "float" else "QMoE")] == layers
+    # dense 4bit: q,k,v,o per layer + lm_head become MatMulNBits; the router stays float
+    assert ops[("com.microsoft", "MatMulNBits")] == (4 * layers + 1 if dense == "4bit" else 0)
+    assert all(v.shape[2] == "kv_capacity" for v in low.inputs if v.name.startswith("past_"
+                                                                                    ) and len(v.shape) == 4)
+    used = {i for n in low.nodes for i in n.input}
+    assert set(low.initializers) <= used
+
+
+def test_weight_sizes_shrink_with_quantization(graph):
+    sizes = {m: lower_ort.lower(graph, m).total_weight_bytes() for m in lower_ort.EXPERT_MODES}
+    assert sizes["float"] > sizes["int8"] > sizes["int4"]
