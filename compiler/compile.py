@@ -38,6 +38,11 @@ class CompileOptions:
     max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
+    # TensorRT target only (see target_tensorrt.py):
+    precision: str = "fp16"           # activation precision: fp16 | bf16 | fp32
+    dense_format: str = "mxfp4"       # Gemm4bit blocks with --dense 4bit: mxfp4 | int4
+    max_batch: int = 1                # optimization profile: most sequences per step
+    max_step_tokens: int = 512        # optimization profile: most tokens per row per step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +121,12 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
 
 
 TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime}
+# How each target picks its expert format: (graph, cfg, options) -> (format, reason, {format: weight bytes}).
+EXPERT_CHOICE = {"onnxruntime": choose_experts}
+
+from gptoss_edge.compiler import target_tensorrt  # noqa: E402  (imports nothing from this module)
+TARGETS["tensorrt"] = target_tensorrt.target_tensorrt
+EXPERT_CHOICE["tensorrt"] = target_tensorrt.choose_experts
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -129,7 +140,7 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
     ckpt = _open(checkpoint)
     cfg = ckpt.config
     graph = build_model(ckpt, max_positions=options.max_positions)
-    experts, reason, sizes = choose_experts(graph, cfg, options)
+    experts, reason, sizes = EXPERT_CHOICE[options.target](graph, cfg, options)
     options = dataclasses.replace(options, experts=experts)
     bar = Bar(enabled=sys.stderr.isatty() if show_progress is None else show_progress)
     with EngineDirWriter(out_dir) as w:
