@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto
 
 from gptoss_edge.compiler import expert_formats as fmt
-from gptoss_edge.compiler import lower_ort, opset
+from gptoss_edge.compiler import lower_ort, mxfp4, opset
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph, from_array
 from gptoss_edge.compiler.graph.ops import our_node
@@ -74,8 +74,8 @@ def moe_case():
     rng = np.random.default_rng(7)
     w = random_experts(rng)
     x = rng.standard_normal((9, H)).astype(np.float32)
-    gate_up = fmt._decode(w["gate_up_blocks"], w["gate_up_scales"])
-    down = fmt._decode(w["down_blocks"], w["down_scales"])
+    gate_up = mxfp4.decode(w["gate_up_blocks"], w["gate_up_scales"])
+    down = mxfp4.decode(w["down_blocks"], w["down_scales"])
     return w, x, gate_up, down, moe_numpy(x, w, gate_up, down)
 
 
@@ -135,7 +135,7 @@ def test_dense_4bit_matmulnbits(tmp_path):
     assert [n_.op_type for n_ in lowered.nodes] == ["MatMulNBits"]
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
     (y,) = run_graph(g, tmp_path, {"x": x}, dense="4bit")
-    q, s = fmt._quantize_int4(w)
+    q, s = mxfp4.quantize_int4(w)
     wq = fmt.dequant_int(fmt._pack_u4(q), s, 4)
     ref = x @ wq.T + b
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()      # same weights: summation order only
