@@ -39,6 +39,11 @@ class CompileOptions:
     max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
+    # TensorRT target only (see target_tensorrt.py):
+    precision: str = "fp16"           # activation precision: fp16 | bf16 | fp32
+    dense_format: str = "mxfp4"       # Gemm4bit blocks with --dense 4bit: mxfp4 | int4
+    max_batch: int = 1                # optimization profile: most sequences per step
+    max_step_tokens: int = 512        # optimization profile: most tokens per row per step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +135,23 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
     }
 
 
+def expert_choice_only(choose) -> Callable[..., tuple[str, str, str, int]]:
+    """Adapt a target whose formats choice covers the experts only: (graph, cfg, options) ->
+    (format, reason, {format: weight bytes}); its dense format is the one asked for (float)."""
+    def choose_formats_(graph: Graph, cfg: ModelConfig, opts: CompileOptions):
+        opts = dataclasses.replace(opts, dense=opts.dense or "float")
+        experts, reason, sizes = choose(graph, cfg, opts)
+        return experts, opts.dense, reason, sizes[experts]
+    return choose_formats_
+
+
 TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime}
+# How each target picks its formats: (graph, cfg, options) -> (experts, dense, reason, weight bytes).
+FORMAT_CHOICE = {"onnxruntime": choose_formats}
+
+from gptoss_edge.compiler import target_tensorrt  # noqa: E402  (imports nothing from this module)
+TARGETS["tensorrt"] = target_tensorrt.target_tensorrt
+FORMAT_CHOICE["tensorrt"] = expert_choice_only(target_tensorrt.choose_experts)
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -146,7 +167,7 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
     graph = build_model(ckpt, max_positions=options.max_positions)
     if options.embedding is None:
         options = dataclasses.replace(options, embedding=default_embedding(ckpt))
-    experts, dense, reason, weight_bytes = choose_formats(graph, cfg, options)
+    experts, dense, reason, weight_bytes = FORMAT_CHOICE[options.target](graph, cfg, options)
     options = dataclasses.replace(options, experts=experts, dense=dense)
     bar = Bar(enabled=sys.stderr.isatty() if show_progress is None else show_progress)
     with EngineDirWriter(out_dir) as w:

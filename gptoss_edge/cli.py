@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "gptoss_edge.cmd_compile",
     "gptoss_edge.cmd_generate",
+    "gptoss_edge.compiler.plan",
     "gptoss_edge.compiler.cli_checkpoint",
 ]
 
