@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto
 
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.graph.ir import Graph, Initializer, ValueInfo, from_array, lazy
+from gptoss_edge.compiler.graph.ir import Graph, ValueInfo, lazy
 from gptoss_edge.compiler.graph.ops import init_of
 from gptoss_edge.compiler import expert_formats as fmt
 
