@@ -244,6 +244,26 @@ def test_error_against_exact_oracles(engine_run, oracle_case):
                 assert err.max() < tol.exact_max
 
 
+def test_large_errors_of_statistical_modes_are_routing_flips(engine_run, oracle_case, variant_oracle):
+    """The justification of the statistical bounds (INT8, FP16), checked: the positions that
+    miss the oracle by > 0.5 are those whose router top-k choice was nearly tied in some layer
+    (their median margin is well below the typical one), not a systematic error."""
+    target, logits = engine_run
+    if target.tol.variant_max is not None:
+        pytest.skip("tight mode: every position is bounded")
+    model, refs = variant_oracle(target.tol.variant)
+    far_gaps, all_gaps = [], []
+    for got, run, ref in zip(logits, oracle_case.runs, refs):
+        gaps = oracles.hf_router_gaps(model, run.tokens)
+        far_gaps.append(gaps[_row_errors(got, ref) > 0.5])
+        all_gaps.append(gaps)
+    far, typical = np.concatenate(far_gaps), np.median(np.concatenate(all_gaps))
+    print(f"{target.id}: {len(far)} positions off by > 0.5; their median router margin "
+          f"{np.median(far) if len(far) else float('nan'):.3g} vs typical {typical:.3g}")
+    if len(far):   # measured: int8 0.011 vs 0.075, fp16 0.0012 vs 0.075
+        assert np.median(far) < 0.5 * typical
+
+
 def test_greedy_tokens_match_where_decided(engine_run, oracle_case, variant_oracle):
     """At every decode choice (rows P-1 .. end-1) the engine's argmax is the token the oracle of
     the same arithmetic picks, wherever that oracle's top-1 margin exceeds twice the allowed
