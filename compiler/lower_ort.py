@@ -4,8 +4,10 @@
                    sinks as head_sink, local_window_size = window (ORT attends to the current
                    token and window-1 previous ones: gpt-oss's q-k < window), right-padded rows
                    through query_seqlens = new_len, seqlens_k = past_len + new_len - 1.
-                   KV cache: full length (the `kv_capacity` dim) on every layer, shared in place
-                   when past/present are bound to the same buffer.
+                   KV cache: full layers hold the whole context (`kv_capacity`); sliding layers
+                   keep the canonical window-sized buffer with sliding_window_cache=1 (ORT keeps
+                   the most recent positions compacted at row 0 and evicts itself). Past and
+                   present may be bound to the same buffer (in place).
   MoeMxfp4      -> router MatMul + Add (float32) -> MoE (experts "float", dequantized, exact)
                    or QMoE (experts "int8": block 32, lossless weights, int8 activations;
                    "int4": block 32, lossy weights, float32 activations), gpt-oss SwiGLU
@@ -25,7 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.graph.ir import Graph, ValueInfo, lazy
+from gptoss_edge.compiler.graph.ir import Graph, lazy
 from gptoss_edge.compiler.graph.ops import init_of
 from gptoss_edge.compiler import expert_formats as fmt
 
@@ -47,8 +49,8 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
         raise ValueError(f"--dense must be one of {', '.join(DENSE_MODES)}, got {dense!r}")
     out = Graph(g.name, opsets={"": g.opsets.get("", 21), MS: 1})
     out.metadata = dict(g.metadata)
-    out.inputs = [_full_cache(v) for v in g.inputs]
-    out.outputs = [_full_cache(v) for v in g.outputs]
+    out.inputs = list(g.inputs)        # cache shapes stay canonical (window / kv_capacity)
+    out.outputs = list(g.outputs)
     consumers = _consumers(g)
     if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
         _length_nodes(out)
@@ -73,13 +75,6 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
 
 
 # ---- graph plumbing ----------------------------------------------------------------------------
-def _full_cache(v: ValueInfo) -> ValueInfo:
-    """Every layer's cache holds the whole context in ORT (sliding layers too)."""
-    if v.name.startswith(("past_key.", "past_value.", "present_key.", "present_value.")):
-        return ValueInfo(v.name, v.elem_type, (v.shape[0], v.shape[1], "kv_capacity", v.shape[3]))
-    return v
-
-
 def _consumers(g: Graph) -> dict[str, list[onnx.NodeProto]]:
     c: dict[str, list[onnx.NodeProto]] = {}
     for n in g.nodes:
@@ -117,7 +112,8 @@ def _lower_attention(out: Graph, n: onnx.NodeProto) -> None:
     # position_ids, attention_bias unused; head_sink; k_scale, v_scale, q/k norm unused; query_seqlens
     out.node("GroupQueryAttention", gqa_inputs, n.name, outputs=list(n.output), domain=MS,
              num_heads=int(a["num_heads"]), kv_num_heads=int(a["num_kv_heads"]), scale=float(a["scale"]),
-             do_rotary=1, rotary_interleaved=0, local_window_size=window if window > 0 else -1)
+             do_rotary=1, rotary_interleaved=0, local_window_size=window if window > 0 else -1,
+             sliding_window_cache=1 if window > 0 else None)
 
 
 # ---- MoE ---------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """OrtBackend: the Backend protocol on an ONNX Runtime engine directory (CPU).
 
 KV cache: the backend owns, per layer, key and value arrays [max_slots, kv_heads, capacity,
-head_dim] float32 with capacity = max_context + max_step_tokens (zero pages cost nothing until
-touched). ONNX Runtime's GroupQueryAttention appends into them in place: past_* and present_*
-are bound to the same memory, no cache is ever copied. A step over several slots runs the
+head_dim] float32: capacity = max_context + max_step_tokens on full-attention layers, the
+window on sliding layers (the engine's binding shape; ONNX Runtime keeps the most recent
+positions there and evicts itself). Zero pages cost nothing until touched. GroupQueryAttention
+writes into them in place: past_* and present_* are bound to the same memory, no cache is ever
+copied. A step over several slots runs the
 contiguous slot range [lowest, highest] as one right-padded batch: each stepping row brings its
 tokens (past_len = tokens cached, new_len = valid tokens); a slot of the range that is not in the
 step rides along idle (new_len 0: its cache is left as it is, its outputs are dropped). Padded
@@ -51,13 +53,15 @@ class OrtBackend:
         self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
                                             session_options(threads), providers=["CPUExecutionProvider"])
         self.cfg = cfg
-        self._kv_shape = (max_slots, cfg.num_key_value_heads, max_context + max_step_tokens, cfg.head_dim)
-        self._keys = [np.zeros(self._kv_shape, np.float32) for _ in range(cfg.num_hidden_layers)]
-        self._values = [np.zeros(self._kv_shape, np.float32) for _ in range(cfg.num_hidden_layers)]
+        fixed = [self._fixed_capacity(i) for i in range(cfg.num_hidden_layers)]   # window or None
+        caps = [c or max_context + max_step_tokens for c in fixed]
+        shapes = [(max_slots, cfg.num_key_value_heads, c, cfg.head_dim) for c in caps]
+        self._keys = [np.zeros(shape, np.float32) for shape in shapes]
+        self._values = [np.zeros(shape, np.float32) for shape in shapes]
         self._lengths = [0] * max_slots
         self._info = BackendInfo(config=cfg, target="onnxruntime", max_slots=max_slots,
                                  max_context=max_context, max_step_tokens=max_step_tokens,
-                                 kv_bytes_per_token=cfg.num_hidden_layers * 2 * cfg.kv_size * 4)
+                                 kv_bytes_per_token=sum(2 * cfg.kv_size * 4 for c in fixed if c is None))
 
     # ---- protocol ---------------------------------------------------------------------------
     @property
@@ -113,6 +117,16 @@ class OrtBackend:
                 io.bind_ortvalue_output(name_out, ov)             # in place: present == past
         io.bind_output(IO.LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(io)
+
+    def _fixed_capacity(self, layer: int) -> int | None:
+        """The engine's cache capacity for `layer` when fixed (sliding layers: the window), else
+        None (full layers: sized by the backend). Read from the manifest's binding shapes."""
+        name = IO.past_key(layer)
+        for b in self.manifest.bindings.get("inputs", []):
+            if isinstance(b, dict) and b.get("name") == name:
+                dim = b["shape"][2]
+                return dim if isinstance(dim, int) else None
+        raise BackendError(f"{self.manifest.path}: manifest has no binding {name!r}")
 
     def _check_slot(self, slot: int) -> int:
         if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self._info.max_slots:
