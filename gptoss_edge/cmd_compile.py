@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
                    help="onnxruntime: embedding table bf16 (exact for bf16 checkpoints, half the bytes) "
                         "or float; default: bf16 when the checkpoint stores it in bf16")
+    p.add_argument("--activations", choices=lower_ort.ACTIVATION_MODES, default="float",
+                   help="onnxruntime: inputs of the 4-bit GEMMs (int4 experts, 4bit dense) stay float32 "
+                        "(exact on the stored weights) or are quantized to int8 by MLAS (faster decode)")
     p.add_argument("--precision", choices=sorted(lower_trt.PRECISIONS), default="fp16",
                    help="tensorrt: activation precision (residual stream, norms, logits stay float32)")
     p.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4",
@@ -42,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
     opts = CompileOptions(target=args.target, experts=args.experts, dense=args.dense,
-                          embedding=args.embedding, max_memory_gib=args.max_memory,
+                          embedding=args.embedding, activations=args.activations,
+                          max_memory_gib=args.max_memory,
                           max_positions=args.max_positions, precision=args.precision,
                           dense_format=args.dense_format, max_batch=args.max_batch,
                           max_step_tokens=args.max_step_tokens)
