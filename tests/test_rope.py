@@ -58,4 +58,4 @@ def test_no_truncation_of_the_ramp():
         return base / f * ramp + base * (1 - ramp)
     ours = rope.inv_freq(cfg).astype(np.float64)
     np.testing.assert_allclose(ours, blend(low, high), rtol=1e-6)
-    assert np.abs(ours - blend(math.floor(low), math.ceil(high))).max() / ours.max() > 1e-3
+    assert (np.abs(ours - blend(math.floor(low), math.ceil(high))) / ours).max() > 0.1   # per frequency
