@@ -13,6 +13,8 @@
                    top-k selected logits (normalize_routing_weights=1).
   MatMul(x, W^T initializer) [+ Add(bias)] -> MatMulNBits (dense "4bit", int4 block 32), or
                    left as is (dense "float").
+  Gather(embedding table)  -> Gather on a bfloat16 table + Cast to float32 (embedding "bf16":
+                   exact for a checkpoint that stores it in bf16, as released; half the bytes).
 Expert weights are converted expert by expert (a 20b layer's dequantized gate_up is 2 GB of
 float32: never materialized); see ORT_NOTES.md for the measured kernel behaviour.
 """
@@ -23,19 +25,22 @@ import onnx
 from onnx import TensorProto
 
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.graph.ir import Graph, Initializer, ValueInfo, from_array, lazy
+from gptoss_edge.compiler.graph.ir import Graph, ValueInfo, lazy
 from gptoss_edge.compiler.graph.ops import init_of
 from gptoss_edge.compiler import expert_formats as fmt
 
 MS = "com.microsoft"
 EXPERT_MODES = ("float", "int8", "int4")
 DENSE_MODES = ("float", "4bit")
+EMBEDDING_MODES = ("float", "bf16")
 IO = opset.ENGINE_IO
 LEN = "/lengths"
 
 
-def lower(g: Graph, experts: str = "float", dense: str = "float") -> Graph:
+def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str = "float") -> Graph:
     """A new graph for ONNX Runtime; `g` is left unchanged. Initializers stay lazy."""
+    if embedding not in EMBEDDING_MODES:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_MODES)}, got {embedding!r}")
     if experts not in EXPERT_MODES:
         raise ValueError(f"--experts must be one of {', '.join(EXPERT_MODES)}, got {experts!r}")
     if dense not in DENSE_MODES:
@@ -57,6 +62,8 @@ def lower(g: Graph, experts: str = "float", dense: str = "float") -> Graph:
             _lower_moe(out, g, n, experts)
         elif n.domain == opset.DOMAIN:
             raise ValueError(f"node {n.name}: no ONNX Runtime lowering for {n.op_type}")
+        elif embedding == "bf16" and _is_embedding(g, n):
+            _lower_embedding_bf16(out, g, n)
         elif dense == "4bit" and _is_dense(g, n):
             skip |= _lower_dense(out, g, n, consumers)
         else:
@@ -172,3 +179,15 @@ def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers) -> set[str]
     out.node("MatMulNBits", [n.input[0], q.name, qs.name, "", "", bias], n.name, outputs=[y], domain=MS,
              K=k, N=n_out, bits=4, block_size=32, accuracy_level=0)
     return absorbed
+
+
+# ---- bf16 embedding table ----------------------------------------------------------------------
+def _is_embedding(g: Graph, n: onnx.NodeProto) -> bool:
+    return (n.op_type == "Gather" and n.input[0] in g.initializers
+            and g.initializers[n.input[0]].dtype == np.float32 and len(g.initializers[n.input[0]].shape) == 2)
+
+
+def _lower_embedding_bf16(out: Graph, g: Graph, n: onnx.NodeProto) -> None:
+    table = out.add_initializer(fmt.bf16_table(f"{n.input[0]}_bf16", g.initializers[n.input[0]]))
+    rows = out.node("Gather", [table, n.input[1]], n.name, outputs=[f"{n.name}/bf16"], axis=0)[0]
+    out.node("Cast", [rows], f"{n.name}/to_float", outputs=list(n.output), to=TensorProto.FLOAT)

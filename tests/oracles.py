@@ -125,7 +125,9 @@ def load_hf(checkpoint: str | Path):
 # (int8 experts have exact weights; what ONNX Runtime's int8-activation GEMM does to the
 # activations is not modelled here: a plain block-32 symmetric int8 rounding of both expert GEMM
 # inputs explains ~80% of its error, not all of it. See tests/test_parity.py.)
-VARIANTS = ("exact", "int4-weights")
+#   "dense4bit-mxfp4" / "dense4bit-int4": q/k/v/o and lm_head weights as the TensorRT target's
+#                   --dense 4bit Gemm4bit blocks hold them (compiler/dense4bit.py), decoded.
+VARIANTS = ("exact", "int4-weights", "dense4bit-mxfp4", "dense4bit-int4")
 
 
 def int4_block_rounding(w: torch.Tensor) -> torch.Tensor:
@@ -134,6 +136,16 @@ def int4_block_rounding(w: torch.Tensor) -> torch.Tensor:
     scale = wb.abs().amax(-1, keepdim=True) / 7.0
     q = torch.round(wb / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(-8, 7)
     return (q * scale).reshape(w.shape)
+
+
+def dense_4bit_rounding(w: torch.Tensor, fmt: str) -> torch.Tensor:
+    """w [out, in] -> the values a Gemm4bit node holds (compiler/dense4bit.py, blocks of 32 along
+    `in`; decoded by the reference kernels' decoders, themselves tested against bit-field loops)."""
+    from gptoss_edge.compiler import dense4bit
+    from gptoss_edge.compiler.reference_kernels import dequant_int4, dequant_mxfp4
+    blocks, scales = dense4bit.QUANTIZERS[fmt](w.detach().float().numpy())
+    decoded = dequant_mxfp4(blocks, scales) if fmt == "mxfp4" else dequant_int4(blocks, scales)
+    return torch.from_numpy(decoded.astype(np.float32))
 
 
 def load_hf_variant(checkpoint: str | Path, variant: str):
@@ -147,6 +159,14 @@ def load_hf_variant(checkpoint: str | Path, variant: str):
             for layer in model.model.layers:
                 for p in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
                     p.copy_(int4_block_rounding(p.transpose(1, 2)).transpose(1, 2))
+    if variant.startswith("dense4bit-"):
+        fmt = variant.split("-", 1)[1]
+        with torch.no_grad():
+            for layer in model.model.layers:
+                a = layer.self_attn
+                for proj in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
+                    proj.weight.copy_(dense_4bit_rounding(proj.weight, fmt))
+            model.lm_head.weight.copy_(dense_4bit_rounding(model.lm_head.weight, fmt))
     return model
 
 

@@ -140,3 +140,27 @@ def test_dense_4bit_matmulnbits(tmp_path):
     ref = x @ wq.T + b
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()      # same weights: summation order only
     assert np.abs(wq - w).max() <= np.abs(w).max() / 14 * (1 + 1e-6)  # within half a step of max/7
+
+
+# ---- bf16 embedding -------------------------------------------------------------------------------
+def embedding_graph(table: np.ndarray) -> Graph:
+    g = canonical("embed")
+    g.add_input("ids", TensorProto.INT64, ["b", "s"])
+    g.add_output("y", TensorProto.FLOAT, ["b", "s", table.shape[1]])
+    g.node("Gather", [g.add_initializer(from_array("/embed/weight", table)), "ids"], "/embed/gather",
+           outputs=["y"], axis=0)
+    return g
+
+
+def test_bf16_embedding_is_exact_for_bf16_values(tmp_path):
+    import ml_dtypes
+    table = np.random.default_rng(2).standard_normal((50, 32)).astype(ml_dtypes.bfloat16).astype(np.float32)
+    ids = np.array([[3, 49, 0]], np.int64)
+    (y,) = run_graph(embedding_graph(table), tmp_path, {"ids": ids}, embedding="bf16")
+    np.testing.assert_array_equal(y, table[ids])            # bf16 -> float32 is exact
+
+
+def test_bf16_embedding_refuses_values_bf16_cannot_hold(tmp_path):
+    table = np.full((50, 32), 1 + 2 ** -12, np.float32)      # needs 12 mantissa bits (bf16 has 7)
+    with pytest.raises(ValueError, match="bfloat16.*--embedding float"):
+        run_graph(embedding_graph(table), tmp_path, {"ids": np.zeros((1, 1), np.int64)}, embedding="bf16")

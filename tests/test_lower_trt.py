@@ -287,6 +287,9 @@ def test_reference_backend_batched_equals_alone_across_ring_wraps(engine):
         be.step([StepRow(0, [1] * 101)])
     with pytest.raises(BackendError, match="twice"):
         be.step([StepRow(0, [1]), StepRow(0, [2])])
+    be.close()
+    with pytest.raises(BackendError, match="closed"):
+        be.step([StepRow(1, [1])])
 
 
 def test_reference_backend_refuses_other_targets(engine, tmp_path):
