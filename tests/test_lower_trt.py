@@ -246,6 +246,13 @@ def engine(checkpoint, tmp_path_factory):
     return out
 
 
+def test_compile_refuses_onnxruntime_only_options(checkpoint, tmp_path, capsys):
+    rc = cli.main(["compile", str(checkpoint), "-o", str(tmp_path / "e"), "--target", "tensorrt",
+                   "--experts", "int4", "--no-progress"])
+    assert rc == 2 and "--experts int4" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_manifest_records_profiles_plugins_and_bindings(engine):
     m = load_manifest(engine)
     tc = m.target_config
