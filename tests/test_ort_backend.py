@@ -103,7 +103,9 @@ def test_bad_requests(engine):
     with pytest.raises(BackendError, match="max_context"):
         be.step([StepRow(0, [1])])
     with pytest.raises(BackendError, match="RoPE positions"):
-        OrtBackend(engine, max_context=1000, max_step_tokens=100)
+        OrtBackend(engine, max_slots=2, max_context=1000, max_step_tokens=100)
+    one = OrtBackend(engine, max_slots=1, max_context=1024, max_step_tokens=100)   # one slot never pads
+    assert one.step([StepRow(0, list(range(100)))])[0].shape == (CFG.vocab_size,)
 
 
 def test_tampered_engine_is_refused(engine, tmp_path):
