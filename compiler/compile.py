@@ -111,6 +111,15 @@ def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tupl
                   f"{size / GiB:.2f} GiB"), size
 
 
+def session_env(opts: CompileOptions) -> dict[str, str]:
+    """Environment ONNX Runtime reads at session creation. int8 experts with float activations:
+    ORT_QMOE_CPU_QNBIT_GEMM=fp32 makes the CPU QMoE dequantize 8-bit experts and run them in
+    float32 (exact; without it ORT quantizes the activations to int8, see ORT_NOTES.md)."""
+    if opts.experts == "int8" and opts.activations == "float":
+        return {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}
+    return {}
+
+
 def default_embedding(ckpt: WeightSource) -> str:
     """bf16 (exact, half the bytes) when the checkpoint stores the embedding in bf16."""
     raw = getattr(ckpt, "raw", None)
@@ -146,7 +155,7 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
                       "sliding": "window-sized buffer, ONNX Runtime's sliding_window_cache layout "
                                  "(most recent positions compacted at row 0; not a ring)",
                       "bytes_per_token": kv_bytes_per_token(cfg)},
-        "session": {"graph_optimization_level": "ORT_ENABLE_ALL"},
+        "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "env": session_env(opts)},
     }
 
 

@@ -9,7 +9,9 @@
                    the most recent positions compacted at row 0 and evicts itself). Past and
                    present may be bound to the same buffer (in place).
   MoeMxfp4      -> router MatMul + Add (float32) -> MoE (experts "float", dequantized, exact)
-                   or QMoE (experts "int8": block 32, lossless weights, int8 activations;
+                   or QMoE (experts "int8": block 32, lossless weights; float activations
+                   need ORT_QMOE_CPU_QNBIT_GEMM=fp32 at session creation (the engine's
+                   session env, compile.session_env), else ORT quantizes them to int8;
                    "int4": block 32, lossy weights, float32 activations), gpt-oss SwiGLU
                    (interleaved gate/linear rows, limit, alpha 1.702, beta 1), softmax over the
                    top-k selected logits (normalize_routing_weights=1).
@@ -35,9 +37,10 @@ MS = "com.microsoft"
 EXPERT_MODES = ("float", "int8", "int4")
 DENSE_MODES = ("float", "4bit")
 EMBEDDING_MODES = ("float", "bf16")
-# Activations of the 4-bit GEMMs (MatMulNBits, int4 QMoE): "float" keeps them float32 (exact on
-# the stored weights; MLAS's fp32 path), "int8" lets MLAS quantize them per block of 32
-# (accuracy_level 4: int8 dot-product kernels, ~2x faster decode, int8-expert-like error).
+# Activations of the quantized GEMMs (MatMulNBits, QMoE): "float" keeps them float32 (exact on
+# the stored weights; for int8 experts with the session env of compile.session_env), "int8" lets
+# MLAS quantize them per block of 32 (accuracy_level 4: int8 dot-product kernels, ~2x faster
+# decode on CPU, ~1% error per GEMM).
 ACTIVATION_MODES = ("float", "int8")
 IO = opset.ENGINE_IO
 LEN = "/lengths"

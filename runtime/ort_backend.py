@@ -15,6 +15,8 @@ is, its outputs are dropped). Padded positions never enter a cache.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +39,22 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
+@contextlib.contextmanager
+def session_env(env: dict[str, str]):
+    """Set the engine's session environment (read by ONNX Runtime while it creates the session,
+    e.g. ORT_QMOE_CPU_QNBIT_GEMM) and restore the process environment afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class OrtBackend:
     def __init__(self, engine_dir: str | Path, max_slots: int = 4, max_context: int = 4096,
                  max_step_tokens: int = 256, threads: int | None = None, verify: bool | str = True):
@@ -54,8 +72,9 @@ class OrtBackend:
         if max_context + slack > positions:
             raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
                                f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
-        self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
-                                            session_options(threads), providers=["CPUExecutionProvider"])
+        with session_env(m.target_config.get("session", {}).get("env", {})):
+            self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
+                                                session_options(threads), providers=["CPUExecutionProvider"])
         self.cfg = cfg
         fixed = [self._fixed_capacity(i) for i in range(cfg.num_hidden_layers)]   # window or None
         caps = [c or max_context + slack for c in fixed]

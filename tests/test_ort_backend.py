@@ -135,3 +135,12 @@ def test_generate_cli_end_to_end(engine, tmp_path):
     gen = generate(OrtBackend(engine, max_slots=1, max_context=200), p, 6, keep_logits=True)
     assert gen.token_ids == tokens
     np.testing.assert_allclose(gen.logits, logits, atol=1e-5 * np.abs(logits).max(), rtol=0)
+
+
+def test_session_env_applies_only_while_the_session_is_created(monkeypatch):
+    from gptoss_edge.runtime.ort_backend import session_env
+    import os
+    monkeypatch.setenv("GPTOSS_EDGE_TEST_KEEP", "1")
+    with session_env({"GPTOSS_EDGE_TEST_KEEP": "2", "GPTOSS_EDGE_TEST_NEW": "x"}):
+        assert os.environ["GPTOSS_EDGE_TEST_KEEP"] == "2" and os.environ["GPTOSS_EDGE_TEST_NEW"] == "x"
+    assert os.environ["GPTOSS_EDGE_TEST_KEEP"] == "1" and "GPTOSS_EDGE_TEST_NEW" not in os.environ
