@@ -44,14 +44,26 @@ def quantize_lazy(name: str, w_t: Initializer, fmt: str, rows: int = 4096) -> tu
     if k % BLOCK:
         raise ValueError(f"{w_t.name}: in_features {k} is not a multiple of {BLOCK}")
     quantize = QUANTIZERS[fmt]
+    kept_scales: list[np.ndarray] = []      # the blocks pass keeps the (1/32-size) scales
 
     def chunks():
         w = w_t.array().T                        # [N, K]
         for i in range(0, n, rows):
             yield quantize(np.ascontiguousarray(w[i:i + rows]))
 
+    def blocks():
+        kept_scales.clear()
+        for b, s in chunks():
+            kept_scales.append(s)
+            yield b
+
+    def scales():
+        if sum(len(s) for s in kept_scales) == n:   # written right after the blocks: no 2nd pass
+            yield from kept_scales
+            kept_scales.clear()
+        else:
+            yield from (s for _, s in chunks())
+
     scale_dtype = np.uint8 if fmt == "mxfp4" else np.float16
-    return (lazy(f"{name}_blocks", np.uint8, [n, k // BLOCK, 16], lambda: (b for b, _ in chunks()),
-                 source=w_t.source),
-            lazy(f"{name}_scales", scale_dtype, [n, k // BLOCK], lambda: (s for _, s in chunks()),
-                 source=w_t.source))
+    return (lazy(f"{name}_blocks", np.uint8, [n, k // BLOCK, 16], blocks, source=w_t.source),
+            lazy(f"{name}_scales", scale_dtype, [n, k // BLOCK], scales, source=w_t.source))

@@ -153,8 +153,8 @@ def value_types(g: Graph) -> dict[str, int]:
     headers = []
     for init in g.initializers.values():
         t = onnx_io._tensor_header(init)
-        if init.nbytes <= onnx_io.INLINE_MAX:
-            t.raw_data = init.array().tobytes()
+        if init.nbytes <= onnx_io.INLINE_MAX and init.dtype in (np.int32, np.int64):
+            t.raw_data = init.array().tobytes()       # shapes and axes: Reshape inference reads them
         headers.append(t)
     m = onnx.shape_inference.infer_shapes(onnx_io.model_proto(g, headers))
     types = {v.name: v.elem_type for v in g.inputs}

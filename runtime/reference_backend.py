@@ -86,9 +86,12 @@ class ReferenceBackend:
         self._caches[slot] = None
 
     def close(self) -> None:
+        self._eval = None
         self._caches = [None] * self._info.max_slots
 
     def step(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
+        if not rows:
+            raise BackendError("step needs at least one row")
         self._check_rows(rows)
         results: list[np.ndarray] = []
         for start in range(0, len(rows), self._max_batch):        # engine batch limit
@@ -140,6 +143,8 @@ class ReferenceBackend:
                 raise BackendError(f"slot {r.slot}: token id {bad[0]} outside [0, {self._cfg.vocab_size})")
 
     def _run(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
+        if self._eval is None:
+            raise BackendError("backend is closed")
         seq = max(len(r.token_ids) for r in rows)
         ids = np.zeros((len(rows), seq), np.int64)
         for b, r in enumerate(rows):

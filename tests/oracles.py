@@ -113,30 +113,21 @@ def load_hf(checkpoint: str | Path):
     return model
 
 
-# ---- the same model with an engine's deliberate rounding (oracles of the lossy modes) -----------
+# ---- the same model with an engine's deliberate rounding (oracle of a lossy mode) ---------------
 #
 # A lossy expert mode computes a DIFFERENT model on purpose. Its error against the exact oracles
 # is measured (and only loosely bounded); whether the engine computes exactly that model is
 # checked against the HF oracle with the same rounding applied, which is tight:
-#   "int4-weights":     expert weights re-rounded the way the int4 lowering states it
-#                       (compiler/expert_formats.py): per block of 32 inputs, scale =
-#                       max|w| / 7 (float32), q = round-half-even(w / scale) clipped to [-8, 7].
-#                       ONNX Runtime's 4-bit QMoE keeps float32 activations (accuracy_level 0).
-#   "int8-activations": weights exact (MXFP4 -> int8 block 32 is lossless), but ONNX Runtime's
-#                       CPU QMoE runs 8-bit experts only through MLAS's int8-activation GEMM:
-#                       the input of each expert GEMM (the normed hidden state, the SwiGLU
-#                       output) is quantized per token and per block of 32 inputs to int8 with
-#                       scale amax/127, q = round-half-even(x * 127/amax).
-VARIANTS = ("exact", "int8-activations", "int4-weights")
-
-
-def int8_block_rounding(x: torch.Tensor) -> torch.Tensor:
-    """x [..., K] -> the values int8 block-32 activation quantization hands the GEMM."""
-    xb = x.reshape(*x.shape[:-1], -1, 32)
-    amax = xb.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-    q = torch.round(xb * inv).clamp(-127, 127)
-    return (q * (amax / 127.0)).reshape(x.shape)
+#   "int4-weights": expert weights re-rounded the way the int4 lowering states it
+#                   (compiler/expert_formats.py): per block of 32 inputs, scale = max|w| / 7
+#                   (float32), q = round-half-even(w / scale) clipped to [-8, 7]. ONNX Runtime's
+#                   4-bit QMoE keeps float32 activations (accuracy_level 0).
+# (int8 experts have exact weights; what ONNX Runtime's int8-activation GEMM does to the
+# activations is not modelled here: a plain block-32 symmetric int8 rounding of both expert GEMM
+# inputs explains ~80% of its error, not all of it. See tests/test_parity.py.)
+#   "dense4bit-mxfp4" / "dense4bit-int4": q/k/v/o and lm_head weights as the TensorRT target's
+#                   --dense 4bit Gemm4bit blocks hold them (compiler/dense4bit.py), decoded.
+VARIANTS = ("exact", "int4-weights", "dense4bit-mxfp4", "dense4bit-int4")
 
 
 def int4_block_rounding(w: torch.Tensor) -> torch.Tensor:
@@ -147,24 +138,35 @@ def int4_block_rounding(w: torch.Tensor) -> torch.Tensor:
     return (q * scale).reshape(w.shape)
 
 
+def dense_4bit_rounding(w: torch.Tensor, fmt: str) -> torch.Tensor:
+    """w [out, in] -> the values a Gemm4bit node holds (compiler/dense4bit.py, blocks of 32 along
+    `in`; decoded by the reference kernels' decoders, themselves tested against bit-field loops)."""
+    from gptoss_edge.compiler import dense4bit
+    from gptoss_edge.compiler.reference_kernels import dequant_int4, dequant_mxfp4
+    blocks, scales = dense4bit.QUANTIZERS[fmt](w.detach().float().numpy())
+    decoded = dequant_mxfp4(blocks, scales) if fmt == "mxfp4" else dequant_int4(blocks, scales)
+    return torch.from_numpy(decoded.astype(np.float32))
+
+
 def load_hf_variant(checkpoint: str | Path, variant: str):
-    """The HF oracle, with a lossy mode's rounding applied through HF's own expert module:
-    weights replaced in place (HF stores them [E, K, N]: transposed to round along K), the
-    activation rounding as a pre-hook on the experts' input and a wrapper of its SwiGLU."""
+    """The HF oracle with a lossy mode's rounding applied to its own parameters: expert weights
+    (HF stores them [E, K, N]: transposed here to round blocks along K) or dense projections."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown oracle variant {variant!r}; one of {VARIANTS}")
     model = load_hf(checkpoint)
-    for layer in model.model.layers:
-        experts = layer.mlp.experts
-        if variant == "int4-weights":
-            with torch.no_grad():
-                for p in (experts.gate_up_proj, experts.down_proj):
+    if variant == "int4-weights":
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for p in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
                     p.copy_(int4_block_rounding(p.transpose(1, 2)).transpose(1, 2))
-        elif variant == "int8-activations":
-            experts.register_forward_pre_hook(
-                lambda _m, args: (int8_block_rounding(args[0]), *args[1:]))
-            gate = experts._apply_gate
-            experts._apply_gate = lambda gate_up, gate=gate: int8_block_rounding(gate(gate_up))
+    if variant.startswith("dense4bit-"):
+        fmt = variant.split("-", 1)[1]
+        with torch.no_grad():
+            for layer in model.model.layers:
+                a = layer.self_attn
+                for proj in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
+                    proj.weight.copy_(dense_4bit_rounding(proj.weight, fmt))
+            model.lm_head.weight.copy_(dense_4bit_rounding(model.lm_head.weight, fmt))
     return model
 
 
@@ -191,6 +193,24 @@ def hf_greedy_run(model, prompt: Sequence[int], n_decode: int = N_DECODE) -> Ora
         out = model(input_ids=torch.tensor([[nxt]], dtype=torch.long), cache=out.cache, use_cache=True)
         rows.append(out.logits[0].float().numpy())
     return OracleRun(tuple(tokens), len(prompt), np.concatenate(rows, axis=0))
+
+
+@torch.inference_mode()
+def hf_router_gaps(model, tokens: Sequence[int]) -> np.ndarray:
+    """Per position: the smallest margin, over layers, between the k-th and (k+1)-th router
+    logit. Where it is tiny, any rounding may swap an expert (a routing flip)."""
+    gaps: list[np.ndarray] = []
+
+    def hook(router, _inputs, out):
+        top = torch.topk(out[0], router.top_k + 1, dim=-1).values
+        gaps.append((top[:, -2] - top[:, -1]).float().numpy())
+    handles = [layer.mlp.router.register_forward_hook(hook) for layer in model.model.layers]
+    try:
+        model(input_ids=torch.tensor([list(tokens)], dtype=torch.long), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return np.stack(gaps).min(axis=0)
 
 
 # ---- OpenAI gpt_oss.torch ------------------------------------------------------------------

@@ -246,6 +246,13 @@ def engine(checkpoint, tmp_path_factory):
     return out
 
 
+def test_compile_refuses_onnxruntime_only_options(checkpoint, tmp_path, capsys):
+    rc = cli.main(["compile", str(checkpoint), "-o", str(tmp_path / "e"), "--target", "tensorrt",
+                   "--experts", "int4", "--no-progress"])
+    assert rc == 2 and "--experts int4" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_manifest_records_profiles_plugins_and_bindings(engine):
     m = load_manifest(engine)
     tc = m.target_config
@@ -287,6 +294,9 @@ def test_reference_backend_batched_equals_alone_across_ring_wraps(engine):
         be.step([StepRow(0, [1] * 101)])
     with pytest.raises(BackendError, match="twice"):
         be.step([StepRow(0, [1]), StepRow(0, [2])])
+    be.close()
+    with pytest.raises(BackendError, match="closed"):
+        be.step([StepRow(1, [1])])
 
 
 def test_reference_backend_refuses_other_targets(engine, tmp_path):

@@ -28,6 +28,7 @@ import oracles
 from gptoss_edge import cli
 from gptoss_edge.compiler.engine_dir import EngineDirError
 from gptoss_edge.runtime.backend import StepRow
+from gptoss_edge.runtime.backends import open_backend
 
 MAX_POSITIONS = 1024     # RoPE rows compiled into the tiny engines (> longest sequence, 473)
 
@@ -35,58 +36,95 @@ MAX_POSITIONS = 1024     # RoPE rows compiled into the tiny engines (> longest s
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     variant: str                # the oracle of the same arithmetic (oracles.VARIANTS)
-    variant_max: float          # max |engine - that oracle| over every position of every row
+    variant_max: float | None   # max |engine - that oracle| over every position of every row
     variant_median: float       # median over positions of the per-position max |error|
     exact_median: float         # same median against the exact oracles: the mode's own error
-    exact_max: float | None     # max against the exact oracles (None: not bounded, see INT8/INT4)
+    exact_max: float | None     # max against the exact oracles (None: not bounded, see INT8)
 
 
 # float experts: the MoE op on exactly dequantized weights, fp32 throughout. Against the exact
 # oracles only the fp32 operation order differs (ORT's GQA kernel, fused MoE, MLAS GEMMs): the
-# same kind of difference as between the two oracles themselves (tests/test_oracles.py: 1.2e-5
-# measured, 1e-4 asserted). Measured here ~1.8e-5; bounded at 2e-4 (two oracle tolerances).
+# same kind of difference as between the two oracles themselves (tests/test_oracles.py: ~1e-5
+# measured, 1e-4 asserted). Measured here <= 1.4e-5 on logits of magnitude ~9; bound 2e-4.
 FLOAT = Tolerance("exact", 2e-4, 2e-4, 2e-4, 2e-4)
 
-# int8 experts: lossless weights, int8 activations (oracles.VARIANTS). Against the HF model with
-# the same activation rounding: the median position agrees to ~5e-5 (fp32 level), but int8
-# rounding is discontinuous, so an fp32-level difference upstream (MLAS's SwiGLU, scale
-# arithmetic) occasionally lands an activation one step (amax/127) away, which the later layers
-# carry along: measured max ~0.1. Bounds: median 1e-3, max 0.3.
-# Against the exact model: activation rounding costs ~1% per expert GEMM (1/254 of the block
-# maximum per element); measured median ~0.09 on logits of magnitude ~5. Where it pushes a
-# router logit across a near-tie the token takes a different expert and that position's logits
-# move by O(logit scale): a max bound would only measure the luckiest tie, so the bound is on
-# the median (0.25) plus the greedy-agreement and variant checks.
-INT8 = Tolerance("int8-activations", 0.3, 1e-3, 0.25, None)
+# int8 experts, ONNX Runtime's default path: the weights are a lossless copy of MXFP4 (proven
+# by INT8_FP32_ACTIVATIONS below, same engine), but ORT's CPU QMoE runs 8-bit experts through
+# MLAS's int8-activation GEMM: the inputs of both expert GEMMs are quantized per block to int8
+# (relative step 1/127 of the block maximum). Measured against the exact model: median
+# per-position error 0.15-0.19 on logits of magnitude ~9 (2%). Where the rounding pushes a
+# router logit across a near-tie, that token takes another expert and its logits move by
+# O(logit scale) (7-9% of positions are off by > 0.5, max ~7): a max bound would only measure
+# the luckiest tie, so the bounds are statistical: median 0.4 (2x measured, still well below
+# a layout or scale bug, which moves every position by O(logit scale)), and >= 75% greedy
+# agreement (measured >= 90%).
+INT8 = Tolerance("exact", None, 0.4, 0.4, None)
+
+# The same int8 engine with MLAS's int8-activation GEMM disabled (ORT_QMOE_CPU_QNBIT_GEMM=fp32,
+# read by ONNX Runtime >= 1.32's QMoE when it builds its kernel): the int8 weights are
+# dequantized and run in fp32, so the engine must match the exact oracles like FLOAT does. This
+# is the tight proof that the MXFP4 -> int8 conversion and the QMoE layout are exact.
+INT8_FP32_ACTIVATIONS = FLOAT
 
 # int4 experts: weights re-rounded to 16 levels per block of 32, float32 activations. Against the
-# HF model with the same rounded weights the engine is fp32-exact (measured 1.2e-5; bound 2e-4 as
+# HF model with the same rounded weights the engine is fp32-exact (measured 1.3e-5; bound 2e-4 as
 # FLOAT). Against the exact model the rounding error of the weights (RMS ~9% per weight for the
-# synthetic's uniform MXFP4 codes) changes this small random model a lot: measured median ~1.3
-# on logits of magnitude ~5. This is the price of the smallest engine, reported, and bounded
-# only against gross regressions (median 2.5, half the logit scale); exactness is proven by the
-# variant check, accuracy on real weights is a question for the real model's evals.
-INT4 = Tolerance("int4-weights", 2e-4, 2e-4, 2.5, None)
+# synthetic's uniformly drawn MXFP4 codes) changes this small random model a lot: measured median
+# 2.4 on logits of magnitude ~9, argmax agreement ~50%. That is reported, not hidden; the bound
+# (median 4) only guards against gross regressions. Exactness is proven by the variant check;
+# the accuracy of int4 on real weights is a question for the real model's evals.
+INT4 = Tolerance("int4-weights", 2e-4, 2e-4, 4.0, None)
 
+# TensorRT-target graph with fp16 activations (residual stream, norms and logits stay fp32),
+# evaluated by the numpy reference kernels: every projection input/output is rounded to fp16
+# (relative 4.9e-4). Measured against the exact model: median per-position error 0.006-0.015 on
+# logits of magnitude ~9; like int8 activations, a rounding that tips a router near-tie moves
+# that token's logits by O(logit scale) (max ~3.4 measured), so the bounds are statistical:
+# median 0.05 (3x measured) and >= 75% greedy agreement.
+FP16 = Tolerance("exact", None, 0.05, 0.05, None)
 
-def _ort_backend(engine_dir: Path, **kw: Any):
-    from gptoss_edge.runtime.ort_backend import OrtBackend
-    return OrtBackend(engine_dir, **kw)
+# TensorRT-target graph with 4-bit dense layers (q/k/v/o, lm_head as Gemm4bit; fp32 elsewhere).
+# Against the HF model holding the same 4-bit weights (oracles.VARIANTS "dense4bit-*"): fp32-exact
+# (measured 1.3e-5), bounds as FLOAT. Against the exact model: each projection's own error is
+# ~0.1 relative (bounded per projection in tests/test_lower_trt.py), which this small random
+# model amplifies through top-2 routing flips into a median per-position error of ~2.1-2.8 on
+# logits of scale ~9.6 (measured). Like INT4 this is the mode's price on random weights,
+# reported and bounded only against gross regressions (median 4.0); exactness is the variant check.
+DENSE4_MXFP4 = Tolerance("dense4bit-mxfp4", 2e-4, 2e-4, 4.0, None)
+DENSE4_INT4 = Tolerance("dense4bit-int4", 2e-4, 2e-4, 4.0, None)
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
     id: str
     compile_args: tuple[str, ...]            # arguments of `gptoss-edge compile` after -o OUT
-    open_backend: Callable[..., Any]         # (engine_dir, max_slots=, max_context=, max_step_tokens=)
-    generate_args: tuple[str, ...]           # extra arguments of `gptoss-edge generate`
+    backend: str                             # runtime.backends.open_backend name (= generate --backend)
     tol: Tolerance
+    env: tuple[tuple[str, str], ...] = ()    # environment while the engine is opened and run
+
+    def open_backend(self, engine_dir: Path, **kw: Any):
+        return open_backend(engine_dir, self.backend, **kw)
+
+    @property
+    def generate_args(self) -> tuple[str, ...]:
+        return ("--backend", self.backend)
 
 
+ORT = ("--target", "onnxruntime", "--experts")
+# The TensorRT graph run on CPU by the numpy kernels; its profile must hold the standard batch.
+TRT = ("--target", "tensorrt", "--max-batch", "3", "--max-step-tokens", "512", "--precision")
 TARGETS = [
-    Target("ort-float", ("--target", "onnxruntime", "--experts", "float"), _ort_backend, (), FLOAT),
-    Target("ort-int8", ("--target", "onnxruntime", "--experts", "int8"), _ort_backend, (), INT8),
-    Target("ort-int4", ("--target", "onnxruntime", "--experts", "int4"), _ort_backend, (), INT4),
+    Target("ort-float", (*ORT, "float"), "onnxruntime", FLOAT),
+    Target("ort-int8", (*ORT, "int8"), "onnxruntime", INT8),
+    Target("ort-int8-fp32act", (*ORT, "int8"), "onnxruntime", INT8_FP32_ACTIVATIONS,
+           env=(("ORT_QMOE_CPU_QNBIT_GEMM", "fp32"),)),
+    Target("ort-int4", (*ORT, "int4"), "onnxruntime", INT4),
+    Target("trt-ref-fp32", (*TRT, "fp32"), "reference", FLOAT),
+    Target("trt-ref-fp16", (*TRT, "fp16"), "reference", FP16),
+    Target("trt-ref-dense4-mxfp4", (*TRT, "fp32", "--dense", "4bit", "--dense-format", "mxfp4"), "reference",
+           DENSE4_MXFP4),
+    Target("trt-ref-dense4-int4", (*TRT, "fp32", "--dense", "4bit", "--dense-format", "int4"), "reference",
+           DENSE4_INT4),
 ]
 LAYOUTS = ["hf", "original"]
 
@@ -113,19 +151,43 @@ def engines(tiny_checkpoint, tmp_path_factory) -> Callable[[Target, str], Path]:
     return get
 
 
-@pytest.fixture(scope="module")
-def variant_oracle(tiny_checkpoint, oracle_case):
-    """variant -> (HF model with that rounding, its logits over the standard case's tokens)."""
-    cache: dict[str, tuple[Any, tuple[np.ndarray, ...]]] = {}
+# A position whose router top-k choice is tied to within ROUTER_TIE in some layer of the oracle
+# (k-th vs (k+1)-th router logit) may legitimately take another expert in any other fp32
+# implementation: router-logit differences between two fp32 implementations are ~1e-6..1e-5
+# (the logit differences above), so 1e-4 is 10x that. Such positions (measured: 0-1 of ~900;
+# one at a margin of 2e-7 with seed 0) are left out of the tight max bounds, counted in the
+# medians, and their number is bounded (<= 1% of a row, or 1).
+ROUTER_TIE = 1e-4
 
-    def get(variant: str):
+
+@dataclasses.dataclass(frozen=True)
+class VariantOracle:
+    model: Any                        # HF model with the variant's rounding
+    logits: tuple[np.ndarray, ...]    # over the standard case's tokens, per batch row
+    tied: tuple[np.ndarray, ...]      # per row: bool [positions], router near-tie (ROUTER_TIE)
+
+
+@pytest.fixture(scope="module")
+def variant_oracle(tiny_checkpoint, oracle_case) -> Callable[[str], VariantOracle]:
+    cache: dict[str, VariantOracle] = {}
+
+    def get(variant: str) -> VariantOracle:
         if variant not in cache:
             model = oracles.load_hf_variant(tiny_checkpoint.hf, variant)
-            logits = (tuple(r.logits for r in oracle_case.runs) if variant == "exact" else
-                      tuple(oracles.hf_full_logits(model, r.tokens) for r in oracle_case.runs))
-            cache[variant] = (model, logits)
+            runs = oracle_case.runs
+            logits = (tuple(r.logits for r in runs) if variant == "exact" else
+                      tuple(oracles.hf_full_logits(model, r.tokens) for r in runs))
+            tied = tuple(oracles.hf_router_gaps(model, r.tokens) < ROUTER_TIE for r in runs)
+            cache[variant] = VariantOracle(model, logits, tied)
         return cache[variant]
     return get
+
+
+def _check_ties(tied: np.ndarray, label: str) -> np.ndarray:
+    """Bounded count of router near-ties; returns the mask of positions held to max bounds."""
+    print(f"{label}: {int(tied.sum())} router near-tie position(s) left out of max bounds")
+    assert tied.sum() <= max(1, 0.01 * tied.size)
+    return ~tied
 
 
 def run_standard_case(backend, case: oracles.OracleCase) -> tuple[np.ndarray, ...]:
@@ -145,14 +207,17 @@ def run_standard_case(backend, case: oracles.OracleCase) -> tuple[np.ndarray, ..
                 ids=lambda p: f"{p[0].id}-{p[1]}")
 def engine_run(request, engines, oracle_case):
     target, layout = request.param
-    backend = target.open_backend(
-        engines(target, layout), max_slots=len(oracle_case.runs),
-        max_context=max(len(r.tokens) for r in oracle_case.runs) + 1,
-        max_step_tokens=max(r.prompt_len for r in oracle_case.runs))
-    try:
-        return target, run_standard_case(backend, oracle_case)
-    finally:
-        backend.close()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in target.env:
+            mp.setenv(key, value)
+        backend = target.open_backend(
+            engines(target, layout), max_slots=len(oracle_case.runs),
+            max_context=max(len(r.tokens) for r in oracle_case.runs) + 1,
+            max_step_tokens=max(r.prompt_len for r in oracle_case.runs))
+        try:
+            return target, run_standard_case(backend, oracle_case)
+        finally:
+            backend.close()
 
 
 # ---- logits -------------------------------------------------------------------------------------
@@ -168,26 +233,29 @@ def _row_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def test_logits_match_oracle_of_same_arithmetic(engine_run, oracle_case, variant_oracle):
     target, logits = engine_run
     tol = target.tol
-    _, refs = variant_oracle(tol.variant)
-    for row, (got, run, ref) in enumerate(zip(logits, oracle_case.runs, refs)):
+    oracle = variant_oracle(tol.variant)
+    for row, (got, run, ref) in enumerate(zip(logits, oracle_case.runs, oracle.logits)):
         assert got.shape == ref.shape, f"row {row}: engine {got.shape}, oracle {ref.shape}"
+        held = _check_ties(oracle.tied[row], f"{target.id} row {row}")
         for part, sl in _parts(run).items():
             err = _row_errors(got[sl], ref[sl])
             print(f"{target.id} row {row} {part} vs HF[{tol.variant}]: max {err.max():.3g} "
-                  f"median {np.median(err):.3g} ({oracles.diff(got[sl], ref[sl])})")
+                  f"(without near-ties {err[held[sl]].max():.3g}) median {np.median(err):.3g}")
             # Bounds: tol.variant_max / tol.variant_median, justified at the Tolerance definitions.
-            assert err.max() < tol.variant_max
             assert np.median(err) < tol.variant_median
-        if tol.variant == "exact":   # the exact model has a second, independent oracle
-            d = oracles.diff(got, oracle_case.openai_logits[row])
-            print(f"{target.id} row {row} vs OpenAI: {d}")
-            assert d.max_abs < tol.variant_max
+            if tol.variant_max is not None:
+                assert err[held[sl]].max() < tol.variant_max
+        if tol.variant == "exact" and tol.variant_max is not None:   # second, independent oracle
+            err = _row_errors(got, oracle_case.openai_logits[row])
+            print(f"{target.id} row {row} vs OpenAI: max {err[held].max():.3g} without near-ties")
+            assert err[held].max() < tol.variant_max
 
 
-def test_error_against_exact_oracles(engine_run, oracle_case):
+def test_error_against_exact_oracles(engine_run, oracle_case, variant_oracle):
     """The mode's own error (zero for float up to rounding), against both exact oracles."""
     target, logits = engine_run
     tol = target.tol
+    tied = variant_oracle("exact").tied
     for row, (got, run, openai) in enumerate(zip(logits, oracle_case.runs, oracle_case.openai_logits)):
         for name, ref in (("HF", run.logits), ("OpenAI", openai)):
             err = _row_errors(got, ref)
@@ -199,24 +267,51 @@ def test_error_against_exact_oracles(engine_run, oracle_case):
             # Bounds: tol.exact_median / tol.exact_max, justified at the Tolerance definitions.
             assert np.median(err) < tol.exact_median
             if tol.exact_max is not None:
-                assert err.max() < tol.exact_max
+                assert err[~tied[row]].max() < tol.exact_max
+
+
+def test_large_errors_of_statistical_modes_are_routing_flips(engine_run, oracle_case, variant_oracle):
+    """The justification of the statistical bounds (INT8, FP16), checked: the positions that
+    miss the oracle by > 0.5 are those whose router top-k choice was nearly tied in some layer
+    (their median margin is well below the typical one), not a systematic error."""
+    target, logits = engine_run
+    if target.tol.variant_max is not None:
+        pytest.skip("tight mode: every position is bounded")
+    oracle = variant_oracle(target.tol.variant)
+    far_gaps, all_gaps = [], []
+    for got, run, ref in zip(logits, oracle_case.runs, oracle.logits):
+        gaps = oracles.hf_router_gaps(oracle.model, run.tokens)
+        far_gaps.append(gaps[_row_errors(got, ref) > 0.5])
+        all_gaps.append(gaps)
+    far, typical = np.concatenate(far_gaps), np.median(np.concatenate(all_gaps))
+    print(f"{target.id}: {len(far)} positions off by > 0.5; their median router margin "
+          f"{np.median(far) if len(far) else float('nan'):.3g} vs typical {typical:.3g}")
+    if len(far):   # measured: int8 0.011 vs 0.075, fp16 0.0012 vs 0.075
+        assert np.median(far) < 0.5 * typical
 
 
 def test_greedy_tokens_match_where_decided(engine_run, oracle_case, variant_oracle):
     """At every decode choice (rows P-1 .. end-1) the engine's argmax is the token the oracle of
     the same arithmetic picks, wherever that oracle's top-1 margin exceeds twice the allowed
-    error (a closer call may legitimately go either way)."""
+    error (a closer call may legitimately go either way). Without a max bound (INT8): >= 75%
+    of all choices agree (see INT8)."""
     target, logits = engine_run
-    _, refs = variant_oracle(target.tol.variant)
-    decided = agreed = 0
-    for got, run, ref in zip(logits, oracle_case.runs, refs):
+    tol = target.tol
+    oracle = variant_oracle(tol.variant)
+    decided = agreed = total = 0
+    for got, run, ref, tied in zip(logits, oracle_case.runs, oracle.logits, oracle.tied):
         rows = slice(run.prompt_len - 1, len(run.tokens) - 1)
-        ok = oracles.top1_margin(ref[rows]) > 2 * target.tol.variant_max
+        same = got[rows].argmax(1) == ref[rows].argmax(1)
+        ok = ((oracles.top1_margin(ref[rows]) > 2 * tol.variant_max) & ~tied[rows]
+              if tol.variant_max is not None else np.ones(len(same), bool))
         decided += int(ok.sum())
-        agreed += int((got[rows].argmax(1)[ok] == ref[rows].argmax(1)[ok]).sum())
-    print(f"{target.id}: {agreed}/{decided} decided greedy choices agree")
-    # float and int4 decide all 48 choices; int8's wider bound leaves ~8 of them decided.
-    assert agreed == decided and decided >= 6
+        agreed += int(same[ok].sum())
+        total += len(same)
+    print(f"{target.id}: {agreed}/{decided} compared greedy choices agree ({total} choices)")
+    if tol.variant_max is None:
+        assert agreed >= 0.75 * total
+    else:   # the tight modes decide nearly all 48 choices
+        assert agreed == decided and decided >= 0.75 * total
 
 
 # ---- the generate CLI, tampering ----------------------------------------------------------------
@@ -226,11 +321,14 @@ def hf_engine(request, engines):
     return request.param, engines(request.param, "hf")
 
 
-def test_generate_cli_dump_rows_are_positions(hf_engine, oracle_case, variant_oracle, tmp_path, capsys):
+def test_generate_cli_dump_rows_are_positions(hf_engine, oracle_case, variant_oracle, tmp_path, capsys,
+                                              monkeypatch):
     """`generate --dump-logits`: row i = logits at position i of prompt + generated (prefill in
     the CLI's default 256-token chunks, then one token per step, the last token's logits
     included). The engine's own greedy tokens are the oracle's picks on that same sequence."""
     target, engine = hf_engine
+    for key, value in target.env:
+        monkeypatch.setenv(key, value)
     prompt = list(oracle_case.runs[0].tokens[: oracle_case.runs[0].prompt_len])
     n = 16
     dump = tmp_path / "logits.npy"
@@ -240,16 +338,23 @@ def test_generate_cli_dump_rows_are_positions(hf_engine, oracle_case, variant_or
     assert rc == 0
     tokens = json.loads(capsys.readouterr().out)["token_ids"]
     got = np.load(dump)
-    model, _ = variant_oracle(target.tol.variant)
+    model = variant_oracle(target.tol.variant).model
     ref = oracles.hf_full_logits(model, prompt + tokens)     # oracle on the engine's sequence
     assert len(tokens) == n and got.shape == ref.shape == (len(prompt) + n, ref.shape[1])
     err = _row_errors(got, ref)
-    print(f"{target.id} generate: dump vs HF[{target.tol.variant}] max {err.max():.3g} "
+    tol = target.tol
+    print(f"{target.id} generate: dump vs HF[{tol.variant}] max {err.max():.3g} "
           f"median {np.median(err):.3g}")
-    assert err.max() < target.tol.variant_max and np.median(err) < target.tol.variant_median
-    choices = ref[len(prompt) - 1: -1]
-    decided = oracles.top1_margin(choices) > 2 * target.tol.variant_max
-    assert (np.array(tokens)[decided] == choices.argmax(1)[decided]).all()
+    assert np.median(err) < tol.variant_median
+    # The engine's tokens are the argmax of its own dump rows P-1 .. end-1.
+    assert tokens == got[len(prompt) - 1: -1].argmax(1).tolist()
+    if tol.variant_max is not None:
+        held = _check_ties(oracles.hf_router_gaps(model, prompt + tokens) < ROUTER_TIE,
+                           f"{target.id} generate")
+        assert err[held].max() < tol.variant_max
+        choices = ref[len(prompt) - 1: -1]
+        decided = (oracles.top1_margin(choices) > 2 * tol.variant_max) & held[len(prompt) - 1: -1]
+        assert (np.array(tokens)[decided] == choices.argmax(1)[decided]).all()
 
 
 def _flip_byte_of_largest_file(engine: Path) -> Path:

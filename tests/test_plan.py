@@ -69,3 +69,28 @@ def test_cli_plan_json_and_exit_codes(tmp_path, capsys):
     assert "does NOT fit" in capsys.readouterr().out
     assert main(["plan", "no-such-model"]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision,dense,fmt", [("fp16", "16bit", "mxfp4"), ("fp32", "16bit", "mxfp4"),
+                                                 ("fp16", "4bit", "mxfp4"), ("bf16", "4bit", "int4")])
+def test_plan_weights_match_the_lowered_tensorrt_graph(precision, dense, fmt):
+    """The plan's per-kind bytes are what lower_trt actually stores (tiny model, no tensor read)."""
+    from gptoss_edge.compiler import lower_trt
+    from gptoss_edge.compiler.graph.model import build_model
+
+    class ConfigOnly:
+        config = preset("tiny")
+
+        def get(self, key):
+            raise AssertionError(f"read {key}")
+
+    cfg, positions = preset("tiny"), 1024
+    graph = lower_trt.lower(build_model(ConfigOnly(), max_positions=positions), precision=precision,
+                            dense=dense, dense_format=fmt)
+    plan = P.memory_plan(cfg, target="tensorrt", context=positions, batch=1, dense=dense, dense_format=fmt,
+                         precision=precision)
+    rope = next(i.bytes for i in plan.items if i.kind == "RoPE tables")
+    planned = plan.total("weights") + rope
+    # Only the graph's small constants (shapes, axes, eps: a few dozen bytes per layer) are not
+    # in the plan.
+    assert 0 <= graph.total_weight_bytes() - planned < 1024, (graph.total_weight_bytes(), planned)
