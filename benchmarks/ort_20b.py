@@ -12,11 +12,13 @@ of the ceiling bandwidth / (bytes the engine reads per token), with bytes per to
 the engine's ONNX initializers (experts x top_k/num_experts, dense weights in full, one
 embedding row).
 
-    python benchmarks/ort_20b.py [--checkpoint /tmp/gptoss-bench/gpt-oss-20b] [--experts int8 int4]
+    python benchmarks/ort_20b.py [--checkpoint /tmp/gptoss-bench/gpt-oss-20b]
+                                 [--configs int4:4bit int8:4bit]   # EXPERTS:DENSE per engine
 
 Engines are written under --work and deleted after measuring (--keep-engines keeps them); they
 take 10-30 GB of disk each. A serving phase whose weights cannot fit the free RAM is skipped
-(the machine has no swap; an OOM would take other work with it) and says so.
+(the machine has no swap; an OOM would take other work with it) and says so; so is a compile
+whose estimated engine size does not fit the free disk with 5 GiB to spare.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from gptoss_edge.compiler.config import load_config
 
 GiB = 1 << 30
 DEFAULT_CKPT = Path("/tmp/gptoss-bench/gpt-oss-20b")
@@ -51,7 +55,7 @@ def phase_compile(a: argparse.Namespace) -> dict:
     s = compile_checkpoint(a.checkpoint, a.engine, CompileOptions(
         target="onnxruntime", experts=a.mode, dense=a.dense, max_positions=a.max_positions),
         show_progress=False)
-    return {"seconds": time.monotonic() - t0, "peak_rss": peak_rss(),
+    return {"seconds": time.monotonic() - t0, "peak_rss": peak_rss(), "experts": s.experts,
             "engine_bytes": sum(s.file_bytes.values())}
 
 
@@ -135,8 +139,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
     p.add_argument("--work", type=Path, default=Path("/tmp/gptoss-bench/engines"))
-    p.add_argument("--experts", nargs="+", default=["int8", "int4"])
-    p.add_argument("--dense", default="float", help="dense weights of the engine (float or 4bit)")
+    p.add_argument("--configs", nargs="+", default=["int4:4bit", "int8:4bit"],
+                   help="engines to measure, EXPERTS:DENSE (experts float|int8|int4, dense float|4bit)")
+    p.add_argument("--dense", default="float", help=argparse.SUPPRESS)
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--max-positions", type=int, default=4096)
@@ -159,37 +164,58 @@ def main() -> int:
     print(f"checkpoint {a.checkpoint}: {ckpt_bytes / GiB:.2f} GiB")
     bw = run_phase("bandwidth", [])["bytes_per_s"]
     print(f"baseline: memory read bandwidth {bw / 1e9:.1f} GB/s")
-    common = ["--checkpoint", str(a.checkpoint), "--dense", a.dense, "--prefill", str(a.prefill),
+    common = ["--checkpoint", str(a.checkpoint), "--prefill", str(a.prefill),
               "--decode", str(a.decode), "--max-positions", str(a.max_positions), "--verify", a.verify]
     if a.threads:
         common += ["--threads", str(a.threads)]
+    cfg = load_config(a.checkpoint)
     rows = []
-    for mode in a.experts:
-        engine = a.work / f"20b-{mode}-{a.dense}"
-        free = shutil.disk_usage(a.work.parent if not a.work.exists() else a.work).free
-        print(f"[{mode}] compiling -> {engine} (disk free {free / GiB:.0f} GiB)", flush=True)
+    for spec in a.configs:
+        mode, _, dense = spec.partition(":")
+        dense = dense or "float"
+        engine = a.work / f"20b-{mode}-{dense}"
         a.work.mkdir(parents=True, exist_ok=True)
-        c = run_phase("compile", [*common, "--engine", str(engine), "--mode", mode])
-        row = {"experts": mode, "compile": c}
-        print(f"[{mode}] compile: {json.dumps(c)}", flush=True)
+        free, need = shutil.disk_usage(a.work).free, estimate_engine_bytes(cfg, mode, dense)
+        row = {"experts": f"{mode}/{dense}"}
+        rows.append(row)
+        if need > free - 5 * GiB:
+            row["compile"] = {"error": f"skipped: engine ~{need / GiB:.0f} GiB, disk free {free / GiB:.0f} GiB"}
+            print(f"[{spec}] {row['compile']['error']}", flush=True)
+            continue
+        print(f"[{spec}] compiling -> {engine} (engine ~{need / GiB:.1f} GiB, disk free "
+              f"{free / GiB:.0f} GiB)", flush=True)
+        c = run_phase("compile", [*common, "--engine", str(engine), "--mode", mode, "--dense", dense])
+        row["compile"] = c
+        print(f"[{spec}] compile: {json.dumps(c)}", flush=True)
         if "error" not in c:
             row["bytes"] = bpt = bytes_per_token(engine)
             avail = _mem_available()
-            need = bpt["expert_bytes"] + bpt["dense_bytes"] + bpt["embedding_bytes"]
+            # Resident weights: experts + dense; of the embedding table only the rows used.
+            need = bpt["expert_bytes"] + bpt["dense_bytes"]
             if need > avail - 2 * GiB:
                 row["serve"] = {"error": f"skipped: weights {need / GiB:.1f} GiB > free RAM "
                                          f"{avail / GiB:.1f} GiB - 2 GiB"}
             else:
                 row["serve"] = run_phase("serve", [*common, "--engine", str(engine)])
-            print(f"[{mode}] serve: {json.dumps(row['serve'])}", flush=True)
+            print(f"[{spec}] serve: {json.dumps(row['serve'])}", flush=True)
             if "decode_tok_s" in row["serve"]:
                 ceiling = bw / bpt["per_token"]
                 row["serve"]["ceiling_tok_s"] = ceiling
         if not a.keep_engines:
             shutil.rmtree(engine, ignore_errors=True)
-        rows.append(row)
     print_table(rows, a, bw)
     return 0
+
+
+def estimate_engine_bytes(cfg, experts: str, dense: str) -> int:
+    """Engine size from the config: experts at 1 (int8) / 0.5 (int4) / 4 (float) bytes per weight
+    plus float32 block-32 scales; q/k/v/o and lm_head float32 or 4-bit; embedding float32."""
+    h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    expert_params = cfg.num_hidden_layers * cfg.num_local_experts * 3 * h * i
+    per_expert_weight = {"float": 4.0, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}[experts]
+    dense_params = cfg.num_hidden_layers * 2 * h * (cfg.q_size + cfg.kv_size) + v * h
+    per_dense_weight = 4.0 if dense == "float" else 0.5 + 4 / 32
+    return int(expert_params * per_expert_weight + dense_params * per_dense_weight + v * h * 4)
 
 
 def _mem_available() -> int:
@@ -201,14 +227,14 @@ def _mem_available() -> int:
 
 
 def print_table(rows: list[dict], a: argparse.Namespace, bw: float) -> None:
-    print(f"\ngpt-oss-20b (synthetic, full size), ONNX Runtime CPU, dense={a.dense}, "
-          f"{os.cpu_count()} CPUs, memory bandwidth {bw / 1e9:.1f} GB/s")
-    head = ("experts", "compile s", "compile peak GiB", "engine GiB", "load s", "prefill tok/s",
+    print(f"\n{a.checkpoint.name} (synthetic), ONNX Runtime CPU, {os.cpu_count()} CPUs, "
+          f"memory bandwidth {bw / 1e9:.1f} GB/s, prefill {a.prefill}, decode {a.decode}")
+    head = ("experts/dense", "compile s", "compile peak GiB", "engine GiB", "load s", "prefill tok/s",
             "decode tok/s", "decode/ceiling", "serve peak GiB")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
-        c, s = r["compile"], r.get("serve", {})
+        c, s = r.get("compile", {}), r.get("serve", {})
         ratio = (f"{s['decode_tok_s'] / s['ceiling_tok_s']:.2f} (ceiling {s['ceiling_tok_s']:.1f})"
                  if "decode_tok_s" in s else "-")
         cells = [r["experts"], f"{c.get('seconds', 0):.0f}" if "seconds" in c else c.get("error", "-"),

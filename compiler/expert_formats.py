@@ -4,10 +4,12 @@
   int_experts:   MXFP4 -> QMoE int8 (uint8 q+128 [E, N, K], float32 scales [E, N, K/32]; exact)
                         or int4 (uint8 [E, N, K/2], nibble q+8, low nibble = even element; lossy)
   int4_dense:    float32 W^T [K, N] -> MatMulNBits B [N, K/32, 16] + float32 scales [N, K/32]
+  bf16_table:    float32 [V, H] -> bfloat16 (exact for values that came from bf16; checked)
 Peak memory: one expert's float32 matrix (20b gate_up: 5760 x 2880 x 4 B = 66 MB).
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from gptoss_edge.compiler import mxfp4
@@ -90,6 +92,18 @@ def int4_dense(name: str, w_t: Initializer, rows: int = 1024) -> tuple[Initializ
     weights, scales = _paired(convert, row_blocks)
     return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16], weights, source=w_t.source),
             lazy(f"{name}/scales_q4", np.float32, [n, k // BLOCK], scales, source=w_t.source))
+
+
+def bf16_table(name: str, table: Initializer) -> Initializer:
+    """The table in bfloat16, chunk by chunk; refuses a value that bf16 cannot hold exactly."""
+    def produce():
+        for chunk in table.chunks():
+            b = chunk.astype(ml_dtypes.bfloat16)
+            if not np.array_equal(b.astype(np.float32), chunk):
+                raise ValueError(f"{table.source or table.name}: not exactly representable in bfloat16 "
+                                 "(the checkpoint does not store it as bf16); compile with --embedding float")
+            yield b
+    return lazy(name, ml_dtypes.bfloat16, table.shape, produce, source=table.source)
 
 
 def dequant_int(q_packed: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:

@@ -18,8 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="expert weights: float (exact), int8 (lossless weights, int8 activations), "
                         "int4 (smallest, lossy); default: the most exact that fits --max-memory")
     p.add_argument("--dense", choices=sorted(set(lower_ort.DENSE_MODES) | set(lower_trt.DENSE_MODES)),
-                   default="float", help="attention and lm_head weights: float or 4bit (MatMulNBits, "
-                   "block 32); tensorrt: 16bit (= float: the activation precision) or 4bit (Gemm4bit)")
+                   default=None, help="attention and lm_head weights: float or 4bit (MatMulNBits, "
+                   "block 32; onnxruntime default: float if it fits --max-memory); tensorrt: 16bit "
+                   "(= float, the default: the activation precision) or 4bit (Gemm4bit)")
+    p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
+                   help="onnxruntime: embedding table bf16 (exact for bf16 checkpoints, half the bytes) "
+                        "or float; default: bf16 when the checkpoint stores it in bf16")
+    p.add_argument("--activations", choices=lower_ort.ACTIVATION_MODES, default="float",
+                   help="onnxruntime: inputs of the 4-bit GEMMs (int4 experts, 4bit dense) stay float32 "
+                        "(exact on the stored weights) or are quantized to int8 by MLAS (faster decode)")
     p.add_argument("--precision", choices=sorted(lower_trt.PRECISIONS), default="fp16",
                    help="tensorrt: activation precision (residual stream, norms, logits stay float32)")
     p.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4",
@@ -38,9 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
     opts = CompileOptions(target=args.target, experts=args.experts, dense=args.dense,
-                          max_memory_gib=args.max_memory, max_positions=args.max_positions,
-                          precision=args.precision, dense_format=args.dense_format,
-                          max_batch=args.max_batch, max_step_tokens=args.max_step_tokens)
+                          embedding=args.embedding, activations=args.activations,
+                          max_memory_gib=args.max_memory,
+                          max_positions=args.max_positions, precision=args.precision,
+                          dense_format=args.dense_format, max_batch=args.max_batch,
+                          max_step_tokens=args.max_step_tokens)
     try:
         summary = compile_checkpoint(args.checkpoint, args.output, opts,
                                      show_progress=False if args.no_progress else None)

@@ -149,8 +149,8 @@ def dense_4bit_rounding(w: torch.Tensor, fmt: str) -> torch.Tensor:
 
 
 def load_hf_variant(checkpoint: str | Path, variant: str):
-    """The HF oracle with a lossy mode's rounding applied to its own expert parameters (HF
-    stores them [E, K, N]: transposed here to round blocks along K)."""
+    """The HF oracle with a lossy mode's rounding applied to its own parameters: expert weights
+    (HF stores them [E, K, N]: transposed here to round blocks along K) or dense projections."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown oracle variant {variant!r}; one of {VARIANTS}")
     model = load_hf(checkpoint)
@@ -193,6 +193,24 @@ def hf_greedy_run(model, prompt: Sequence[int], n_decode: int = N_DECODE) -> Ora
         out = model(input_ids=torch.tensor([[nxt]], dtype=torch.long), cache=out.cache, use_cache=True)
         rows.append(out.logits[0].float().numpy())
     return OracleRun(tuple(tokens), len(prompt), np.concatenate(rows, axis=0))
+
+
+@torch.inference_mode()
+def hf_router_gaps(model, tokens: Sequence[int]) -> np.ndarray:
+    """Per position: the smallest margin, over layers, between the k-th and (k+1)-th router
+    logit. Where it is tiny, any rounding may swap an expert (a routing flip)."""
+    gaps: list[np.ndarray] = []
+
+    def hook(router, _inputs, out):
+        top = torch.topk(out[0], router.top_k + 1, dim=-1).values
+        gaps.append((top[:, -2] - top[:, -1]).float().numpy())
+    handles = [layer.mlp.router.register_forward_hook(hook) for layer in model.model.layers]
+    try:
+        model(input_ids=torch.tensor([list(tokens)], dtype=torch.long), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return np.stack(gaps).min(axis=0)
 
 
 # ---- OpenAI gpt_oss.torch ------------------------------------------------------------------

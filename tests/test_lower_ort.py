@@ -140,3 +140,42 @@ def test_dense_4bit_matmulnbits(tmp_path):
     ref = x @ wq.T + b
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()      # same weights: summation order only
     assert np.abs(wq - w).max() <= np.abs(w).max() / 14 * (1 + 1e-6)  # within half a step of max/7
+
+
+# ---- bf16 embedding -------------------------------------------------------------------------------
+def embedding_graph(table: np.ndarray) -> Graph:
+    g = canonical("embed")
+    g.add_input("ids", TensorProto.INT64, ["b", "s"])
+    g.add_output("y", TensorProto.FLOAT, ["b", "s", table.shape[1]])
+    g.node("Gather", [g.add_initializer(from_array("/embed/weight", table)), "ids"], "/embed/gather",
+           outputs=["y"], axis=0)
+    return g
+
+
+def test_bf16_embedding_is_exact_for_bf16_values(tmp_path):
+    import ml_dtypes
+    table = np.random.default_rng(2).standard_normal((50, 32)).astype(ml_dtypes.bfloat16).astype(np.float32)
+    ids = np.array([[3, 49, 0]], np.int64)
+    (y,) = run_graph(embedding_graph(table), tmp_path, {"ids": ids}, embedding="bf16")
+    np.testing.assert_array_equal(y, table[ids])            # bf16 -> float32 is exact
+
+
+def test_bf16_embedding_refuses_values_bf16_cannot_hold(tmp_path):
+    table = np.full((50, 32), 1 + 2 ** -12, np.float32)      # needs 12 mantissa bits (bf16 has 7)
+    with pytest.raises(ValueError, match="bfloat16.*--embedding float"):
+        run_graph(embedding_graph(table), tmp_path, {"ids": np.zeros((1, 1), np.int64)}, embedding="bf16")
+
+
+def test_int8_activations_option_for_4bit_gemms(moe_case, tmp_path):
+    w, x, _, _, _ = moe_case
+    deq = {p: fmt.dequant_int(fmt._pack_u4(q), s, 4)
+           for p in ("gate_up", "down") for q, s in [fmt._to_int(w[f"{p}_blocks"], w[f"{p}_scales"], 4)]}
+    ref4 = moe_numpy(x, w, deq["gate_up"], deq["down"])
+    lowered = lower_ort.lower(moe_graph(w), experts="int4", activations="int8")
+    assert [a.i for n in lowered.nodes for a in n.attribute if a.name == "accuracy_level"] == [4]
+    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, experts="int4", activations="int8")
+    rel = np.abs(y - ref4).max() / np.abs(ref4).max()
+    # MLAS quantizes both expert GEMM inputs to int8 per block of 32 (as for int8 experts):
+    # ~1% of the output scale (0.96% when probing); 3% as for int8 experts. It must differ from
+    # the float-activation result, or the option did nothing.
+    assert 1e-6 < rel < 3e-2

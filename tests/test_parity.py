@@ -151,19 +151,43 @@ def engines(tiny_checkpoint, tmp_path_factory) -> Callable[[Target, str], Path]:
     return get
 
 
-@pytest.fixture(scope="module")
-def variant_oracle(tiny_checkpoint, oracle_case):
-    """variant -> (HF model with that rounding, its logits over the standard case's tokens)."""
-    cache: dict[str, tuple[Any, tuple[np.ndarray, ...]]] = {}
+# A position whose router top-k choice is tied to within ROUTER_TIE in some layer of the oracle
+# (k-th vs (k+1)-th router logit) may legitimately take another expert in any other fp32
+# implementation: router-logit differences between two fp32 implementations are ~1e-6..1e-5
+# (the logit differences above), so 1e-4 is 10x that. Such positions (measured: 0-1 of ~900;
+# one at a margin of 2e-7 with seed 0) are left out of the tight max bounds, counted in the
+# medians, and their number is bounded (<= 1% of a row, or 1).
+ROUTER_TIE = 1e-4
 
-    def get(variant: str):
+
+@dataclasses.dataclass(frozen=True)
+class VariantOracle:
+    model: Any                        # HF model with the variant's rounding
+    logits: tuple[np.ndarray, ...]    # over the standard case's tokens, per batch row
+    tied: tuple[np.ndarray, ...]      # per row: bool [positions], router near-tie (ROUTER_TIE)
+
+
+@pytest.fixture(scope="module")
+def variant_oracle(tiny_checkpoint, oracle_case) -> Callable[[str], VariantOracle]:
+    cache: dict[str, VariantOracle] = {}
+
+    def get(variant: str) -> VariantOracle:
         if variant not in cache:
             model = oracles.load_hf_variant(tiny_checkpoint.hf, variant)
-            logits = (tuple(r.logits for r in oracle_case.runs) if variant == "exact" else
-                      tuple(oracles.hf_full_logits(model, r.tokens) for r in oracle_case.runs))
-            cache[variant] = (model, logits)
+            runs = oracle_case.runs
+            logits = (tuple(r.logits for r in runs) if variant == "exact" else
+                      tuple(oracles.hf_full_logits(model, r.tokens) for r in runs))
+            tied = tuple(oracles.hf_router_gaps(model, r.tokens) < ROUTER_TIE for r in runs)
+            cache[variant] = VariantOracle(model, logits, tied)
         return cache[variant]
     return get
+
+
+def _check_ties(tied: np.ndarray, label: str) -> np.ndarray:
+    """Bounded count of router near-ties; returns the mask of positions held to max bounds."""
+    print(f"{label}: {int(tied.sum())} router near-tie position(s) left out of max bounds")
+    assert tied.sum() <= max(1, 0.01 * tied.size)
+    return ~tied
 
 
 def run_standard_case(backend, case: oracles.OracleCase) -> tuple[np.ndarray, ...]:
@@ -209,27 +233,29 @@ def _row_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def test_logits_match_oracle_of_same_arithmetic(engine_run, oracle_case, variant_oracle):
     target, logits = engine_run
     tol = target.tol
-    _, refs = variant_oracle(tol.variant)
-    for row, (got, run, ref) in enumerate(zip(logits, oracle_case.runs, refs)):
+    oracle = variant_oracle(tol.variant)
+    for row, (got, run, ref) in enumerate(zip(logits, oracle_case.runs, oracle.logits)):
         assert got.shape == ref.shape, f"row {row}: engine {got.shape}, oracle {ref.shape}"
+        held = _check_ties(oracle.tied[row], f"{target.id} row {row}")
         for part, sl in _parts(run).items():
             err = _row_errors(got[sl], ref[sl])
             print(f"{target.id} row {row} {part} vs HF[{tol.variant}]: max {err.max():.3g} "
-                  f"median {np.median(err):.3g} ({oracles.diff(got[sl], ref[sl])})")
+                  f"(without near-ties {err[held[sl]].max():.3g}) median {np.median(err):.3g}")
             # Bounds: tol.variant_max / tol.variant_median, justified at the Tolerance definitions.
             assert np.median(err) < tol.variant_median
             if tol.variant_max is not None:
-                assert err.max() < tol.variant_max
+                assert err[held[sl]].max() < tol.variant_max
         if tol.variant == "exact" and tol.variant_max is not None:   # second, independent oracle
-            d = oracles.diff(got, oracle_case.openai_logits[row])
-            print(f"{target.id} row {row} vs OpenAI: {d}")
-            assert d.max_abs < tol.variant_max
+            err = _row_errors(got, oracle_case.openai_logits[row])
+            print(f"{target.id} row {row} vs OpenAI: max {err[held].max():.3g} without near-ties")
+            assert err[held].max() < tol.variant_max
 
 
-def test_error_against_exact_oracles(engine_run, oracle_case):
+def test_error_against_exact_oracles(engine_run, oracle_case, variant_oracle):
     """The mode's own error (zero for float up to rounding), against both exact oracles."""
     target, logits = engine_run
     tol = target.tol
+    tied = variant_oracle("exact").tied
     for row, (got, run, openai) in enumerate(zip(logits, oracle_case.runs, oracle_case.openai_logits)):
         for name, ref in (("HF", run.logits), ("OpenAI", openai)):
             err = _row_errors(got, ref)
@@ -241,7 +267,27 @@ def test_error_against_exact_oracles(engine_run, oracle_case):
             # Bounds: tol.exact_median / tol.exact_max, justified at the Tolerance definitions.
             assert np.median(err) < tol.exact_median
             if tol.exact_max is not None:
-                assert err.max() < tol.exact_max
+                assert err[~tied[row]].max() < tol.exact_max
+
+
+def test_large_errors_of_statistical_modes_are_routing_flips(engine_run, oracle_case, variant_oracle):
+    """The justification of the statistical bounds (INT8, FP16), checked: the positions that
+    miss the oracle by > 0.5 are those whose router top-k choice was nearly tied in some layer
+    (their median margin is well below the typical one), not a systematic error."""
+    target, logits = engine_run
+    if target.tol.variant_max is not None:
+        pytest.skip("tight mode: every position is bounded")
+    oracle = variant_oracle(target.tol.variant)
+    far_gaps, all_gaps = [], []
+    for got, run, ref in zip(logits, oracle_case.runs, oracle.logits):
+        gaps = oracles.hf_router_gaps(oracle.model, run.tokens)
+        far_gaps.append(gaps[_row_errors(got, ref) > 0.5])
+        all_gaps.append(gaps)
+    far, typical = np.concatenate(far_gaps), np.median(np.concatenate(all_gaps))
+    print(f"{target.id}: {len(far)} positions off by > 0.5; their median router margin "
+          f"{np.median(far) if len(far) else float('nan'):.3g} vs typical {typical:.3g}")
+    if len(far):   # measured: int8 0.011 vs 0.075, fp16 0.0012 vs 0.075
+        assert np.median(far) < 0.5 * typical
 
 
 def test_greedy_tokens_match_where_decided(engine_run, oracle_case, variant_oracle):
@@ -251,13 +297,13 @@ def test_greedy_tokens_match_where_decided(engine_run, oracle_case, variant_orac
     of all choices agree (see INT8)."""
     target, logits = engine_run
     tol = target.tol
-    _, refs = variant_oracle(tol.variant)
+    oracle = variant_oracle(tol.variant)
     decided = agreed = total = 0
-    for got, run, ref in zip(logits, oracle_case.runs, refs):
+    for got, run, ref, tied in zip(logits, oracle_case.runs, oracle.logits, oracle.tied):
         rows = slice(run.prompt_len - 1, len(run.tokens) - 1)
         same = got[rows].argmax(1) == ref[rows].argmax(1)
-        ok = (oracles.top1_margin(ref[rows]) > 2 * tol.variant_max if tol.variant_max is not None
-              else np.ones(len(same), bool))
+        ok = ((oracles.top1_margin(ref[rows]) > 2 * tol.variant_max) & ~tied[rows]
+              if tol.variant_max is not None else np.ones(len(same), bool))
         decided += int(ok.sum())
         agreed += int(same[ok].sum())
         total += len(same)
@@ -292,7 +338,7 @@ def test_generate_cli_dump_rows_are_positions(hf_engine, oracle_case, variant_or
     assert rc == 0
     tokens = json.loads(capsys.readouterr().out)["token_ids"]
     got = np.load(dump)
-    model, _ = variant_oracle(target.tol.variant)
+    model = variant_oracle(target.tol.variant).model
     ref = oracles.hf_full_logits(model, prompt + tokens)     # oracle on the engine's sequence
     assert len(tokens) == n and got.shape == ref.shape == (len(prompt) + n, ref.shape[1])
     err = _row_errors(got, ref)
@@ -303,9 +349,11 @@ def test_generate_cli_dump_rows_are_positions(hf_engine, oracle_case, variant_or
     # The engine's tokens are the argmax of its own dump rows P-1 .. end-1.
     assert tokens == got[len(prompt) - 1: -1].argmax(1).tolist()
     if tol.variant_max is not None:
-        assert err.max() < tol.variant_max
+        held = _check_ties(oracles.hf_router_gaps(model, prompt + tokens) < ROUTER_TIE,
+                           f"{target.id} generate")
+        assert err[held].max() < tol.variant_max
         choices = ref[len(prompt) - 1: -1]
-        decided = oracles.top1_margin(choices) > 2 * tol.variant_max
+        decided = (oracles.top1_margin(choices) > 2 * tol.variant_max) & held[len(prompt) - 1: -1]
         assert (np.array(tokens)[decided] == choices.argmax(1)[decided]).all()
 
 
