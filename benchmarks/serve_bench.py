@@ -50,14 +50,17 @@ def build_engine(shape: str, work: Path) -> Path:
 
 
 def start_server(engine: Path, sock: Path, args) -> subprocess.Popen:
+    log = sock.with_suffix(".log")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptoss_edge.cli", "serve", str(engine), "--listen",
          f"unix:{sock}", "--max-slots", str(args.max_slots), "--max-context", "1024",
-         "--max-step-tokens", str(args.step_tokens)], stdout=subprocess.PIPE, text=True)
-    banner = proc.stdout.readline()
-    if "serving" not in banner:
-        raise RuntimeError(f"server did not start: {banner}")
-    print(banner.strip())
+         "--max-step-tokens", str(args.step_tokens)], stdout=log.open("w"),
+        stderr=subprocess.STDOUT, text=True)
+    while "serving" not in log.read_text():
+        if proc.poll() is not None:
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    print(log.read_text().strip(), flush=True)
     return proc
 
 
