@@ -31,6 +31,13 @@ from gptoss_edge.runtime.harmony_parser import (  # noqa: F401  (re-exported API
 from gptoss_edge.runtime.harmony_schema import Tool, tools_section, validate_tools  # noqa: F401
 from gptoss_edge.runtime.tokenizer import Tokenizer
 
+__all__ = [
+    "Message", "Tool", "render_chat", "render_pieces", "encode_pieces", "validate_tools",
+    "HarmonyStreamParser", "HarmonyError", "parse_completed", "stop_token_ids", "Event",
+    "ReasoningDelta", "CommentaryDelta", "FinalDelta", "ToolCallDelta", "Stop",
+    "ParsedCompletion", "ParsedMessage", "ToolCall", "CHANNELS", "REASONING_EFFORTS",
+]
+
 DEFAULT_MODEL_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
 DEFAULT_KNOWLEDGE_CUTOFF = "2024-06"
 REASONING_EFFORTS = ("low", "medium", "high")
@@ -130,7 +137,7 @@ def render_pieces(messages: Sequence[Message], tools: Sequence[Tool] | None = No
     developer = developer_text(instructions, tools)
     if developer is not None:
         rendered.append(_Rendered("developer", developer))
-    rendered += [_to_rendered(m, i) for i, m in turns]
+    rendered += [_to_rendered(m) for _, m in turns]
     pieces: list[_Piece] = []
     for message in _drop_analysis(rendered):
         pieces += message.pieces()
@@ -222,7 +229,7 @@ def _function(name: str) -> str:
     return name if name.startswith("functions.") else f"functions.{name}"
 
 
-def _to_rendered(message: Message, i: int) -> _Rendered:
+def _to_rendered(message: Message) -> _Rendered:
     if message.role == "user":
         author = f"user:{message.name}" if message.name else "user"
         return _Rendered(author, message.content, message.channel)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from harmony_fixtures import harmony_encoding, o200k, tiny  # noqa: F401  (pytest fixtures)
 
@@ -180,3 +181,26 @@ def test_hf_loader_refusals(tmp_path):
     (tmp_path / "nocall.json").write_text(json.dumps(no_call))
     with pytest.raises(TokenizerError, match=r"<\|call\|>"):
         load_tokenizer({"kind": "hf", "file": "nocall.json"}, tmp_path)
+
+
+def test_hf_path_equals_tiktoken_path_on_o200k(tmp_path, o200k):
+    # The same o200k vocabulary as a Hugging Face tokenizer.json (converted by transformers'
+    # TikTokenConverter, the way gpt-oss's own tokenizer.json is laid out) must give the same ids
+    # and bytes through our HF loader as through tiktoken. ~15 s: the conversion derives 199998
+    # merges.
+    converter = pytest.importorskip("transformers.convert_slow_tokenizer").TikTokenConverter
+    from gptoss_edge.runtime.tokenizer_o200k import O200K_PATTERN
+    vocab = tmp_path / "o200k_base.tiktoken"
+    vocab.write_bytes(read_verified_vocab(packaged_vocab_path()))
+    names = [name for name, _ in sorted(o200k.special_tokens().items(), key=lambda kv: kv[1])]
+    converter(vocab_file=str(vocab), pattern=O200K_PATTERN,
+              extra_special_tokens=names).converted().save(str(tmp_path / "tokenizer.json"))
+    hf = load_tokenizer({"kind": "hf", "file": "tokenizer.json"}, tmp_path)
+    assert hf.vocab_size == o200k.vocab_size
+    assert dict(hf.special_tokens()) == dict(o200k.special_tokens())
+    rng = np.random.default_rng(0)
+    alphabet = list("abc XYZ 019.,\n\t'\"") + ["é", "日本", "😀", "𝔘", "👋🏽", "'s", "'LL"]
+    texts = TEXTS + ["".join(rng.choice(alphabet, size=rng.integers(0, 60))) for _ in range(500)]
+    assert [hf.encode(t) for t in texts] == [o200k.encode(t) for t in texts]
+    ids = rng.integers(0, o200k.vocab_size, 5000)
+    assert [hf.token_bytes(i) for i in ids] == [o200k.token_bytes(i) for i in ids]
