@@ -60,7 +60,9 @@ def _is_original_config(config_path: Path) -> bool:
 
 
 def _detect_layout(root: Path, forced: str | None) -> tuple[str, Path]:
-    hf_ok = (root / "config.json").is_file() and not _is_original_config(root / "config.json")
+    # HF needs its config and weights: a download of only original/ may still carry config.json.
+    hf_ok = ((root / "config.json").is_file() and not _is_original_config(root / "config.json")
+             and (forced == HF or any(root.glob("*.safetensors")) or (root / INDEX_NAME).is_file()))
     if forced not in (None, HF, ORIGINAL):
         raise CheckpointError(f"unknown layout {forced!r}; use {HF!r} or {ORIGINAL!r}")
     if forced in (None, HF) and hf_ok:

@@ -53,13 +53,14 @@ def pack_nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def decode(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """MXFP4 -> float32 [..., nb * 32], exact (every MXFP4 value is a float32 for s in 1..254;
-    s = 0 gives float32 subnormals, exact too)."""
+    """MXFP4 -> float32 [..., nb * 32], exact for s <= 252 (s = 0 gives exact float32
+    subnormals). s = 253/254 push |values| >= 2^128 to inf (float32 range; s = 255 is NaN in
+    the spec); real weights use s around 120."""
     _check_pair(blocks, scales)
     values = E2M1_VALUES[unpack_nibbles(blocks)]                      # [..., nb, 32]
     exponents = scales.astype(np.int32)[..., None] - SCALE_BIAS
-    out = np.ldexp(values, exponents).astype(np.float32, copy=False)
-    return out.reshape(blocks.shape[:-2] + (blocks.shape[-2] * BLOCK,))
+    np.ldexp(values, exponents, out=values)                          # in place: one output buffer
+    return values.reshape(blocks.shape[:-2] + (blocks.shape[-2] * BLOCK,))
 
 
 def _round_to_e2m1_codes(magnitude: np.ndarray) -> np.ndarray:

@@ -64,8 +64,14 @@ def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 def float32_to_bf16(x: np.ndarray) -> np.ndarray:
     """Round float32 to bf16 bits, nearest even (as torch does); NaN stays a quiet NaN."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    t = u >> 16                      # one temporary, updated in place (this runs on GBs)
+    t &= 1
+    t += 0x7FFF
+    t += u                           # u + 0x7FFF + lsb: carries into the kept bits iff > half
+    t >>= 16
+    rounded = t.astype(np.uint16)
     nan = np.isnan(x)
     if nan.any():
         rounded[nan] = 0x7FC0
@@ -263,7 +269,7 @@ class SafetensorsWriter:
             if done + chunk.nbytes > info.nbytes:
                 raise SafetensorsError(f"{self.path}: tensor {name!r}: more data than its "
                                        f"shape {info.shape} holds")
-            self._file.write(memoryview(chunk).cast("B"))
+            self._file.write(chunk.reshape(-1).view(np.uint8).data)
             done += chunk.nbytes
         if done != info.nbytes:
             raise SafetensorsError(f"{self.path}: tensor {name!r}: got {done} bytes, shape "
