@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptoss_edge.compiler import lower_ort
+from gptoss_edge.compiler.opset import ENGINE_IO as IO
 from gptoss_edge.compiler.config import ModelConfig
 from gptoss_edge.compiler.engine_dir import EngineDirWriter, EngineManifest
 from gptoss_edge.compiler.graph import onnx_io
@@ -34,10 +35,16 @@ MODEL_FILE = "model.onnx"
 class CompileOptions:
     target: str = "onnxruntime"
     experts: str | None = None       # None: chosen from max_memory_gib
-    dense: str = "float"
+    dense: str | None = None         # None: chosen from max_memory_gib (float if it fits)
+    embedding: str | None = None     # "bf16" | "float"; None: bf16 when the checkpoint stores bf16
     max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
+    # TensorRT target only (see target_tensorrt.py):
+    precision: str = "fp16"           # activation precision: fp16 | bf16 | fp32
+    dense_format: str = "mxfp4"       # Gemm4bit blocks with --dense 4bit: mxfp4 | int4
+    max_batch: int = 1                # optimization profile: most sequences per step
+    max_step_tokens: int = 512        # optimization profile: most tokens per row per step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +60,8 @@ class CompileSummary:
 
     def text(self) -> str:
         lines = [f"engine     {self.manifest.path}  (target {self.manifest.target})",
-                 f"experts    {self.experts}  ({self.experts_reason})",
-                 f"dense      {self.options.dense}"]
+                 f"experts    {self.experts}, dense {self.options.dense}  ({self.experts_reason})",
+                 f"embedding  {self.options.embedding}"]
         for name, size in sorted(self.file_bytes.items()):
             lines.append(f"file       {name:<24} {size / GiB:9.3f} GiB")
         lines += [f"weights    {self.weight_bytes / GiB:.3f} GiB",
@@ -70,23 +77,45 @@ TargetFn = Callable[[Graph, WeightSource, CompileOptions, EngineDirWriter, Bar],
 
 # ---- ONNX Runtime target -----------------------------------------------------------------------
 def kv_bytes_per_token(cfg: ModelConfig, itemsize: int = 4) -> int:
-    """ONNX Runtime keeps the whole context on every layer (key + value)."""
-    return cfg.num_hidden_layers * 2 * cfg.kv_size * itemsize
+    """KV bytes one more token costs (key + value of the full-attention layers)."""
+    full = sum(not cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
+    return full * 2 * cfg.kv_size * itemsize
 
 
-def choose_experts(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, dict[str, int]]:
-    """The most exact expert format whose weights + one slot's KV cache fit the budget."""
-    sizes = {m: lower_ort.lower(graph, m, opts.dense).total_weight_bytes() for m in lower_ort.EXPERT_MODES}
-    if opts.experts:
-        return opts.experts, "asked for", sizes
-    kv = kv_bytes_per_token(cfg) * opts.budget_context
+def kv_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
+    """One slot's KV cache in ONNX Runtime: full layers hold every token, sliding layers a
+    window-sized buffer (sliding_window_cache)."""
+    sliding = sum(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
+    return kv_bytes_per_token(cfg, itemsize) * tokens + sliding * 2 * cfg.kv_size * itemsize * cfg.sliding_window
+
+
+def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, str, int]:
+    """(experts, dense, reason, weight bytes): the given formats, or for the ones left open the
+    most exact whose weights + one slot's KV cache (budget_context tokens) fit max_memory_gib.
+    Preference: experts float > int8 > int4 with float dense, then the same with 4-bit dense."""
+    kv = kv_bytes(cfg, opts.budget_context)
     budget = opts.max_memory_gib * GiB
-    for mode in lower_ort.EXPERT_MODES:     # most exact first
-        if sizes[mode] + kv <= budget:
-            return mode, (f"{sizes[mode] / GiB:.2f} GiB weights + {kv / GiB:.2f} GiB KV "
-                          f"({opts.budget_context} tokens) fit --max-memory {opts.max_memory_gib:g} GiB"), sizes
-    return "int4", (f"nothing fits --max-memory {opts.max_memory_gib:g} GiB; int4 is the smallest "
-                    f"({sizes['int4'] / GiB:.2f} GiB)"), sizes
+    dense_modes = [opts.dense] if opts.dense else list(lower_ort.DENSE_MODES)
+    expert_modes = [opts.experts] if opts.experts else list(lower_ort.EXPERT_MODES)
+    sizes = {(e, d): lower_ort.lower(graph, e, d, opts.embedding or "float").total_weight_bytes()
+             for d in dense_modes for e in expert_modes}
+    if opts.experts and opts.dense:
+        return opts.experts, opts.dense, "asked for", sizes[opts.experts, opts.dense]
+    for (e, d), size in sizes.items():      # most exact first
+        if size + kv <= budget:
+            return e, d, (f"{size / GiB:.2f} GiB weights + {kv / GiB:.2f} GiB KV ({opts.budget_context} "
+                          f"tokens) fit --max-memory {opts.max_memory_gib:g} GiB"), size
+    (e, d), size = min(sizes.items(), key=lambda kv_: kv_[1])
+    return e, d, (f"nothing fits --max-memory {opts.max_memory_gib:g} GiB; the smallest is "
+                  f"{size / GiB:.2f} GiB"), size
+
+
+def default_embedding(ckpt: WeightSource) -> str:
+    """bf16 (exact, half the bytes) when the checkpoint stores the embedding in bf16."""
+    raw = getattr(ckpt, "raw", None)
+    if raw is None:
+        return "float"
+    return "bf16" if raw("model.embed_tokens.weight")[1] == "BF16" else "float"
 
 
 def bindings(g: Graph) -> dict[str, Any]:
@@ -98,24 +127,43 @@ def bindings(g: Graph) -> dict[str, Any]:
 def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w: EngineDirWriter,
                        bar: Bar) -> dict[str, Any]:
     cfg = ckpt.config
-    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense)
+    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense or "float", opts.embedding or "float")
     bar.start(len(lowered.initializers), lowered.total_weight_bytes())
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
     positions = lowered.initializers["/rope/cos"].shape[0]
     return {
         "model_file": MODEL_FILE,
-        "experts": opts.experts, "dense": opts.dense,
+        "experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
         "max_positions": positions,
         "bindings": bindings(lowered),      # moved to the manifest's top level by the driver
         "kv_layout": {"dtype": "float32", "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
-                      "capacity": "full context on every layer (sliding layers masked by "
-                                  "local_window_size)", "bytes_per_token": kv_bytes_per_token(cfg)},
+                      "capacity": {IO.past_key(i): (cfg.sliding_window if cfg.is_sliding(i) else "context")
+                                   for i in range(cfg.num_hidden_layers)},
+                      "sliding": "window-sized buffer, ONNX Runtime's sliding_window_cache layout "
+                                 "(most recent positions compacted at row 0; not a ring)",
+                      "bytes_per_token": kv_bytes_per_token(cfg)},
         "session": {"graph_optimization_level": "ORT_ENABLE_ALL"},
     }
 
 
+def expert_choice_only(choose) -> Callable[..., tuple[str, str, str, int]]:
+    """Adapt a target whose formats choice covers the experts only: (graph, cfg, options) ->
+    (format, reason, {format: weight bytes}); its dense format is the one asked for (float)."""
+    def choose_formats_(graph: Graph, cfg: ModelConfig, opts: CompileOptions):
+        opts = dataclasses.replace(opts, dense=opts.dense or "float")
+        experts, reason, sizes = choose(graph, cfg, opts)
+        return experts, opts.dense, reason, sizes[experts]
+    return choose_formats_
+
+
 TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime}
+# How each target picks its formats: (graph, cfg, options) -> (experts, dense, reason, weight bytes).
+FORMAT_CHOICE = {"onnxruntime": choose_formats}
+
+from gptoss_edge.compiler import target_tensorrt  # noqa: E402  (imports nothing from this module)
+TARGETS["tensorrt"] = target_tensorrt.target_tensorrt
+FORMAT_CHOICE["tensorrt"] = expert_choice_only(target_tensorrt.choose_experts)
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -129,8 +177,10 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
     ckpt = _open(checkpoint)
     cfg = ckpt.config
     graph = build_model(ckpt, max_positions=options.max_positions)
-    experts, reason, sizes = choose_experts(graph, cfg, options)
-    options = dataclasses.replace(options, experts=experts)
+    if options.embedding is None:
+        options = dataclasses.replace(options, embedding=default_embedding(ckpt))
+    experts, dense, reason, weight_bytes = FORMAT_CHOICE[options.target](graph, cfg, options)
+    options = dataclasses.replace(options, experts=experts, dense=dense)
     bar = Bar(enabled=sys.stderr.isatty() if show_progress is None else show_progress)
     with EngineDirWriter(out_dir) as w:
         target_config = TARGETS[options.target](graph, ckpt, options, w, bar)
@@ -141,7 +191,7 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
         })
     return CompileSummary(
         manifest=manifest, options=options, experts=experts, experts_reason=reason,
-        weight_bytes=sizes[experts], file_bytes={n: e.size for n, e in manifest.files.items()},
+        weight_bytes=weight_bytes, file_bytes={n: e.size for n, e in manifest.files.items()},
         seconds=time.monotonic() - t0, peak_rss_bytes=peak_rss_bytes())
 
 

@@ -4,47 +4,24 @@
   int_experts:   MXFP4 -> QMoE int8 (uint8 q+128 [E, N, K], float32 scales [E, N, K/32]; exact)
                         or int4 (uint8 [E, N, K/2], nibble q+8, low nibble = even element; lossy)
   int4_dense:    float32 W^T [K, N] -> MatMulNBits B [N, K/32, 16] + float32 scales [N, K/32]
+  bf16_table:    float32 [V, H] -> bfloat16 (exact for values that came from bf16; checked)
 Peak memory: one expert's float32 matrix (20b gate_up: 5760 x 2880 x 4 B = 66 MB).
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
+from gptoss_edge.compiler import mxfp4
 from gptoss_edge.compiler.graph.ir import Initializer, lazy, rows_of_untransposed
 
-BLOCK = 32
-_E2M1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
-
-
-# ---- MXFP4 codec (TEMPORARY: replaced by compiler/mxfp4.py from the ckpt branch) ---------------
-def _nibbles(blocks: np.ndarray) -> np.ndarray:
-    """[..., nb, 16] uint8 -> [..., nb, 32] codes (element 2j = low nibble of byte j)."""
-    lo, hi = blocks & 0x0F, blocks >> 4
-    return np.stack([lo, hi], axis=-1).reshape(*blocks.shape[:-1], 32)
-
-
-def _decode(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    v = _E2M1[_nibbles(blocks)] * np.ldexp(np.float32(1), scales.astype(np.int32) - 127)[..., None]
-    return v.reshape(*blocks.shape[:-2], -1).astype(np.float32)
+BLOCK = mxfp4.BLOCK
 
 
 def _to_int(blocks: np.ndarray, scales: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """MXFP4 -> symmetric ints q [..., K] (int8) and float32 scales [..., K/32]."""
-    if bits == 8:   # E2M1 values are k/2 with k in [-12, 12]: q = k, scale = 2^(s-128): lossless
-        q = (2 * _E2M1[_nibbles(blocks)]).astype(np.int8)
-        s = np.ldexp(np.float32(1), scales.astype(np.int32) - 128).astype(np.float32)
-        return q.reshape(*blocks.shape[:-2], -1), s
-    return _quantize_int4(_decode(blocks, scales))
-
-
-def _quantize_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float [..., K] -> q int8 in [-8, 7] [..., K], scales [..., K/32]: scale = max|w|/7 per block
-    (round to nearest; the block's extreme value is exact)."""
-    wb = w.reshape(*w.shape[:-1], -1, BLOCK)
-    s = (np.abs(wb).max(-1) / 7.0).astype(np.float32)
-    safe = np.where(s > 0, s, 1.0)
-    q = np.clip(np.rint(wb / safe[..., None]), -8, 7).astype(np.int8)
-    return q.reshape(w.shape), s
+    """MXFP4 -> symmetric ints q [..., K] (int8) and float32 scales [..., K/32]:
+    8 bit lossless (q = 2·E2M1, scale 2^(s-128)), 4 bit lossy (scale max|w|/7, q in [-7, 7])."""
+    return mxfp4.to_int8_blocks(blocks, scales) if bits == 8 else mxfp4.to_int4_blocks(blocks, scales)
 
 
 # ---- packing for ONNX Runtime -------------------------------------------------------------------
@@ -62,21 +39,39 @@ def _per_expert(blocks: Initializer, scales: Initializer):
 def float_experts(name: str, blocks: Initializer, scales: Initializer) -> Initializer:
     e, n, nb, _ = blocks.shape
     return lazy(name, np.float32, [e, n, nb * BLOCK],
-                lambda: (_decode(b, s) for b, s in _per_expert(blocks, scales)), source=blocks.source)
+                lambda: (mxfp4.decode(b, s) for b, s in _per_expert(blocks, scales)), source=blocks.source)
+
+
+def _paired(convert, source_chunks):
+    """Two lazy outputs (packed weights, scales) of one conversion pass: the writer streams the
+    weights first, which stashes the (small) scales for the second; if the scales are asked
+    for first or alone, the conversion runs again. Peak: one chunk plus all scales."""
+    stash: list[np.ndarray] = []
+
+    def weights():
+        stash.clear()
+        for chunk in source_chunks():
+            packed, scales = convert(chunk)
+            stash.append(scales)
+            yield packed
+
+    def scales():
+        if stash:
+            yield from stash
+            stash.clear()
+        else:
+            yield from (convert(c)[1] for c in source_chunks())
+    return weights, scales
 
 
 def int_experts(name: str, blocks: Initializer, scales: Initializer, bits: int) -> tuple[Initializer, Initializer]:
     e, n, nb, _ = blocks.shape
     k = nb * BLOCK
 
-    def weights():
-        for b, s in _per_expert(blocks, scales):
-            q, _ = _to_int(b, s, bits)
-            yield (q.astype(np.int16) + 128).astype(np.uint8) if bits == 8 else _pack_u4(q)
-
-    def qscales():
-        for b, s in _per_expert(blocks, scales):
-            yield _to_int(b, s, bits)[1]
+    def convert(pair):
+        q, s = _to_int(pair[0], pair[1], bits)
+        return ((q.astype(np.int16) + 128).astype(np.uint8) if bits == 8 else _pack_u4(q)), s
+    weights, qscales = _paired(convert, lambda: _per_expert(blocks, scales))
     w_shape = [e, n, k if bits == 8 else k // 2]
     return (lazy(f"{name}_weight_q{bits}", np.uint8, w_shape, weights, source=blocks.source),
             lazy(f"{name}_scales_q{bits}", np.float32, [e, n, nb], qscales, source=scales.source))
@@ -86,22 +81,35 @@ def int4_dense(name: str, w_t: Initializer, rows: int = 1024) -> tuple[Initializ
     """W^T [K, N] float32 -> MatMulNBits B [N, K/32, 16] uint8 and scales [N, K/32] float32."""
     k, n = w_t.shape
 
-    def quantized():                           # W [N, K] row chunks (streamed, see ir.py)
+    def row_blocks():                          # W [N, K] row chunks (streamed, see ir.py)
         for chunk in rows_of_untransposed(w_t):
             for i in range(0, chunk.shape[0], rows):
-                yield _quantize_int4(np.ascontiguousarray(chunk[i:i + rows], dtype=np.float32))
+                yield np.ascontiguousarray(chunk[i:i + rows], dtype=np.float32)
 
-    return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16],
-                 lambda: (_pack_u4(q).reshape(q.shape[0], -1, 16) for q, _ in quantized()), source=w_t.source),
-            lazy(f"{name}/scales_q4", np.float32, [n, k // BLOCK], lambda: (s for _, s in quantized()),
-                 source=w_t.source))
+    def convert(w):
+        q, s = mxfp4.quantize_int4(w)
+        return _pack_u4(q).reshape(q.shape[0], -1, 16), s
+    weights, scales = _paired(convert, row_blocks)
+    return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16], weights, source=w_t.source),
+            lazy(f"{name}/scales_q4", np.float32, [n, k // BLOCK], scales, source=w_t.source))
+
+
+def bf16_table(name: str, table: Initializer) -> Initializer:
+    """The table in bfloat16, chunk by chunk; refuses a value that bf16 cannot hold exactly."""
+    def produce():
+        for chunk in table.chunks():
+            b = chunk.astype(ml_dtypes.bfloat16)
+            if not np.array_equal(b.astype(np.float32), chunk):
+                raise ValueError(f"{table.source or table.name}: not exactly representable in bfloat16 "
+                                 "(the checkpoint does not store it as bf16); compile with --embedding float")
+            yield b
+    return lazy(name, ml_dtypes.bfloat16, table.shape, produce, source=table.source)
 
 
 def dequant_int(q_packed: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
-    """Inverse of int_experts/int4_dense storage (for tests and error measurement)."""
+    """Inverse of the ONNX Runtime storage above (tests, error measurement)."""
     if bits == 8:
-        q = q_packed.astype(np.float32) - 128
+        q = q_packed.astype(np.int16) - 128
     else:
-        q = np.stack([q_packed & 0x0F, q_packed >> 4], -1).reshape(*q_packed.shape[:-1], -1).astype(np.float32) - 8
-    qb = q.reshape(*scales.shape, BLOCK)
-    return (qb * scales[..., None]).reshape(q.shape)
+        q = mxfp4.unpack_nibbles(q_packed.reshape(*q_packed.shape[:-1], -1, 16)).astype(np.int16) - 8
+    return mxfp4.dequantize_blocks(q.reshape(*q_packed.shape[:-1], -1), scales)

@@ -4,8 +4,10 @@
                    sinks as head_sink, local_window_size = window (ORT attends to the current
                    token and window-1 previous ones: gpt-oss's q-k < window), right-padded rows
                    through query_seqlens = new_len, seqlens_k = past_len + new_len - 1.
-                   KV cache: full length (the `kv_capacity` dim) on every layer, shared in place
-                   when past/present are bound to the same buffer.
+                   KV cache: full layers hold the whole context (`kv_capacity`); sliding layers
+                   keep the canonical window-sized buffer with sliding_window_cache=1 (ORT keeps
+                   the most recent positions compacted at row 0 and evicts itself). Past and
+                   present may be bound to the same buffer (in place).
   MoeMxfp4      -> router MatMul + Add (float32) -> MoE (experts "float", dequantized, exact)
                    or QMoE (experts "int8": block 32, lossless weights, int8 activations;
                    "int4": block 32, lossy weights, float32 activations), gpt-oss SwiGLU
@@ -13,6 +15,8 @@
                    top-k selected logits (normalize_routing_weights=1).
   MatMul(x, W^T initializer) [+ Add(bias)] -> MatMulNBits (dense "4bit", int4 block 32), or
                    left as is (dense "float").
+  Gather(embedding table)  -> Gather on a bfloat16 table + Cast to float32 (embedding "bf16":
+                   exact for a checkpoint that stores it in bf16, as released; half the bytes).
 Expert weights are converted expert by expert (a 20b layer's dequantized gate_up is 2 GB of
 float32: never materialized); see ORT_NOTES.md for the measured kernel behaviour.
 """
@@ -23,27 +27,30 @@ import onnx
 from onnx import TensorProto
 
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.graph.ir import Graph, Initializer, ValueInfo, from_array, lazy
+from gptoss_edge.compiler.graph.ir import Graph, lazy
 from gptoss_edge.compiler.graph.ops import init_of
 from gptoss_edge.compiler import expert_formats as fmt
 
 MS = "com.microsoft"
 EXPERT_MODES = ("float", "int8", "int4")
 DENSE_MODES = ("float", "4bit")
+EMBEDDING_MODES = ("float", "bf16")
 IO = opset.ENGINE_IO
 LEN = "/lengths"
 
 
-def lower(g: Graph, experts: str = "float", dense: str = "float") -> Graph:
+def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str = "float") -> Graph:
     """A new graph for ONNX Runtime; `g` is left unchanged. Initializers stay lazy."""
+    if embedding not in EMBEDDING_MODES:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_MODES)}, got {embedding!r}")
     if experts not in EXPERT_MODES:
         raise ValueError(f"--experts must be one of {', '.join(EXPERT_MODES)}, got {experts!r}")
     if dense not in DENSE_MODES:
         raise ValueError(f"--dense must be one of {', '.join(DENSE_MODES)}, got {dense!r}")
     out = Graph(g.name, opsets={"": g.opsets.get("", 21), MS: 1})
     out.metadata = dict(g.metadata)
-    out.inputs = [_full_cache(v) for v in g.inputs]
-    out.outputs = [_full_cache(v) for v in g.outputs]
+    out.inputs = list(g.inputs)        # cache shapes stay canonical (window / kv_capacity)
+    out.outputs = list(g.outputs)
     consumers = _consumers(g)
     if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
         _length_nodes(out)
@@ -57,6 +64,8 @@ def lower(g: Graph, experts: str = "float", dense: str = "float") -> Graph:
             _lower_moe(out, g, n, experts)
         elif n.domain == opset.DOMAIN:
             raise ValueError(f"node {n.name}: no ONNX Runtime lowering for {n.op_type}")
+        elif embedding == "bf16" and _is_embedding(g, n):
+            _lower_embedding_bf16(out, g, n)
         elif dense == "4bit" and _is_dense(g, n):
             skip |= _lower_dense(out, g, n, consumers)
         else:
@@ -66,13 +75,6 @@ def lower(g: Graph, experts: str = "float", dense: str = "float") -> Graph:
 
 
 # ---- graph plumbing ----------------------------------------------------------------------------
-def _full_cache(v: ValueInfo) -> ValueInfo:
-    """Every layer's cache holds the whole context in ORT (sliding layers too)."""
-    if v.name.startswith(("past_key.", "past_value.", "present_key.", "present_value.")):
-        return ValueInfo(v.name, v.elem_type, (v.shape[0], v.shape[1], "kv_capacity", v.shape[3]))
-    return v
-
-
 def _consumers(g: Graph) -> dict[str, list[onnx.NodeProto]]:
     c: dict[str, list[onnx.NodeProto]] = {}
     for n in g.nodes:
@@ -110,7 +112,8 @@ def _lower_attention(out: Graph, n: onnx.NodeProto) -> None:
     # position_ids, attention_bias unused; head_sink; k_scale, v_scale, q/k norm unused; query_seqlens
     out.node("GroupQueryAttention", gqa_inputs, n.name, outputs=list(n.output), domain=MS,
              num_heads=int(a["num_heads"]), kv_num_heads=int(a["num_kv_heads"]), scale=float(a["scale"]),
-             do_rotary=1, rotary_interleaved=0, local_window_size=window if window > 0 else -1)
+             do_rotary=1, rotary_interleaved=0, local_window_size=window if window > 0 else -1,
+             sliding_window_cache=1 if window > 0 else None)
 
 
 # ---- MoE ---------------------------------------------------------------------------------------
@@ -172,3 +175,15 @@ def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers) -> set[str]
     out.node("MatMulNBits", [n.input[0], q.name, qs.name, "", "", bias], n.name, outputs=[y], domain=MS,
              K=k, N=n_out, bits=4, block_size=32, accuracy_level=0)
     return absorbed
+
+
+# ---- bf16 embedding table ----------------------------------------------------------------------
+def _is_embedding(g: Graph, n: onnx.NodeProto) -> bool:
+    return (n.op_type == "Gather" and n.input[0] in g.initializers
+            and g.initializers[n.input[0]].dtype == np.float32 and len(g.initializers[n.input[0]].shape) == 2)
+
+
+def _lower_embedding_bf16(out: Graph, g: Graph, n: onnx.NodeProto) -> None:
+    table = out.add_initializer(fmt.bf16_table(f"{n.input[0]}_bf16", g.initializers[n.input[0]]))
+    rows = out.node("Gather", [table, n.input[1]], n.name, outputs=[f"{n.name}/bf16"], axis=0)[0]
+    out.node("Cast", [rows], f"{n.name}/to_float", outputs=list(n.output), to=TensorProto.FLOAT)

@@ -9,7 +9,11 @@ Every consumer takes names from here and nowhere else:
 
 Dtype names are ONNX tensor-type names without the prefix ("float16", "bfloat16", "float32",
 "uint8", "int32", "int64"). "T" in a port means: the activation type of the node, one of
-ACTIVATION_TYPES, the same for every port typed "T" on that node.
+ACTIVATION_TYPES, the same for every port typed "T" on that node. "a|b" means either type.
+Packed 4-bit weights and E8M0 scales are raw bytes typed BYTES ("uint8|int8"): uint8 in the
+canonical graph (as in the checkpoint), int8 with the SAME bits in the TensorRT graph, because
+TensorRT's ONNX parser widens uint8 initializers to int32 (4x the memory) while int8 stays
+native. Kernels reinterpret the bytes as uint8 either way.
 Shapes use symbolic dims; see each op's docstring for the bit layouts.
 """
 from __future__ import annotations
@@ -21,6 +25,11 @@ DOMAIN = "gptoss_edge"            # ONNX domain of our nodes
 PLUGIN_NAMESPACE = "gptoss_edge"  # TensorRT plugin namespace
 OPSET_VERSION = 1                 # ONNX opset version of DOMAIN; bump on any contract change
 ACTIVATION_TYPES = ("float16", "bfloat16", "float32")
+BYTES = "uint8|int8"              # dtype of packed-weight/scale ports (see module docstring)
+# String attributes TensorRT's ONNX parser reads on a node it does not know, to find the
+# IPluginV3 creator (name = op_type): plugin_version and plugin_namespace. The TensorRT lowering
+# sets them from OpSpec.plugin_version / PLUGIN_NAMESPACE; every other consumer ignores them.
+PLUGIN_ATTRS = ("plugin_version", "plugin_namespace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,20 +90,20 @@ out = sum_e routing_weight_e * y_e   (bias added before the routing weight)
 
 MXFP4 layout (identical to the checkpoint, chosen because it is already what a decode GEMV
 wants: each output row is contiguous along the input dim, 16-byte blocks give 128-bit loads):
-  *_blocks [E, N, K/32, 16] uint8: block b of row n holds inputs 32b..32b+31; byte j holds
+  *_blocks [E, N, K/32, 16] bytes: block b of row n holds inputs 32b..32b+31; byte j holds
            element 2j in its low nibble and element 2j+1 in its high nibble; a nibble is E2M1:
            bit 3 sign, bits 0-2 index into [0, .5, 1, 1.5, 2, 3, 4, 6].
-  *_scales [E, N, K/32] uint8: E8M0 exponent s, block scale 2^(s-127).
+  *_scales [E, N, K/32] bytes: E8M0 exponent s, block scale 2^(s-127).
 gate_up: N = 2*intermediate_size, K = hidden_size; down: N = hidden_size, K = intermediate_size.""",
     inputs=(
         Port("hidden", "T", ("tokens", "hidden_size"), "activations after the MLP norm"),
         Port("router_weight", "float32", ("num_experts", "hidden_size")),
         Port("router_bias", "float32", ("num_experts",)),
-        Port("gate_up_blocks", "uint8", ("num_experts", "2*intermediate_size", "hidden_size/32", "16")),
-        Port("gate_up_scales", "uint8", ("num_experts", "2*intermediate_size", "hidden_size/32")),
+        Port("gate_up_blocks", BYTES, ("num_experts", "2*intermediate_size", "hidden_size/32", "16")),
+        Port("gate_up_scales", BYTES, ("num_experts", "2*intermediate_size", "hidden_size/32")),
         Port("gate_up_bias", "float32", ("num_experts", "2*intermediate_size")),
-        Port("down_blocks", "uint8", ("num_experts", "hidden_size", "intermediate_size/32", "16")),
-        Port("down_scales", "uint8", ("num_experts", "hidden_size", "intermediate_size/32")),
+        Port("down_blocks", BYTES, ("num_experts", "hidden_size", "intermediate_size/32", "16")),
+        Port("down_scales", BYTES, ("num_experts", "hidden_size", "intermediate_size/32")),
         Port("down_bias", "float32", ("num_experts", "hidden_size")),
     ),
     outputs=(Port("output", "T", ("tokens", "hidden_size")),),
@@ -114,17 +123,17 @@ GEMM_4BIT = OpSpec(
     plugin_version="1",
     doc="""Dense y = x @ W^T + bias with W stored in 4-bit blocks of 32 (W4A16).
 
-weight_blocks [N, K/32, 16] uint8: byte j of block b of row n holds input elements 32b+2j (low
+weight_blocks [N, K/32, 16] bytes: byte j of block b of row n holds input elements 32b+2j (low
 nibble) and 32b+2j+1 (high nibble).
-format "mxfp4": nibble = E2M1 (as MoeMxfp4), weight_scales uint8 [N, K/32] E8M0 -> 2^(s-127).
+format "mxfp4": nibble = E2M1 (as MoeMxfp4), weight_scales bytes [N, K/32] E8M0 -> 2^(s-127).
 format "int4":  nibble = q + 8 (q in [-8, 7], offset binary), weight_scales float16 [N, K/32];
                 w = q * scale (symmetric).
 Accumulation in float32; output in T.""",
     inputs=(
         Port("input", "T", ("*", "in_features")),
-        Port("weight_blocks", "uint8", ("out_features", "in_features/32", "16")),
-        Port("weight_scales", "uint8|float16", ("out_features", "in_features/32"),
-             "uint8 for mxfp4, float16 for int4"),
+        Port("weight_blocks", BYTES, ("out_features", "in_features/32", "16")),
+        Port("weight_scales", BYTES + "|float16", ("out_features", "in_features/32"),
+             "E8M0 bytes for mxfp4, float16 for int4"),
         Port("bias", "float32", ("out_features",), optional=True),
     ),
     outputs=(Port("output", "T", ("*", "out_features")),),
@@ -153,7 +162,13 @@ exp(sinks[h]) to the denominator and has no value vector.
 KV cache [B, num_kv_heads, C, head_dim] holds RoPE'd keys and values:
   window == 0: C = max context, token at position p lives in slot p;
   window  > 0: C = window (a ring), token at position p lives in slot p % window.
-present_* = past_* with the new valid tokens written (TensorRT: aliased to past_*, in place).
+  A row needs past_len + new_len <= C (full) and C == window (ring); tables need
+  max_positions >= past_len + new_len.
+Keys seen by a query: the cached ones (the ring holds the last `window` positions before
+past_len) and this step's new keys taken from the inputs, so a prefill longer than the window
+in one step is exact even though the ring keeps only its last `window` tokens.
+present_* = past_* with the new valid tokens written; in a ring the later position wins a slot
+(TensorRT: aliased to past_*, in place).
 Padded query rows (s >= new_len[b]) produce zeros.""",
     inputs=(
         Port("query", "T", ("batch", "seq", "num_heads*head_dim"), "after q_proj (+bias), before RoPE"),

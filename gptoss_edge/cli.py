@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "gptoss_edge.compiler.cli_checkpoint",
     "gptoss_edge.cmd_compile",
     "gptoss_edge.cmd_generate",
+    "gptoss_edge.compiler.plan",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptoss_edge.compiler import lower_ort
+from gptoss_edge.compiler import lower_ort, lower_trt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experts", choices=lower_ort.EXPERT_MODES, default=None,
                    help="expert weights: float (exact), int8 (lossless weights, int8 activations), "
                         "int4 (smallest, lossy); default: the most exact that fits --max-memory")
-    p.add_argument("--dense", choices=lower_ort.DENSE_MODES, default="float",
-                   help="attention and lm_head weights: float or 4bit (MatMulNBits, block 32)")
+    p.add_argument("--dense", choices=sorted(set(lower_ort.DENSE_MODES) | set(lower_trt.DENSE_MODES)),
+                   default=None, help="attention and lm_head weights: float or 4bit (MatMulNBits, "
+                   "block 32; onnxruntime default: float if it fits --max-memory); tensorrt: 16bit "
+                   "(= float, the default: the activation precision) or 4bit (Gemm4bit)")
+    p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
+                   help="onnxruntime: embedding table bf16 (exact for bf16 checkpoints, half the bytes) "
+                        "or float; default: bf16 when the checkpoint stores it in bf16")
+    p.add_argument("--precision", choices=sorted(lower_trt.PRECISIONS), default="fp16",
+                   help="tensorrt: activation precision (residual stream, norms, logits stay float32)")
+    p.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4",
+                   help="tensorrt --dense 4bit: Gemm4bit block format")
+    p.add_argument("--max-batch", type=int, default=1, help="tensorrt: optimization profile batch maximum")
+    p.add_argument("--max-step-tokens", type=int, default=512,
+                   help="tensorrt: optimization profile maximum of tokens per row per step (prefill chunk)")
     p.add_argument("--max-memory", type=float, default=14.0, metavar="GiB",
                    help="memory budget for weights + one 4k-token KV cache (default 14)")
     p.add_argument("--max-positions", type=int, default=None,
@@ -30,7 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
     opts = CompileOptions(target=args.target, experts=args.experts, dense=args.dense,
-                          max_memory_gib=args.max_memory, max_positions=args.max_positions)
+                          embedding=args.embedding, max_memory_gib=args.max_memory,
+                          max_positions=args.max_positions, precision=args.precision,
+                          dense_format=args.dense_format, max_batch=args.max_batch,
+                          max_step_tokens=args.max_step_tokens)
     try:
         summary = compile_checkpoint(args.checkpoint, args.output, opts,
                                      show_progress=False if args.no_progress else None)

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, default=None, help="KV cache tokens (default: prompt + new)")
     p.add_argument("--max-step-tokens", type=int, default=256, help="prefill chunk size")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "reference"),
+                   help="reference: onnx.reference + numpy kernels (slow, exact; TensorRT-target dirs); "
+                        "auto: by the engine's target")
     p.add_argument("--json", action="store_true", help='print {"token_ids": [...]} ')
     p.set_defaults(func=run)
 
@@ -41,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from gptoss_edge.compiler.engine_dir import EngineDirError
     from gptoss_edge.runtime.backend import BackendError
     from gptoss_edge.runtime.generate import generate
-    from gptoss_edge.runtime.ort_backend import OrtBackend
+    from gptoss_edge.runtime.backends import open_backend
     try:
         ctx = args.max_context or len(args.prompt_ids) + args.max_new_tokens + 1
-        backend = OrtBackend(args.engine_dir, max_slots=1, max_context=ctx,
-                             max_step_tokens=args.max_step_tokens, threads=args.threads)
+        backend = open_backend(args.engine_dir, args.backend, max_slots=1, max_context=ctx,
+                               max_step_tokens=args.max_step_tokens, threads=args.threads)
         eos = backend.info.config.eos_token_id
         gen = generate(backend, args.prompt_ids, args.max_new_tokens, temperature=args.temperature,
                        seed=args.seed, stop_ids=() if args.ignore_eos or eos is None else (eos,),

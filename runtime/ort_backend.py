@@ -1,12 +1,16 @@
 """OrtBackend: the Backend protocol on an ONNX Runtime engine directory (CPU).
 
-KV cache: the backend owns, per layer, key and value arrays [max_slots, kv_heads, max_context,
-head_dim] float32 (zero-filled lazily by the OS: untouched pages cost nothing). A step over one
-slot binds that slot's rows in place (past_* and present_* are the same buffer; ONNX Runtime's
-GroupQueryAttention appends into it). A step over several slots right-pads their new tokens to
-the longest, gathers their caches into a step buffer [rows, kv_heads, max(past)+S, head_dim],
-runs once, and scatters the new tokens back. Per row the engine gets past_len (tokens cached)
-and new_len (valid tokens of this step); padded positions never enter a cache.
+KV cache: the backend owns, per layer, key and value arrays [max_slots, kv_heads, capacity,
+head_dim] float32: capacity = max_context + max_step_tokens on full-attention layers, the
+window on sliding layers (the engine's binding shape; ONNX Runtime keeps the most recent
+positions there and evicts itself). Zero pages cost nothing until touched. GroupQueryAttention
+writes into them in place: past_* and present_* are bound to the same memory, no cache is ever
+copied. A step over several slots runs the
+contiguous slot range [lowest, highest] as one right-padded batch: each stepping row brings its
+tokens (past_len = tokens cached, new_len = valid tokens); a slot of the range that is not in the
+step rides along idle (new_len 0: its cache is left as it is, its outputs are dropped). Padded
+positions never enter a cache. The slack of max_step_tokens per slot keeps every padded row
+inside its buffer (GroupQueryAttention needs past_len + padded step <= capacity).
 """
 from __future__ import annotations
 
@@ -49,13 +53,15 @@ class OrtBackend:
         self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
                                             session_options(threads), providers=["CPUExecutionProvider"])
         self.cfg = cfg
-        self._kv_shape = (max_slots, cfg.num_key_value_heads, max_context, cfg.head_dim)
-        self._keys = [np.zeros(self._kv_shape, np.float32) for _ in range(cfg.num_hidden_layers)]
-        self._values = [np.zeros(self._kv_shape, np.float32) for _ in range(cfg.num_hidden_layers)]
+        fixed = [self._fixed_capacity(i) for i in range(cfg.num_hidden_layers)]   # window or None
+        caps = [c or max_context + max_step_tokens for c in fixed]
+        shapes = [(max_slots, cfg.num_key_value_heads, c, cfg.head_dim) for c in caps]
+        self._keys = [np.zeros(shape, np.float32) for shape in shapes]
+        self._values = [np.zeros(shape, np.float32) for shape in shapes]
         self._lengths = [0] * max_slots
         self._info = BackendInfo(config=cfg, target="onnxruntime", max_slots=max_slots,
                                  max_context=max_context, max_step_tokens=max_step_tokens,
-                                 kv_bytes_per_token=cfg.num_hidden_layers * 2 * cfg.kv_size * 4)
+                                 kv_bytes_per_token=sum(2 * cfg.kv_size * 4 for c in fixed if c is None))
 
     # ---- protocol ---------------------------------------------------------------------------
     @property
@@ -74,64 +80,53 @@ class OrtBackend:
 
     def step(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
         self._validate(rows)
-        b, s = len(rows), max(len(r.token_ids) for r in rows)
-        ids = np.zeros((b, s), np.int64)
-        for i, r in enumerate(rows):
-            ids[i, :len(r.token_ids)] = r.token_ids
-        past = np.array([self._lengths[r.slot] for r in rows], np.int32)
-        new = np.array([len(r.token_ids) for r in rows], np.int32)
-        logits = np.empty((b, s, self.cfg.vocab_size), np.float32)
-        if b == 1:
-            caches = self._slot_views(rows[0].slot)
-            self._run(ids, past, new, caches, logits)
-        else:
-            caches = self._gather(rows, past, s)
-            self._run(ids, past, new, caches, logits)
-            self._scatter(rows, past, new, caches)
-        for r, n in zip(rows, new):
-            self._lengths[r.slot] += int(n)
-        return [logits[i, :n].copy() if r.all_logits else logits[i, n - 1].copy()
-                for i, (r, n) in enumerate(zip(rows, new))]
+        lo, hi = min(r.slot for r in rows), max(r.slot for r in rows) + 1
+        s = max(len(r.token_ids) for r in rows)
+        ids = np.zeros((hi - lo, s), np.int64)
+        # idle rows: new_len 0; past_len >= 1 because the op needs >= 1 token per row (an empty
+        # idle slot claims one cached token that nothing reads)
+        past = np.array([max(self._lengths[i], 1) for i in range(lo, hi)], np.int32)
+        new = np.zeros(hi - lo, np.int32)
+        for r in rows:
+            ids[r.slot - lo, :len(r.token_ids)] = r.token_ids
+            past[r.slot - lo] = self._lengths[r.slot]
+            new[r.slot - lo] = len(r.token_ids)
+        logits = np.empty((hi - lo, s, self.cfg.vocab_size), np.float32)
+        self._run(ids, past, new, lo, hi, logits)
+        out = []
+        for r in rows:
+            n = len(r.token_ids)
+            self._lengths[r.slot] += n
+            row = logits[r.slot - lo]
+            out.append(row[:n].copy() if r.all_logits else row[n - 1].copy())
+        return out
 
     # ---- internals --------------------------------------------------------------------------
-    def _run(self, ids, past, new, caches, logits) -> None:
+    def _run(self, ids, past, new, lo: int, hi: int, logits) -> None:
         if self.session is None:
             raise BackendError("backend is closed")
         io = self.session.io_binding()
         io.bind_cpu_input(IO.INPUT_IDS, ids)
         io.bind_cpu_input(IO.PAST_LEN, past)
         io.bind_cpu_input(IO.NEW_LEN, new)
-        for layer, (k, v) in enumerate(caches):
-            for name_in, name_out, buf in ((IO.past_key(layer), IO.present_key(layer), k),
-                                           (IO.past_value(layer), IO.present_value(layer), v)):
-                ov = ort.OrtValue.ortvalue_from_numpy(buf)        # shares memory with buf
+        for layer, (k, v) in enumerate(zip(self._keys, self._values)):
+            for name_in, name_out, buf in ((IO.past_key(layer), IO.present_key(layer), k[lo:hi]),
+                                           (IO.past_value(layer), IO.present_value(layer), v[lo:hi])):
+                ov = ort.OrtValue.ortvalue_from_numpy(buf)        # a view of the slots' rows
                 io.bind_ortvalue_input(name_in, ov)
                 io.bind_ortvalue_output(name_out, ov)             # in place: present == past
         io.bind_output(IO.LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(io)
 
-    def _slot_views(self, slot: int):
-        return [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in zip(self._keys, self._values)]
-
-    def _gather(self, rows, past, s):
-        cap = int(past.max()) + s
-        shape = (len(rows), self.cfg.num_key_value_heads, cap, self.cfg.head_dim)
-        caches = []
-        for k, v in zip(self._keys, self._values):
-            bk, bv = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-            for i, r in enumerate(rows):
-                p = int(past[i])
-                bk[i, :, :p] = k[r.slot, :, :p]
-                bv[i, :, :p] = v[r.slot, :, :p]
-            caches.append((bk, bv))
-        return caches
-
-    def _scatter(self, rows, past, new, caches) -> None:
-        for (k, v), (bk, bv) in zip(zip(self._keys, self._values), caches):
-            for i, r in enumerate(rows):
-                p, n = int(past[i]), int(new[i])
-                k[r.slot, :, p:p + n] = bk[i, :, p:p + n]
-                v[r.slot, :, p:p + n] = bv[i, :, p:p + n]
+    def _fixed_capacity(self, layer: int) -> int | None:
+        """The engine's cache capacity for `layer` when fixed (sliding layers: the window), else
+        None (full layers: sized by the backend). Read from the manifest's binding shapes."""
+        name = IO.past_key(layer)
+        for b in self.manifest.bindings.get("inputs", []):
+            if isinstance(b, dict) and b.get("name") == name:
+                dim = b["shape"][2]
+                return dim if isinstance(dim, int) else None
+        raise BackendError(f"{self.manifest.path}: manifest has no binding {name!r}")
 
     def _check_slot(self, slot: int) -> int:
         if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self._info.max_slots:

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto
 
 from gptoss_edge.compiler import expert_formats as fmt
-from gptoss_edge.compiler import lower_ort, opset
+from gptoss_edge.compiler import lower_ort, mxfp4, opset
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph, from_array
 from gptoss_edge.compiler.graph.ops import our_node
@@ -74,8 +74,8 @@ def moe_case():
     rng = np.random.default_rng(7)
     w = random_experts(rng)
     x = rng.standard_normal((9, H)).astype(np.float32)
-    gate_up = fmt._decode(w["gate_up_blocks"], w["gate_up_scales"])
-    down = fmt._decode(w["down_blocks"], w["down_scales"])
+    gate_up = mxfp4.decode(w["gate_up_blocks"], w["gate_up_scales"])
+    down = mxfp4.decode(w["down_blocks"], w["down_scales"])
     return w, x, gate_up, down, moe_numpy(x, w, gate_up, down)
 
 
@@ -135,8 +135,32 @@ def test_dense_4bit_matmulnbits(tmp_path):
     assert [n_.op_type for n_ in lowered.nodes] == ["MatMulNBits"]
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
     (y,) = run_graph(g, tmp_path, {"x": x}, dense="4bit")
-    q, s = fmt._quantize_int4(w)
+    q, s = mxfp4.quantize_int4(w)
     wq = fmt.dequant_int(fmt._pack_u4(q), s, 4)
     ref = x @ wq.T + b
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()      # same weights: summation order only
     assert np.abs(wq - w).max() <= np.abs(w).max() / 14 * (1 + 1e-6)  # within half a step of max/7
+
+
+# ---- bf16 embedding -------------------------------------------------------------------------------
+def embedding_graph(table: np.ndarray) -> Graph:
+    g = canonical("embed")
+    g.add_input("ids", TensorProto.INT64, ["b", "s"])
+    g.add_output("y", TensorProto.FLOAT, ["b", "s", table.shape[1]])
+    g.node("Gather", [g.add_initializer(from_array("/embed/weight", table)), "ids"], "/embed/gather",
+           outputs=["y"], axis=0)
+    return g
+
+
+def test_bf16_embedding_is_exact_for_bf16_values(tmp_path):
+    import ml_dtypes
+    table = np.random.default_rng(2).standard_normal((50, 32)).astype(ml_dtypes.bfloat16).astype(np.float32)
+    ids = np.array([[3, 49, 0]], np.int64)
+    (y,) = run_graph(embedding_graph(table), tmp_path, {"ids": ids}, embedding="bf16")
+    np.testing.assert_array_equal(y, table[ids])            # bf16 -> float32 is exact
+
+
+def test_bf16_embedding_refuses_values_bf16_cannot_hold(tmp_path):
+    table = np.full((50, 32), 1 + 2 ** -12, np.float32)      # needs 12 mantissa bits (bf16 has 7)
+    with pytest.raises(ValueError, match="bfloat16.*--embedding float"):
+        run_graph(embedding_graph(table), tmp_path, {"ids": np.zeros((1, 1), np.int64)}, embedding="bf16")

@@ -63,6 +63,23 @@ def test_batched_steps_equal_unbatched(engine):
     np.testing.assert_allclose(last, alone[2][-1], atol=1e-5 * np.abs(last).max(), rtol=0)
 
 
+def test_idle_slots_inside_the_range_are_untouched(engine):
+    """Slots 0 and 3 step together, so slot 1 (holding a sequence) and slot 2 (empty) ride along
+    idle: afterwards slot 1 continues exactly as if alone and slot 2 starts from scratch."""
+    be = OrtBackend(engine, max_slots=4, max_context=400, max_step_tokens=160)
+    a, b, c, d = prompts(3, (150, 90, 40, 130))
+    alone = {name: run_alone(be, p, 160) for name, p in (("a", a), ("b", b + c), ("c", c), ("d", d))}
+    be.step([StepRow(1, b)])
+    out = be.step([StepRow(3, d, all_logits=True), StepRow(0, a, all_logits=True)])   # any row order
+    tol = 1e-5 * max(np.abs(x).max() for x in alone.values())
+    np.testing.assert_allclose(out[0], alone["d"], atol=tol, rtol=0)
+    np.testing.assert_allclose(out[1], alone["a"], atol=tol, rtol=0)
+    assert [be.slot_length(i) for i in range(4)] == [150, 90, 0, 130]
+    more_b = be.step([StepRow(1, c, all_logits=True)])[0]       # slot 1 continues: b then c
+    np.testing.assert_allclose(more_b, alone["b"][len(b):], atol=tol, rtol=0)
+    np.testing.assert_allclose(be.step([StepRow(2, c, all_logits=True)])[0], alone["c"], atol=tol, rtol=0)
+
+
 def test_release_makes_slot_reusable(engine):
     be = OrtBackend(engine, max_slots=2, max_context=256)
     a, b = prompts(1, (40, 60))

@@ -79,7 +79,7 @@ def save(graph: Graph, model_path: str | Path, data_name: str | None = None,
             offset = _pad_to(f, ALIGN)
             written = 0
             for chunk in init.chunks():
-                b = memoryview(chunk).cast("B")
+                b = memoryview(chunk.reshape(-1).view(np.uint8))
                 f.write(b)
                 written += b.nbytes
             if written != init.nbytes:

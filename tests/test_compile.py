@@ -1,0 +1,73 @@
+"""compile: format choice from the memory budget, the manifest it writes, progress and summary."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from gptoss_edge import cli
+from gptoss_edge.compiler import opset
+from gptoss_edge.compiler.compile import CompileOptions, choose_formats, kv_bytes_per_token
+from gptoss_edge.compiler.config import preset
+from gptoss_edge.compiler.graph.model import build_model
+from gptoss_edge.compiler.progress import Bar
+
+IO = opset.ENGINE_IO
+GiB = 1 << 30
+
+
+class ConfigOnly:
+    def __init__(self, cfg):
+        self.config = cfg
+
+    def get(self, key, rows=None):
+        raise AssertionError(f"choosing formats read {key}")
+
+
+@pytest.mark.parametrize("budget, want, says", [(14.0, ("float", "float"), "fit --max-memory 14 GiB"),
+                                               (0.001, ("int4", "4bit"), "nothing fits")])
+def test_tiny_formats_follow_the_budget(budget, want, says):
+    cfg = preset("tiny")
+    experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
+                                                  CompileOptions(max_memory_gib=budget))
+    assert (experts, dense) == want and says in reason
+
+
+def test_gpt_oss_20b_fits_14_gib_with_int4_experts_and_4bit_dense():
+    cfg = preset("gpt-oss-20b")
+    experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
+                                                  CompileOptions(embedding="bf16", max_memory_gib=14))
+    assert (experts, dense) == ("int4", "4bit")
+    assert size + 4096 * kv_bytes_per_token(cfg) <= 14 * GiB
+    assert "fit --max-memory 14" in reason
+
+
+def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "engine"
+    bar_stream = io.StringIO()
+    monkeypatch.setattr("gptoss_edge.compiler.compile.Bar",
+                        lambda enabled: Bar(True, stream=bar_stream))   # as on a terminal
+    assert cli.main(["compile", str(tiny_checkpoint.original), "-o", str(out), "--max-positions", "512"]) == 0
+    summary = capsys.readouterr().err
+    for word in ("experts    float, dense float", "embedding  bf16", "model.onnx.data", "peak RSS", "time"):
+        assert word in summary
+    assert "100.0%" in bar_stream.getvalue() and "/lm_head/" in bar_stream.getvalue()
+    m = json.loads((out / "manifest.json").read_text())
+    cfg = preset("tiny")
+    assert m["target"] == "onnxruntime" and m["opset"] == {"domain": opset.DOMAIN, "version": opset.OPSET_VERSION}
+    assert m["tokenizer"]["encoding"] == "o200k_harmony"
+    names = [b["name"] for b in m["bindings"]["inputs"]]
+    assert names[:3] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN] and IO.past_key(cfg.num_hidden_layers - 1) in names
+    assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]}
+    tc = m["target_config"]
+    assert (tc["experts"], tc["dense"], tc["embedding"], tc["max_positions"]) == ("float", "float", "bf16", 512)
+    assert tc["kv_layout"]["bytes_per_token"] == kv_bytes_per_token(cfg)
+    assert set(m["files"]) == {"model.onnx", "model.onnx.data"}
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+
+
+def test_compile_reports_bad_checkpoint(tmp_path, capsys):
+    assert cli.main(["compile", str(tmp_path / "missing"), "-o", str(tmp_path / "e")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
