@@ -50,32 +50,40 @@ def build_engine(shape: str, work: Path) -> Path:
 
 
 def start_server(engine: Path, sock: Path, args) -> subprocess.Popen:
+    log = sock.with_suffix(".log")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptoss_edge.cli", "serve", str(engine), "--listen",
          f"unix:{sock}", "--max-slots", str(args.max_slots), "--max-context", "1024",
-         "--max-step-tokens", str(args.step_tokens)], stdout=subprocess.PIPE, text=True)
-    banner = proc.stdout.readline()
-    if "serving" not in banner:
-        raise RuntimeError(f"server did not start: {banner}")
-    print(banner.strip())
+         "--max-step-tokens", str(args.step_tokens)], stdout=log.open("w"),
+        stderr=subprocess.STDOUT, text=True)
+    while "\nserving '" not in "\n" + log.read_text():      # the banner, not a warning
+        if proc.poll() is not None:
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    print(log.read_text().strip(), flush=True)
     return proc
 
 
 async def throughput(address: str, backend, vocab: int, prompt_len: int, gen: int,
-                     levels: list[int], repeats: int) -> dict[int, tuple]:
-    """Per concurrency: (median server figures, median direct figures) over `repeats`."""
-    out = {}
+                     levels: list[int], repeats: int) -> None:
+    """Per concurrency, median over `repeats` of the server run and the direct run; printed
+    as soon as each level is measured."""
     await run_server_streams(address, random_prompts(vocab, 2, 8, 7), 4)      # warm-up
     run_direct(backend, random_prompts(vocab, 2, 8, 7), 4)
+    base = dbase = None
     for c in levels:
         prompts = random_prompts(vocab, c, prompt_len, seed=c)
         srv, direct = [], []
         for _ in range(repeats):
             srv.append(await run_server_streams(address, prompts, gen))
             direct.append(run_direct(backend, prompts, gen))
-        pick = lambda runs: sorted(runs, key=lambda f: f.decode_tok_s)[len(runs) // 2]  # noqa
-        out[c] = (pick(srv), pick(direct))
-    return out
+        srv_f, direct_f = (sorted(r, key=lambda f: f.decode_tok_s)[len(r) // 2]
+                           for r in (srv, direct))
+        base, dbase = base or srv_f.decode_tok_s, dbase or direct_f.decode_tok_s
+        overhead = srv_f.s_per_token / direct_f.s_per_token - 1
+        print(format_row("server", srv_f) + f"  x{srv_f.decode_tok_s / base:.2f} vs c={levels[0]}")
+        print(format_row("direct", direct_f) + f"  x{direct_f.decode_tok_s / dbase:.2f};"
+              f" server overhead/token {100 * overhead:+.1f}%", flush=True)
 
 
 async def soak(address: str, pid: int, vocab: int, seconds: float, concurrency: int
@@ -113,15 +121,8 @@ async def main_async(args) -> None:
           f"layers, vocab {vocab}), prompt {args.prompt_tokens}, generate {args.gen_tokens}, "
           f"median of {args.repeats}")
     try:
-        figs = await throughput(address, backend, vocab, args.prompt_tokens, args.gen_tokens,
-                                levels, args.repeats)
-        base = figs[levels[0]][0].decode_tok_s
-        dbase = figs[levels[0]][1].decode_tok_s
-        for c, (srv, direct) in figs.items():
-            overhead = srv.s_per_token / direct.s_per_token - 1
-            print(format_row("server", srv) + f"  x{srv.decode_tok_s / base:.2f} vs c={levels[0]}")
-            print(format_row("direct", direct) + f"  x{direct.decode_tok_s / dbase:.2f};"
-                  f" server overhead/token {100 * overhead:+.1f}%")
+        await throughput(address, backend, vocab, args.prompt_tokens, args.gen_tokens, levels,
+                         args.repeats)
         backend.close()
         samples = await soak(address, server.pid, vocab, args.soak_minutes * 60, max(levels))
         warm = [r for t, r in samples if t >= min(10.0, samples[-1][0] / 3)]

@@ -8,11 +8,11 @@ import sys
 
 # Modules that contribute sub-commands (imported lazily so `--help` stays fast).
 COMMAND_MODULES = [
+    "gptoss_edge.runtime.commands",
     "gptoss_edge.compiler.cli_checkpoint",
     "gptoss_edge.cmd_compile",
     "gptoss_edge.cmd_generate",
     "gptoss_edge.compiler.plan",
-    "gptoss_edge.runtime.commands",
 ]
 
 

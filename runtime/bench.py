@@ -86,16 +86,19 @@ def run_direct(backend: Backend, prompts: list[list[int]], gen_tokens: int) -> R
 
 
 def _figures(concurrency: int, t_start: float, results) -> RunFigures:
+    """decode_tok_s is the steady state: tokens after the last stream's first token, over the
+    time from then to the last token (prefill excluded, all streams decoding)."""
     tokens = sum(len(st) for _, st in results)
     firsts = [st[0] for _, st in results if st]
     lasts = [st[-1] for _, st in results if st]
-    decode_tokens = sum(len(st) - 1 for _, st in results if st)
-    window = max(lasts) - min(firsts) if firsts else 0.0
+    start = max(firsts) if firsts else 0.0
+    steady = sum(1 for _, st in results for t in st if t > start)
+    window = max(lasts) - start if lasts else 0.0
     return RunFigures(
         concurrency=concurrency, tokens=tokens,
         wall_s=(max(lasts) - t_start) if lasts else 0.0,
         ttft_ms_p50=1000 * statistics.median(st[0] - t0 for t0, st in results if st),
-        decode_tok_s=decode_tokens / window if window > 0 else float("nan"))
+        decode_tok_s=steady / window if window > 0 else float("nan"))
 
 
 def peak_rss_mib() -> float:

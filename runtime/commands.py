@@ -122,7 +122,7 @@ async def _serve(backend, tokenizer, options) -> int:
           flush=True)
     await server.wait_closed()
     backend.close()
-    print("drained, bye", flush=True)
+    print("drained, bye", file=sys.stderr, flush=True)
     return 0
 
 

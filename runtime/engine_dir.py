@@ -37,9 +37,9 @@ class OpenedEngine:
 
 def kv_slots(manifest: EngineManifest, limits: EngineLimits) -> int:
     """Slots that fit the KV budget (each slot budgeted at the full context)."""
-    from gptoss_edge.compiler.compile import kv_bytes_per_token
+    from gptoss_edge.compiler.compile import kv_bytes
     try:
-        return slots_in_budget(kv_bytes_per_token(manifest.config), limits.max_context,
+        return slots_in_budget(kv_bytes(manifest.config, limits.max_context), limits.max_context,
                                limits.max_slots, limits.max_memory)
     except ValueError as e:
         raise EngineOpenError(str(e)) from None

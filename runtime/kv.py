@@ -2,8 +2,8 @@
 
 The backend owns the cache tensors (`BackendInfo.max_slots` sequence slots, each up to
 `max_context` tokens). The server may use fewer slots than the engine offers so the KV cache
-stays inside `--max-memory`: a slot is budgeted at its full context, `kv_bytes_per_token *
-max_context` (the engine's per-token figure already counts window layers' 128-token rings).
+stays inside `--max-memory`: a slot is budgeted at its full context (for ONNX Runtime engines
+`compiler.compile.kv_bytes`: full-attention layers hold every token, window layers a ring).
 """
 from __future__ import annotations
 
@@ -25,24 +25,29 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def slots_in_budget(kv_bytes_per_token: int, max_context: int, max_slots: int,
+def slots_in_budget(per_slot: int, max_context: int, max_slots: int,
                     max_memory: int | None) -> int:
-    """Slots to use: `max_slots`, or as many full-context slots as fit in `max_memory` bytes."""
+    """Slots to use: `max_slots`, or as many slots of `per_slot` KV bytes (one sequence at
+    `max_context` tokens) as fit in `max_memory` bytes."""
     if max_memory is None:
         return max_slots
-    per_slot = kv_bytes_per_token * max_context
     n = min(max_slots, max_memory // per_slot) if per_slot else max_slots
     if n < 1:
         raise ValueError(
             f"--max-memory {max_memory} B holds no KV slot: one slot of {max_context} tokens "
-            f"needs {per_slot} B ({kv_bytes_per_token} B/token); lower --max-context or raise "
-            f"--max-memory")
+            f"needs {per_slot} B; lower --max-context or raise --max-memory")
     return int(n)
 
 
 def slots_for_budget(info: BackendInfo, max_memory: int | None) -> int:
     """Slots of an opened backend to use under the budget."""
-    return slots_in_budget(info.kv_bytes_per_token, info.max_context, info.max_slots, max_memory)
+    return slots_in_budget(slot_bytes(info), info.max_context, info.max_slots, max_memory)
+
+
+def slot_bytes(info: BackendInfo) -> int:
+    """KV bytes of one slot at full context, from the backend's per-token figure (an upper
+    bound where window layers keep only a ring)."""
+    return info.kv_bytes_per_token * info.max_context
 
 
 class SlotPool:

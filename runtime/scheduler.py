@@ -2,10 +2,11 @@
 
 One asyncio task owns all state (no locks): between engine steps it admits waiting requests to
 free KV slots, drops cancelled ones (releasing their slot), and plans the next step:
-  * every sequence that is decoding brings its last sampled token (one row, one token);
-  * sequences still prefilling bring the next chunk of their prompt, at most
-    `max_step_tokens` per row and `max_step_tokens` prefill tokens per step in total, so a long
-    prompt never stalls the running streams for more than one chunk.
+  * a decode step: every sequence that is decoding brings its last sampled token;
+  * a prefill step: sequences still prefilling bring the next chunk of their prompt (equal
+    chunk lengths, at most `max_step_tokens` tokens per step in total);
+  the two alternate while both kinds of work wait, so a long prompt delays the running streams
+  by one chunk per token at most.
 The step itself (backend.step + sampling) runs in a single worker thread, off the event loop.
 A cancel (client gone, deadline) is honoured at the next step boundary: the slot is free
 within one step.
@@ -141,6 +142,7 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.steps = 0
+        self._last_was_decode = False
 
     # ---- public API (event loop) ------------------------------------------------------------
     def start(self) -> None:
@@ -241,14 +243,29 @@ class Scheduler:
                 self.metrics.queue_time.observe(time.monotonic() - s.t_submit)
 
     def _plan(self) -> list[_Planned]:
-        plan: list[_Planned] = []
+        """Decode steps and prefill steps alternate while both kinds of work wait. Engines
+        right-pad a step's rows to the longest, so a decode row riding along a 64-token chunk
+        would cost 64 positions (and their logits); alternating keeps running streams at one
+        token per two steps during a long prefill without that waste."""
+        decoders = [s for s in self._active.values() if s.prefill_left == 0]
+        prefillers = sorted((s for s in self._active.values() if s.prefill_left),
+                            key=lambda s: s.t_submit)
+        if decoders and (not prefillers or not self._last_was_decode):
+            self._last_was_decode = True
+            return [_Planned(s, StepRow(s.slot, [s.generated[-1]]), True) for s in decoders]
+        self._last_was_decode = False
+        return self._plan_prefill(prefillers)
+
+    def _plan_prefill(self, prefillers: list[Stream]) -> list[_Planned]:
+        """Chunks of equal length n (no padding), oldest request first, at most
+        max_step_tokens prefill tokens per step."""
+        if not prefillers:
+            return []
         budget = self.info.max_step_tokens
-        for s in self._active.values():
-            if s.prefill_left == 0:
-                plan.append(_Planned(s, StepRow(s.slot, [s.generated[-1]]), True))
-        for s in sorted(self._active.values(), key=lambda s: s.t_submit):
-            if s.prefill_left and budget > 0:
-                n = min(s.prefill_left, budget, self.info.max_step_tokens)
+        n = min(prefillers[0].prefill_left, budget)
+        plan = []
+        for s in prefillers:
+            if s.prefill_left >= n and budget >= n:
                 chunk = list(s.request.prompt[s.prefilled:s.prefilled + n])
                 plan.append(_Planned(s, StepRow(s.slot, chunk), n == s.prefill_left))
                 budget -= n

@@ -24,6 +24,8 @@ def oracle_case(tiny_checkpoint) -> oracles.OracleCase:
     return oracles.compute_oracle_case(tiny_checkpoint)
 
 
+# ---- serving (runtime) -------------------------------------------------------------------
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """The harmony-aware byte-level BPE that `make-checkpoint --preset tiny` writes."""

@@ -53,7 +53,7 @@ def test_serve_process_drains_on_sigterm(tiny_engine, tmp_path):
         assert got[-1].finish.reason == pb.FINISH_REASON_LENGTH          # in-flight finished
         assert sum(len(r.token_ids) for r in got) == 300
         assert proc.wait(30) == 0
-        assert "drained" in proc.stdout.read()
+        assert "drained" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

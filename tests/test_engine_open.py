@@ -15,9 +15,11 @@ from gptoss_edge.runtime import engine_dir as ed
 
 
 def test_open_engine_sizes_slots_from_memory_budget(tiny_engine):
-    # tiny: 4 layers x 2 (K,V) x 2 kv heads x 16 dims x 4 B = 1024 B per token
+    from gptoss_edge.compiler.compile import kv_bytes
+    from gptoss_edge.compiler.engine_dir import load_manifest
+    per_slot = kv_bytes(load_manifest(tiny_engine, verify=False).config, 256)
     limits = ed.EngineLimits(max_slots=8, max_context=256, max_step_tokens=32,
-                             max_memory=3 * 1024 * 256 + 100)
+                             max_memory=3 * per_slot + 100)
     engine = ed.open_engine(tiny_engine, limits)
     assert engine.backend.info.max_slots == 3
     assert engine.name == "tiny" and engine.tokenizer is None     # o200k entry, 489-id model

@@ -29,7 +29,7 @@ def test_parse_bytes():
 
 def test_slots_from_memory_budget():
     assert slots_for_budget(info(), None) == 16
-    assert slots_for_budget(info(), 3 * 1024 * 1000) == 3        # 1 MB-ish per slot
+    assert slots_for_budget(info(), 3 * 1024 * 1000) == 3        # 1024 B/token x 1000 tokens
     assert slots_for_budget(info(), 10**12) == 16                 # capped by the engine
     with pytest.raises(ValueError, match="holds no KV slot"):
         slots_for_budget(info(), 1000)

@@ -72,8 +72,9 @@ def test_sixteen_concurrent_greedy_streams_match_alone(stub, server):
 
 
 def test_long_prompt_prefill_does_not_stall_running_stream(stub, backend, monkeypatch):
-    """A 480-token prompt is prefilled in 32-token chunks while another stream decodes: every
-    step that carries a chunk also carries the running stream's next token."""
+    """A 480-token prompt is prefilled in 32-token chunks while another stream decodes: chunk
+    steps and decode steps alternate, so the running stream gets a token between any two
+    chunks, and no step pads a decode row to a chunk's length."""
     steps = []                                      # per engine step: [(slot, n_tokens), ...]
     real_step = backend.step
 
@@ -89,10 +90,12 @@ def test_long_prompt_prefill_does_not_stall_running_stream(stub, backend, monkey
     generate_ids(stub, long, 1)
     rest = list(running)
     assert rest[-1].finish.reason == pb.FINISH_REASON_LENGTH
-    chunk_steps = [st for st in steps if any(n > 3 for _, n in st)]   # not the 3-token one
-    long_chunks = [n for st in chunk_steps for _, n in st if n > 1]
-    assert long_chunks == [32] * 15                 # 480 tokens in 15 chunks of <= 32
-    assert all(sum(1 for _, n in st if n == 1) == 1 for st in chunk_steps)
+    kinds = ["chunk" if any(n > 3 for _, n in st) else "decode" if st[0][1] == 1 else "other"
+             for st in steps]
+    chunk_at = [i for i, k in enumerate(kinds) if k == "chunk"]
+    assert [n for i in chunk_at for _, n in steps[i]] == [32] * 15   # 480 = 15 chunks of 32
+    assert all(len(set(n for _, n in st)) == 1 for st in steps)       # never mixed/padded
+    assert all(kinds[i + 1] == "decode" for i in chunk_at[:-1])       # a token between chunks
 
 
 def cancel_release_steps(server) -> tuple[float, float]:
