@@ -9,7 +9,7 @@ Batches are windows of SEQ_LEN tokens that start at a document start of the toke
 so chats sit at position 0 like at inference and long ones cross the 128-token window.
 Fixed seeds and a fixed step count: the same machine reproduces the same weights.
 
-    python recipes/tiny_model/train.py DATA_DIR TOKENIZER_DIR OUT_DIR [--steps 800]
+    python recipes/tiny_model/train.py DATA_DIR TOKENIZER_DIR OUT_DIR [--steps 600]
 writes OUT_DIR (save_pretrained: config.json + model.safetensors, fp32) and OUT_DIR/train_log.json.
 """
 from __future__ import annotations
@@ -136,8 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("tokenizer", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
