@@ -8,6 +8,7 @@ import sys
 
 # Modules that contribute sub-commands (imported lazily so `--help` stays fast).
 COMMAND_MODULES = [
+    "gptoss_edge.compiler.cli_checkpoint",
     "gptoss_edge.compiler.quantize",
 ]
 
