@@ -18,6 +18,6 @@ set -x
 cp "$WORK/tokenizer/"* "$WORK/fp32/"
 "$CLI" quantize "$WORK/fp32" "$WORK/mxfp4"
 "$PY" $RECIPE/package.py "$WORK" $MODEL $TESTDATA
-"$PY" $RECIPE/evaluate.py "$WORK/fp32" "$WORK/data" --json "$WORK/eval_fp32.json"
+"$PY" $RECIPE/evaluate.py "$WORK/fp32" "$WORK/data" --prompts 0 --json "$WORK/eval_fp32.json"
 "$PY" $RECIPE/evaluate.py $MODEL "$WORK/data" --mxfp4 --json "$WORK/eval_mxfp4.json"
 "$PY" $RECIPE/package.py --figures "$WORK" $MODEL $TESTDATA

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, help="write the figures here")
     a = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)   # on a shared 2-core machine a second torch thread mostly spins
     model, tok = load_model(a.model, a.mxfp4), load_tokenizer(a.model)
     windows = heldout_windows(tok, (a.data / "heldout.txt").read_text(encoding="utf-8"))
     figures = {"model": str(a.model), "mxfp4": a.mxfp4,

@@ -19,6 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 import harmony_text as ht
 from evaluate import SEQ_LEN, load_model, load_table, load_tokenizer, perplexity, heldout_windows, \
     sample_prompts
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("test_data", type=Path)
     p.add_argument("--figures", action="store_true")
     a = p.parse_args(argv)
+    torch.set_num_threads(1)
     if a.figures:
         print(json.dumps(record_figures(a.work, a.model_dir, a.test_data), indent=1))
     else:

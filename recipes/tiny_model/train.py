@@ -9,7 +9,7 @@ Batches are windows of SEQ_LEN tokens that start at a document start of the toke
 so chats sit at position 0 like at inference and long ones cross the 128-token window.
 Fixed seeds and a fixed step count: the same machine reproduces the same weights.
 
-    python recipes/tiny_model/train.py DATA_DIR TOKENIZER_DIR OUT_DIR [--steps 600]
+    python recipes/tiny_model/train.py DATA_DIR TOKENIZER_DIR OUT_DIR [--steps 400]
 writes OUT_DIR (save_pretrained: config.json + model.safetensors, fp32) and OUT_DIR/train_log.json.
 """
 from __future__ import annotations
@@ -81,8 +81,7 @@ def mean_loss(model, batch: torch.Tensor, chunk: int = 8) -> float:
 
 def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len: int,
           peak_lr: float, seed: int, log_every: int = 25, eval_every: int = 200,
-          save_every: int = 200) -> dict:
-    torch.set_num_threads(2)
+          save_every: int = 100, stop_after: int | None = None) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
@@ -105,7 +104,8 @@ def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len:
            "seq_len": seq_len, "peak_lr": peak_lr, "seed": seed, "history": []}
     t0 = time.time()
     model.train()
-    for step in range(steps):
+    last = steps - 1 if stop_after is None else min(stop_after, steps - 1)
+    for step in range(last + 1):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, peak_lr, warmup=50)
         x = windows(ids, starts, rng.integers(0, 1 << 62, size=batch), seq_len)
@@ -114,17 +114,19 @@ def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % log_every == 0 or step == steps - 1:
+        if step % log_every == 0 or step == last:
             elapsed = time.time() - t0
             rec = {"step": step, "loss": round(out_.loss.item(), 4), "elapsed_s": round(elapsed, 1),
                    "tok_per_s": round((step + 1) * batch * seq_len / elapsed)}
-            if step % eval_every == 0 or step == steps - 1:
+            if step % eval_every == 0 or step == last:
                 rec["heldout_loss"] = round(mean_loss(model, held_batch), 4)
             log["history"].append(rec)
             print(json.dumps(rec), flush=True)
-        if save_every and step and step % save_every == 0:   # a usable fallback if stopped
+        if save_every and step and step % save_every == 0 and step != last:   # fallback if stopped
             model.save_pretrained(out / "partial")
     log["train_seconds"] = round(time.time() - t0, 1)
+    log["threads"] = torch.get_num_threads()
+    log["stopped_after_step"] = last
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
@@ -136,13 +138,20 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("tokenizer", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop once this step index is applied (the lr schedule still spans --steps);"
+                        " gives the same weights as the run's partial/ save at that step")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared 2-core machine a second thread mostly spins)")
     a = p.parse_args(argv)
-    log = train(a.data, a.tokenizer, a.out, a.steps, a.batch, a.seq_len, a.lr, a.seed)
+    torch.set_num_threads(a.threads)
+    log = train(a.data, a.tokenizer, a.out, a.steps, a.batch, a.seq_len, a.lr, a.seed,
+                stop_after=a.stop_after)
     print(f"trained {log['params'] / 1e6:.2f}M parameters in {log['train_seconds']:.0f}s")
     return 0
 
