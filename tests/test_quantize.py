@@ -101,3 +101,17 @@ def test_bad_inputs_name_the_problem(fp32_checkpoint, quantized, tmp_path):
         cli_main(["quantize", str(quantized), str(tmp_path / "out2")])
     with pytest.raises(SystemExit, match="exists"):
         cli_main(["quantize", str(fp32_checkpoint[0]), str(quantized)])
+
+
+def test_bf16_source_keeps_dense_tensors_bit_exact(fp32_checkpoint, tmp_path):
+    """A bf16 checkpoint (what fine-tuning usually saves) quantizes too; its dense tensors are
+    copied without any rounding."""
+    src = tmp_path / "bf16"
+    fp32_checkpoint[1].to(torch.bfloat16).save_pretrained(src)
+    out = tmp_path / "out"
+    assert cli_main(["quantize", str(src), str(out)]) == 0
+    open_checkpoint(out).validate()
+    with safe_open(src / "model.safetensors", "pt") as a, safe_open(out / "model.safetensors", "pt") as b:
+        for name in a.keys():
+            if not name.endswith(("gate_up_proj", "down_proj")):
+                assert torch.equal(a.get_tensor(name), b.get_tensor(name)), name
