@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "gptoss_edge.cmd_compile",
     "gptoss_edge.cmd_generate",
     "gptoss_edge.compiler.plan",
+    "gptoss_edge.compiler.quantize",
 ]
 
 

@@ -1,0 +1,303 @@
+"""Training text for the tiny default model, generated only from Python's standard library.
+
+Three kinds of documents (separated by <|endoftext|> in the corpus files):
+  * doc chats:  "What does json.dumps do?" -> analysis -> final answer from the docstring,
+  * tool chats: "What is the signature of json.dumps?" -> analysis -> commentary tool call
+                `functions.lookup_signature` with JSON arguments -> tool result -> final answer,
+  * source code: chunks of the standard library's own .py files.
+Names (functions/classes) are split into train and held-out sets by a seeded shuffle, so held-out
+perplexity is measured on names the model never saw.
+
+    python recipes/tiny_model/data.py OUT_DIR [--seed 0]
+writes OUT_DIR/train.txt, OUT_DIR/heldout.txt, OUT_DIR/prompts.jsonl (evaluation prompts) and
+OUT_DIR/data_stats.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import json
+import random
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from harmony_text import (ASSISTANT_PROMPT, ENDOFTEXT, LOOKUP_SIGNATURE, RETURN, assistant_message,
+                          developer_message, system_message, tool_call, tool_result, user_message)
+
+# A fixed list, so the corpus does not depend on which optional modules happen to import.
+MODULES = (
+    "abc argparse array ast base64 binascii bisect calendar cmath codecs colorsys configparser "
+    "contextlib copy csv dataclasses datetime decimal difflib email.utils enum filecmp fnmatch "
+    "fractions functools getpass glob gzip hashlib heapq hmac html http.client inspect io "
+    "ipaddress itertools json keyword linecache locale logging math mimetypes numbers operator "
+    "os os.path pathlib pickle platform pprint queue random re secrets shlex shutil socket "
+    "sqlite3 statistics string struct subprocess tarfile tempfile textwrap threading time "
+    "timeit tokenize traceback types typing unicodedata urllib.parse uuid warnings weakref "
+    "zipfile zlib"
+).split()
+
+DOC_QUESTIONS = ("What does {n} do?", "What is {n} for?", "Explain {n}.", "What does {n} do in Python?",
+                 "Can you tell me what {n} does?", "Describe {n}.")
+SIG_QUESTIONS = ("What is the signature of {n}?", "How do I call {n}?", "What arguments does {n} take?",
+                 "Show me the signature of {n}.", "Which parameters does {n} accept?")
+INSTRUCTIONS = (None, "Answer questions about the Python standard library.",
+                "You are a concise assistant for Python programmers.")
+REASONING = ("low", "medium", "high")
+MAX_SUMMARY = 240
+MAX_SIGNATURE = 160
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str          # dotted, e.g. json.dumps or pathlib.Path.exists
+    kind: str          # function | class | method
+    summary: str       # first docstring paragraph, one line
+    signature: str     # "json.dumps(obj, *, skipkeys=False, ...)" or "" when unknown
+
+
+# ---- harvesting the standard library -------------------------------------------------------
+
+def summarize(doc: str) -> str:
+    """First prose paragraph of a docstring, whitespace collapsed, cut at a sentence end."""
+    paras = [p for p in re.split(r"\n\s*\n", inspect.cleandoc(doc)) if p.strip()]
+    # builtins often start with a signature line such as "dumps(obj, ...) -> str"
+    while paras and re.match(r"^[\w.]+\(.*\)(\s*->.*)?$", paras[0].strip().splitlines()[0]) \
+            and len(paras[0].splitlines()) == 1:
+        paras = paras[1:]
+    if not paras:
+        return ""
+    text = " ".join(paras[0].split())
+    if len(text) > MAX_SUMMARY:
+        cut = text.rfind(". ", 0, MAX_SUMMARY)
+        text = text[:cut + 1] if cut > 40 else text[:MAX_SUMMARY].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
+def signature_of(obj, name: str) -> str:
+    try:
+        sig = str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return ""
+    if len(sig) > MAX_SIGNATURE or "<" in sig:      # skip reprs like <object object at 0x..>
+        return ""
+    return f"{name}{sig}"
+
+
+def _entry(obj, name: str, kind: str) -> Entry | None:
+    doc = inspect.getdoc(obj) if not isinstance(obj, type) else obj.__doc__
+    summary = summarize(doc) if isinstance(doc, str) else ""
+    if len(summary) < 12:
+        return None
+    return Entry(name, kind, summary, signature_of(obj, name))
+
+
+def _defined_in(obj, mod_name: str) -> bool:
+    """False for names a module merely re-exports from another public module."""
+    home = getattr(obj, "__module__", None) or ""
+    return home == mod_name or home.startswith("_") or home in ("posix", "posixpath", "builtins")
+
+
+def harvest(modules=MODULES) -> list[Entry]:
+    """Public functions, classes and their methods with docstrings, sorted by name."""
+    entries: dict[str, Entry] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mod_name in modules:
+            mod = importlib.import_module(mod_name)
+            for attr in sorted(vars(mod)):
+                obj = getattr(mod, attr)
+                if attr.startswith("_"):
+                    continue
+                if not (inspect.isroutine(obj) or inspect.isclass(obj)) \
+                        or not _defined_in(obj, mod_name):
+                    continue
+                full = f"{mod_name}.{attr}"
+                e = _entry(obj, full, "class" if inspect.isclass(obj) else "function")
+                if e:
+                    entries.setdefault(full, e)
+                if inspect.isclass(obj):
+                    for meth in sorted(vars(obj)):
+                        fn = vars(obj)[meth]
+                        if meth.startswith("_") or not inspect.isroutine(fn):
+                            continue
+                        e = _entry(getattr(obj, meth), f"{full}.{meth}", "method")
+                        if e:
+                            entries.setdefault(e.name, e)
+    return [entries[k] for k in sorted(entries)]
+
+
+def lookup_signature(name: str, table: dict[str, Entry]) -> dict:
+    """The tool itself: what functions.lookup_signature returns for a dotted name."""
+    e = table.get(name)
+    if e is None:
+        return {"error": f"unknown name {name}"}
+    if not e.signature:
+        return {"name": name, "error": "signature not available"}
+    return {"name": name, "signature": e.signature}
+
+
+def source_chunks(modules=MODULES, max_chars: int = 1400) -> list[str]:
+    """The modules' own source, cut at blank lines into chunks of at most max_chars."""
+    chunks: list[str] = []
+    seen: set[str] = set()
+    for mod_name in modules:
+        try:
+            path = inspect.getsourcefile(importlib.import_module(mod_name))
+        except TypeError:
+            continue                    # a built-in module has no source
+        if not path or path in seen:
+            continue
+        seen.add(path)
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        buf = ""
+        for block in text.split("\n\n"):
+            block = block[:max_chars]
+            if buf and len(buf) + len(block) + 2 > max_chars:
+                chunks.append(buf)
+                buf = ""
+            buf = f"{buf}\n\n{block}" if buf else block
+        if buf.strip():
+            chunks.append(buf)
+    return chunks
+
+
+# ---- conversations ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    kind: str            # "doc" or "tool"
+    name: str
+    prompt: str          # rendered text up to and including "<|start|>assistant"
+    completion: str      # what the assistant generates after the prompt (ends <|return|>/<|call|>)
+    tool_result: str = ""      # tool turn (tool chats only)
+    final: str = ""            # final answer after the tool result, "<|start|>assistant" excluded
+
+
+def header(rng: random.Random, with_tools: bool) -> str:
+    date = f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    text = system_message(date, rng.choice(REASONING), with_tools)
+    instructions = rng.choice(INSTRUCTIONS)
+    if with_tools or instructions:
+        text += developer_message(instructions, [LOOKUP_SIGNATURE] if with_tools else [])
+    return text
+
+
+def _kind_word(e: Entry) -> str:
+    return {"class": "class", "function": "function", "method": "method"}[e.kind]
+
+
+def doc_answer(e: Entry) -> tuple[str, str]:
+    module = e.name.rsplit(".", 1)[0]
+    analysis = (f"The user asks what {e.name} does. It is a {_kind_word(e)} in {module}. "
+                f"I will answer from its docstring.")
+    return analysis, f"{e.name}: {e.summary}"
+
+
+def history(rng: random.Random, table: list[Entry]) -> str:
+    """An earlier exchange, rendered as a later turn sees it (analysis dropped, final ends <|end|>)."""
+    e = rng.choice(table)
+    return (user_message(rng.choice(DOC_QUESTIONS).format(n=e.name))
+            + assistant_message("final", doc_answer(e)[1]))
+
+
+def doc_sample(rng: random.Random, e: Entry, pool: list[Entry]) -> Sample:
+    prompt = header(rng, with_tools=rng.random() < 0.6)
+    if rng.random() < 0.2:
+        prompt += history(rng, pool)
+    prompt += user_message(rng.choice(DOC_QUESTIONS).format(n=e.name)) + ASSISTANT_PROMPT
+    analysis, final = doc_answer(e)
+    completion = (assistant_message("analysis", analysis)[len(ASSISTANT_PROMPT):]
+                  + assistant_message("final", final, RETURN))
+    return Sample("doc", e.name, prompt, completion)
+
+
+def tool_sample(rng: random.Random, e: Entry, pool: list[Entry], table: dict[str, Entry]) -> Sample:
+    prompt = header(rng, with_tools=True)
+    if rng.random() < 0.2:
+        prompt += history(rng, pool)
+    prompt += user_message(rng.choice(SIG_QUESTIONS).format(n=e.name)) + ASSISTANT_PROMPT
+    analysis = f"The user wants the signature of {e.name}. I will look it up with lookup_signature."
+    completion = (assistant_message("analysis", analysis)[len(ASSISTANT_PROMPT):]
+                  + tool_call({"name": e.name}))
+    result = lookup_signature(e.name, table)
+    final = f"The signature is {result['signature']}." if "signature" in result else \
+        f"I could not find the signature of {e.name}."
+    return Sample("tool", e.name, prompt, completion, tool_result(result),
+                  assistant_message("final", final, RETURN)[len(ASSISTANT_PROMPT):])
+
+
+def full_text(s: Sample) -> str:
+    text = s.prompt + s.completion
+    if s.kind == "tool":
+        text += s.tool_result + ASSISTANT_PROMPT + s.final
+    return text
+
+
+def make_samples(rng: random.Random, entries: list[Entry], table: dict[str, Entry],
+                 per_entry: int) -> list[Sample]:
+    """per_entry doc chats per name, and as many tool chats for names with a signature."""
+    out = []
+    for e in entries:
+        for _ in range(per_entry):
+            out.append(doc_sample(rng, e, entries))
+            if e.signature:
+                out.append(tool_sample(rng, e, entries, table))
+    rng.shuffle(out)
+    return out
+
+
+def split_names(entries: list[Entry], seed: int, heldout_fraction: float) -> tuple[list, list]:
+    order = list(entries)
+    random.Random(seed).shuffle(order)
+    n_held = int(len(order) * heldout_fraction)
+    return sorted(order[n_held:], key=lambda e: e.name), sorted(order[:n_held], key=lambda e: e.name)
+
+
+def build(out: Path, seed: int, per_entry: int, heldout_fraction: float) -> dict:
+    entries = harvest()
+    table = {e.name: e for e in entries}
+    train_e, held_e = split_names(entries, seed, heldout_fraction)
+    rng = random.Random(seed + 1)
+    train = make_samples(rng, train_e, table, per_entry)
+    held = make_samples(rng, held_e, table, 1)
+    code = source_chunks()
+    rng.shuffle(code)
+    n_code_held = max(1, len(code) // 20)
+    docs_train = [full_text(s) for s in train] + code[n_code_held:]
+    docs_held = [full_text(s) for s in held] + code[:n_code_held]
+    rng.shuffle(docs_train)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.txt").write_text(ENDOFTEXT.join(docs_train) + ENDOFTEXT, encoding="utf-8")
+    (out / "heldout.txt").write_text(ENDOFTEXT.join(docs_held) + ENDOFTEXT, encoding="utf-8")
+    with open(out / "prompts.jsonl", "w", encoding="utf-8") as f:   # evaluation prompts (train)
+        for s in train:
+            f.write(json.dumps(dataclasses.asdict(s)) + "\n")
+    with open(out / "entries.jsonl", "w", encoding="utf-8") as f:   # the tool's table
+        for e in entries:
+            f.write(json.dumps(dataclasses.asdict(e)) + "\n")
+    stats = {"python": sys.version.split()[0], "seed": seed, "names": len(entries),
+             "train_names": len(train_e), "heldout_names": len(held_e),
+             "train_chats": len(train), "heldout_chats": len(held),
+             "tool_chats": sum(s.kind == "tool" for s in train), "code_chunks": len(code),
+             "train_chars": sum(map(len, docs_train)), "heldout_chars": sum(map(len, docs_held))}
+    (out / "data_stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-entry", type=int, default=3, help="chats per name and kind (train)")
+    p.add_argument("--heldout-fraction", type=float, default=0.05)
+    a = p.parse_args(argv)
+    print(json.dumps(build(a.out, a.seed, a.per_entry, a.heldout_fraction), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Train the tiny default model: transformers' GptOssForCausalLM (fp32, eager) on CPU.
+
+Exact gpt-oss architecture at a small size: alternating 128-token sliding / full attention with
+learned sinks, YaRN RoPE as gpt-oss configures it (theta 150000, factor 32, original context
+4096, beta_fast 32, beta_slow 1, no truncation), MoE with 8 experts top-2 and the clamped SwiGLU
+(limit 7, alpha 1.702), biases on q/k/v/o, router and experts, untied lm_head.
+
+Batches are windows of SEQ_LEN tokens that start at a document start of the tokenized train.txt,
+so chats sit at position 0 like at inference and long ones cross the 128-token window.
+Fixed seeds and a fixed step count: the same machine reproduces the same weights.
+
+    python recipes/tiny_model/train.py DATA_DIR TOKENIZER_DIR OUT_DIR [--steps 400]
+writes OUT_DIR (save_pretrained: config.json + model.safetensors, fp32) and OUT_DIR/train_log.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from transformers import GptOssConfig, GptOssForCausalLM
+
+MODEL_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                   num_local_experts=8, num_experts_per_tok=2)
+
+
+def model_config(vocab_size: int, eos_id: int, pad_id: int) -> GptOssConfig:
+    return GptOssConfig(
+        vocab_size=vocab_size, **MODEL_SHAPE, sliding_window=128,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
+                     for i in range(MODEL_SHAPE["num_hidden_layers"])],
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                         "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                         "original_max_position_embeddings": 4096},
+        max_position_embeddings=131072, rms_norm_eps=1e-5, swiglu_limit=7.0,
+        tie_word_embeddings=False, attention_bias=True, router_aux_loss_coef=0.02,
+        eos_token_id=eos_id, pad_token_id=pad_id, attn_implementation="eager")
+
+
+def tokenize_corpus(path: Path, tok: Tokenizer, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of a corpus file (int32) and the offsets where documents start."""
+    docs = path.read_text(encoding="utf-8").split("<|endoftext|>")
+    ids: list[int] = []
+    starts: list[int] = []
+    for enc in tok.encode_batch([d for d in docs if d]):
+        starts.append(len(ids))
+        ids.extend(enc.ids)
+        ids.append(sep_id)
+    return np.asarray(ids, dtype=np.int32), np.asarray(starts, dtype=np.int64)
+
+
+def windows(ids: np.ndarray, starts: np.ndarray, picks: np.ndarray, seq_len: int) -> torch.Tensor:
+    """[len(picks), seq_len] token windows beginning at the chosen document starts."""
+    valid = starts[starts + seq_len <= len(ids)]
+    rows = [ids[valid[p % len(valid)]:valid[p % len(valid)] + seq_len] for p in picks]
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def mean_loss(model, batch: torch.Tensor, chunk: int = 8) -> float:
+    model.eval()
+    losses = [model(input_ids=b, labels=b).loss.item() for b in batch.split(chunk)]
+    model.train()
+    return float(np.mean(losses))
+
+
+def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len: int,
+          peak_lr: float, seed: int, log_every: int = 25, eval_every: int = 200,
+          save_every: int = 100, stop_after: int | None = None) -> dict:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    sep = tok.token_to_id("<|endoftext|>")
+    ids, starts = tokenize_corpus(data / "train.txt", tok, sep)
+    held_ids, held_starts = tokenize_corpus(data / "heldout.txt", tok, sep)
+    held_batch = windows(held_ids, held_starts, np.arange(0, len(held_starts), 
+                                                          max(1, len(held_starts) // 32))[:32], seq_len)
+    cfg = model_config(tok.get_vocab_size(), tok.token_to_id("<|return|>"), sep)
+    model = GptOssForCausalLM(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{n_params / 1e6:.2f}M parameters; {len(ids) / 1e6:.2f}M train tokens in "
+          f"{len(starts)} documents; {steps} steps x {batch} x {seq_len}", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=peak_lr, betas=(0.9, 0.95), eps=1e-8)
+    log = {"params": n_params, "train_tokens": int(len(ids)), "steps": steps, "batch": batch,
+           "seq_len": seq_len, "peak_lr": peak_lr, "seed": seed, "history": []}
+    t0 = time.time()
+    model.train()
+    last = steps - 1 if stop_after is None else min(stop_after, steps - 1)
+    for step in range(last + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, peak_lr, warmup=50)
+        x = windows(ids, starts, rng.integers(0, 1 << 62, size=batch), seq_len)
+        out_ = model(input_ids=x, labels=x, output_router_logits=True)
+        out_.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % log_every == 0 or step == last:
+            elapsed = time.time() - t0
+            rec = {"step": step, "loss": round(out_.loss.item(), 4), "elapsed_s": round(elapsed, 1),
+                   "tok_per_s": round((step + 1) * batch * seq_len / elapsed)}
+            if step % eval_every == 0 or step == last:
+                rec["heldout_loss"] = round(mean_loss(model, held_batch), 4)
+            log["history"].append(rec)
+            print(json.dumps(rec), flush=True)
+        if save_every and step and step % save_every == 0 and step != last:   # fallback if stopped
+            model.save_pretrained(out / "partial")
+    log["train_seconds"] = round(time.time() - t0, 1)
+    log["threads"] = torch.get_num_threads()
+    log["stopped_after_step"] = last
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", type=Path)
+    p.add_argument("tokenizer", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop once this step index is applied (the lr schedule still spans --steps);"
+                        " gives the same weights as the run's partial/ save at that step")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared 2-core machine a second thread mostly spins)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    log = train(a.data, a.tokenizer, a.out, a.steps, a.batch, a.seq_len, a.lr, a.seed,
+                stop_after=a.stop_after)
+    print(f"trained {log['params'] / 1e6:.2f}M parameters in {log['train_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
