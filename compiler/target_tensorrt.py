@@ -42,7 +42,8 @@ def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
     from gptoss_edge.compiler.compile import bindings
     cfg = ckpt.config
     dense = _dense_mode(opts.dense)
-    lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format)
+    lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format,
+                              weights=ckpt)
     positions = lowered.initializers["/rope/cos"].shape[0]
     profiles = lower_trt.profiles(cfg, max_batch=opts.max_batch, max_context=positions,
                                   max_step_tokens=opts.max_step_tokens)
