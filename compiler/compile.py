@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptoss_edge.compiler import lower_ort
+from gptoss_edge.compiler.opset import ENGINE_IO as IO
 from gptoss_edge.compiler.config import ModelConfig
 from gptoss_edge.compiler.engine_dir import EngineDirWriter, EngineManifest
 from gptoss_edge.compiler.graph import onnx_io
@@ -36,6 +37,7 @@ class CompileOptions:
     experts: str | None = None       # None: chosen from max_memory_gib
     dense: str | None = None         # None: chosen from max_memory_gib (float if it fits)
     embedding: str | None = None     # "bf16" | "float"; None: bf16 when the checkpoint stores bf16
+    activations: str = "float"       # onnxruntime 4-bit GEMM inputs: float (exact) | int8 (faster)
     max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
@@ -76,15 +78,23 @@ TargetFn = Callable[[Graph, WeightSource, CompileOptions, EngineDirWriter, Bar],
 
 # ---- ONNX Runtime target -----------------------------------------------------------------------
 def kv_bytes_per_token(cfg: ModelConfig, itemsize: int = 4) -> int:
-    """ONNX Runtime keeps the whole context on every layer (key + value)."""
-    return cfg.num_hidden_layers * 2 * cfg.kv_size * itemsize
+    """KV bytes one more token costs (key + value of the full-attention layers)."""
+    full = sum(not cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
+    return full * 2 * cfg.kv_size * itemsize
+
+
+def kv_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
+    """One slot's KV cache in ONNX Runtime: full layers hold every token, sliding layers a
+    window-sized buffer (sliding_window_cache)."""
+    sliding = sum(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
+    return kv_bytes_per_token(cfg, itemsize) * tokens + sliding * 2 * cfg.kv_size * itemsize * cfg.sliding_window
 
 
 def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, str, int]:
     """(experts, dense, reason, weight bytes): the given formats, or for the ones left open the
     most exact whose weights + one slot's KV cache (budget_context tokens) fit max_memory_gib.
     Preference: experts float > int8 > int4 with float dense, then the same with 4-bit dense."""
-    kv = kv_bytes_per_token(cfg) * opts.budget_context
+    kv = kv_bytes(cfg, opts.budget_context)
     budget = opts.max_memory_gib * GiB
     dense_modes = [opts.dense] if opts.dense else list(lower_ort.DENSE_MODES)
     expert_modes = [opts.experts] if opts.experts else list(lower_ort.EXPERT_MODES)
@@ -99,6 +109,15 @@ def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tupl
     (e, d), size = min(sizes.items(), key=lambda kv_: kv_[1])
     return e, d, (f"nothing fits --max-memory {opts.max_memory_gib:g} GiB; the smallest is "
                   f"{size / GiB:.2f} GiB"), size
+
+
+def session_env(opts: CompileOptions) -> dict[str, str]:
+    """Environment ONNX Runtime reads at session creation. int8 experts with float activations:
+    ORT_QMOE_CPU_QNBIT_GEMM=fp32 makes the CPU QMoE dequantize 8-bit experts and run them in
+    float32 (exact; without it ORT quantizes the activations to int8, see ORT_NOTES.md)."""
+    if opts.experts == "int8" and opts.activations == "float":
+        return {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}
+    return {}
 
 
 def default_embedding(ckpt: WeightSource) -> str:
@@ -118,7 +137,8 @@ def bindings(g: Graph) -> dict[str, Any]:
 def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w: EngineDirWriter,
                        bar: Bar) -> dict[str, Any]:
     cfg = ckpt.config
-    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense or "float", opts.embedding or "float")
+    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense or "float", opts.embedding or "float",
+                              opts.activations)
     bar.start(len(lowered.initializers), lowered.total_weight_bytes())
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
@@ -126,12 +146,16 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
     return {
         "model_file": MODEL_FILE,
         "experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
+        "activations": opts.activations,
         "max_positions": positions,
         "bindings": bindings(lowered),      # moved to the manifest's top level by the driver
         "kv_layout": {"dtype": "float32", "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
-                      "capacity": "full context on every layer (sliding layers masked by "
-                                  "local_window_size)", "bytes_per_token": kv_bytes_per_token(cfg)},
-        "session": {"graph_optimization_level": "ORT_ENABLE_ALL"},
+                      "capacity": {IO.past_key(i): (cfg.sliding_window if cfg.is_sliding(i) else "context")
+                                   for i in range(cfg.num_hidden_layers)},
+                      "sliding": "window-sized buffer, ONNX Runtime's sliding_window_cache layout "
+                                 "(most recent positions compacted at row 0; not a ring)",
+                      "bytes_per_token": kv_bytes_per_token(cfg)},
+        "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "env": session_env(opts)},
     }
 
 

@@ -4,10 +4,14 @@
                    sinks as head_sink, local_window_size = window (ORT attends to the current
                    token and window-1 previous ones: gpt-oss's q-k < window), right-padded rows
                    through query_seqlens = new_len, seqlens_k = past_len + new_len - 1.
-                   KV cache: full length (the `kv_capacity` dim) on every layer, shared in place
-                   when past/present are bound to the same buffer.
+                   KV cache: full layers hold the whole context (`kv_capacity`); sliding layers
+                   keep the canonical window-sized buffer with sliding_window_cache=1 (ORT keeps
+                   the most recent positions compacted at row 0 and evicts itself). Past and
+                   present may be bound to the same buffer (in place).
   MoeMxfp4      -> router MatMul + Add (float32) -> MoE (experts "float", dequantized, exact)
-                   or QMoE (experts "int8": block 32, lossless weights, int8 activations;
+                   or QMoE (experts "int8": block 32, lossless weights; float activations
+                   need ORT_QMOE_CPU_QNBIT_GEMM=fp32 at session creation (the engine's
+                   session env, compile.session_env), else ORT quantizes them to int8;
                    "int4": block 32, lossy weights, float32 activations), gpt-oss SwiGLU
                    (interleaved gate/linear rows, limit, alpha 1.702, beta 1), softmax over the
                    top-k selected logits (normalize_routing_weights=1).
@@ -25,7 +29,7 @@ import onnx
 from onnx import TensorProto
 
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.graph.ir import Graph, ValueInfo, lazy
+from gptoss_edge.compiler.graph.ir import Graph, lazy
 from gptoss_edge.compiler.graph.ops import init_of
 from gptoss_edge.compiler import expert_formats as fmt
 
@@ -33,12 +37,21 @@ MS = "com.microsoft"
 EXPERT_MODES = ("float", "int8", "int4")
 DENSE_MODES = ("float", "4bit")
 EMBEDDING_MODES = ("float", "bf16")
+# Activations of the quantized GEMMs (MatMulNBits, QMoE): "float" keeps them float32 (exact on
+# the stored weights; for int8 experts with the session env of compile.session_env), "int8" lets
+# MLAS quantize them per block of 32 (accuracy_level 4: int8 dot-product kernels, ~2x faster
+# decode on CPU, ~1% error per GEMM).
+ACTIVATION_MODES = ("float", "int8")
 IO = opset.ENGINE_IO
 LEN = "/lengths"
 
 
-def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str = "float") -> Graph:
+def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str = "float",
+          activations: str = "float") -> Graph:
     """A new graph for ONNX Runtime; `g` is left unchanged. Initializers stay lazy."""
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATION_MODES)}, got {activations!r}")
+    accuracy = 4 if activations == "int8" else 0
     if embedding not in EMBEDDING_MODES:
         raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_MODES)}, got {embedding!r}")
     if experts not in EXPERT_MODES:
@@ -47,8 +60,8 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
         raise ValueError(f"--dense must be one of {', '.join(DENSE_MODES)}, got {dense!r}")
     out = Graph(g.name, opsets={"": g.opsets.get("", 21), MS: 1})
     out.metadata = dict(g.metadata)
-    out.inputs = [_full_cache(v) for v in g.inputs]
-    out.outputs = [_full_cache(v) for v in g.outputs]
+    out.inputs = list(g.inputs)        # cache shapes stay canonical (window / kv_capacity)
+    out.outputs = list(g.outputs)
     consumers = _consumers(g)
     if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
         _length_nodes(out)
@@ -59,13 +72,13 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
         if n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type:
             _lower_attention(out, n)
         elif n.domain == opset.DOMAIN and n.op_type == opset.MOE_MXFP4.op_type:
-            _lower_moe(out, g, n, experts)
+            _lower_moe(out, g, n, experts, accuracy)
         elif n.domain == opset.DOMAIN:
             raise ValueError(f"node {n.name}: no ONNX Runtime lowering for {n.op_type}")
         elif embedding == "bf16" and _is_embedding(g, n):
             _lower_embedding_bf16(out, g, n)
         elif dense == "4bit" and _is_dense(g, n):
-            skip |= _lower_dense(out, g, n, consumers)
+            skip |= _lower_dense(out, g, n, consumers, accuracy)
         else:
             out.nodes.append(n)
     _keep_used_initializers(out, g)
@@ -73,13 +86,6 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
 
 
 # ---- graph plumbing ----------------------------------------------------------------------------
-def _full_cache(v: ValueInfo) -> ValueInfo:
-    """Every layer's cache holds the whole context in ORT (sliding layers too)."""
-    if v.name.startswith(("past_key.", "past_value.", "present_key.", "present_value.")):
-        return ValueInfo(v.name, v.elem_type, (v.shape[0], v.shape[1], "kv_capacity", v.shape[3]))
-    return v
-
-
 def _consumers(g: Graph) -> dict[str, list[onnx.NodeProto]]:
     c: dict[str, list[onnx.NodeProto]] = {}
     for n in g.nodes:
@@ -117,11 +123,12 @@ def _lower_attention(out: Graph, n: onnx.NodeProto) -> None:
     # position_ids, attention_bias unused; head_sink; k_scale, v_scale, q/k norm unused; query_seqlens
     out.node("GroupQueryAttention", gqa_inputs, n.name, outputs=list(n.output), domain=MS,
              num_heads=int(a["num_heads"]), kv_num_heads=int(a["num_kv_heads"]), scale=float(a["scale"]),
-             do_rotary=1, rotary_interleaved=0, local_window_size=window if window > 0 else -1)
+             do_rotary=1, rotary_interleaved=0, local_window_size=window if window > 0 else -1,
+             sliding_window_cache=1 if window > 0 else None)
 
 
 # ---- MoE ---------------------------------------------------------------------------------------
-def _lower_moe(out: Graph, g: Graph, n: onnx.NodeProto, experts: str) -> None:
+def _lower_moe(out: Graph, g: Graph, n: onnx.NodeProto, experts: str, accuracy: int) -> None:
     s = opset.MOE_MXFP4
     port = {p.name: n.input[i] for i, p in enumerate(s.inputs)}
     a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
@@ -151,7 +158,7 @@ def _lower_moe(out: Graph, g: Graph, n: onnx.NodeProto, experts: str) -> None:
         w[p], sc[p] = out.add_initializer(q), out.add_initializer(qs)
     out.node("QMoE", [port["hidden"], logits, w["gate_up"], sc["gate_up"], port["gate_up_bias"],
                       w["down"], sc["down"], port["down_bias"]], name, outputs=list(n.output),
-             domain=MS, expert_weight_bits=bits, block_size=32, quant_type="int", accuracy_level=0,
+             domain=MS, expert_weight_bits=bits, block_size=32, quant_type="int", accuracy_level=accuracy,
              **common)
 
 
@@ -161,7 +168,7 @@ def _is_dense(g: Graph, n: onnx.NodeProto) -> bool:
             and len(g.initializers[n.input[1]].shape) == 2)
 
 
-def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers) -> set[str]:
+def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, accuracy: int) -> set[str]:
     """MatMul(x, W^T) [+ Add(b)] -> MatMulNBits; returns the names of the nodes it absorbed."""
     w_t = g.initializers[n.input[1]]
     k, n_out = w_t.shape
@@ -177,7 +184,7 @@ def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers) -> set[str]
     out.add_initializer(q)
     out.add_initializer(qs)
     out.node("MatMulNBits", [n.input[0], q.name, qs.name, "", "", bias], n.name, outputs=[y], domain=MS,
-             K=k, N=n_out, bits=4, block_size=32, accuracy_level=0)
+             K=k, N=n_out, bits=4, block_size=32, accuracy_level=accuracy)
     return absorbed
 
 

@@ -71,8 +71,12 @@ def test_lowering_leaves_only_ort_ops(graph, experts, dense):
     assert ops[("com.microsoft", "MoE" if experts == "float" else "QMoE")] == layers
     # dense 4bit: q,k,v,o per layer + lm_head become MatMulNBits; the router stays float
     assert ops[("com.microsoft", "MatMulNBits")] == (4 * layers + 1 if dense == "4bit" else 0)
-    assert all(v.shape[2] == "kv_capacity" for v in low.inputs if v.name.startswith("past_"
-                                                                                    ) and len(v.shape) == 4)
+    cfg = preset("tiny")
+    caps = [v.shape[2] for v in low.inputs if v.name.startswith("past_key.")]
+    assert caps == [cfg.sliding_window if cfg.is_sliding(i) else "kv_capacity" for i in range(layers)]
+    gqa = [n for n in low.nodes if n.op_type == "GroupQueryAttention"]
+    window_cache = [next((a.i for a in n.attribute if a.name == "sliding_window_cache"), 0) for n in gqa]
+    assert window_cache == [int(cfg.is_sliding(i)) for i in range(layers)]
     used = {i for n in low.nodes for i in n.input}
     assert set(low.initializers) <= used
 

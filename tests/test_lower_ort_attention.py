@@ -1,6 +1,7 @@
 """SinkAttention -> GroupQueryAttention against the gpt-oss attention formula in numpy:
 batch 2 with different lengths per row, prefill chunks mixed with single-token decode steps,
-idle rows, sliding window and full layers, learned sinks, RoPE tables with concentration."""
+idle rows, sliding window (window-sized cache, chunks longer than it) and full layers, learned
+sinks, RoPE tables with concentration."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,7 @@ def attention_session(tmp_path, window):
     f, i32 = TensorProto.FLOAT, TensorProto.INT32
     for n, w in (("q", NH * D), ("k", KVH * D), ("v", KVH * D)):
         g.add_input(n, f, ["batch", "seq", w])
-    cache = ["batch", KVH, CAP, D]
+    cache = ["batch", KVH, window or CAP, D]     # sliding: window-sized buffer, as in engines
     for n in (IO.past_key(0), IO.past_value(0)):
         g.add_input(n, f, cache)
     g.add_input(IO.PAST_LEN, i32, ["batch"])
@@ -82,7 +83,7 @@ def test_gqa_lowering_matches_formula_over_steps(tmp_path, window):
     seqs = [[rng.standard_normal((total[b], w)).astype(np.float32) for w in (NH * D, KVH * D, KVH * D)]
             for b in range(2)]
     refs = [attention_numpy(*seqs[b], window) for b in range(2)]
-    kc = np.zeros((2, KVH, CAP, D), np.float32)
+    kc = np.zeros((2, KVH, window or CAP, D), np.float32)
     vc = np.zeros_like(kc)
     done = np.zeros(2, np.int32)
     for step in PLAN:
