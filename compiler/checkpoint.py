@@ -161,6 +161,11 @@ class Checkpoint:
             raise CheckpointError(f"{name!r} is not a tensor of this {self.config.num_hidden_layers}"
                                   f"-layer gpt-oss model") from None
 
+    def drop_pages(self) -> None:
+        """Release mapped checkpoint pages from RSS (see SafetensorsFile.drop_pages)."""
+        for f in {id(f): f for f in self._files.values()}.values():
+            f.drop_pages()
+
     def stored_keys(self) -> list[str]:
         return list(self._files)
 

@@ -193,7 +193,8 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
         options = dataclasses.replace(options, embedding=default_embedding(ckpt))
     experts, dense, reason, weight_bytes = FORMAT_CHOICE[options.target](graph, cfg, options)
     options = dataclasses.replace(options, experts=experts, dense=dense)
-    bar = Bar(enabled=sys.stderr.isatty() if show_progress is None else show_progress)
+    bar = Bar(enabled=sys.stderr.isatty() if show_progress is None else show_progress,
+              after_each=getattr(ckpt, "drop_pages", None))   # keeps compile RSS bounded
     with EngineDirWriter(out_dir) as w:
         target_config = TARGETS[options.target](graph, ckpt, options, w, bar)
         manifest = w.finish({

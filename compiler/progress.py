@@ -6,8 +6,9 @@ import time
 
 
 class Bar:
-    def __init__(self, enabled: bool, width: int = 30, stream=None):
+    def __init__(self, enabled: bool, width: int = 30, stream=None, after_each=None):
         self.enabled, self.width, self.stream = enabled, width, stream or sys.stderr
+        self.after_each = after_each   # called after every tensor written (e.g. drop mmap pages)
         self.total_items = self.total_bytes = self.items = self.bytes = 0
         self.t0 = time.monotonic()
 
@@ -18,6 +19,8 @@ class Bar:
     def advance(self, name: str, nbytes: int) -> None:
         self.items += 1
         self.bytes += nbytes
+        if self.after_each is not None:
+            self.after_each()
         if not self.enabled:
             return
         frac = self.bytes / self.total_bytes if self.total_bytes else self.items / max(self.total_items, 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -172,8 +173,20 @@ class SafetensorsFile:
         self.path = Path(path)
         self.tensors, self.metadata, self._data_start = read_header(self.path)
         data_size = max((t.end for t in self.tensors.values()), default=0)
-        self._data = (np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._data_start,
-                                shape=(data_size,)) if data_size else np.zeros(0, np.uint8))
+        self._map: mmap.mmap | None = None
+        self._data = np.zeros(0, np.uint8)
+        if data_size:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._data = np.frombuffer(self._map, dtype=np.uint8, count=data_size,
+                                       offset=self._data_start)
+
+    def drop_pages(self) -> None:
+        """Drop this file's mapped pages from the process RSS (they stay in the page cache and
+        fault back in on the next read). Long streaming reads call it after each tensor, so
+        a 13 GB checkpoint never accumulates in RSS."""
+        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     def keys(self) -> list[str]:
         return list(self.tensors)

@@ -47,7 +47,7 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
     out = tmp_path / "engine"
     bar_stream = io.StringIO()
     monkeypatch.setattr("gptoss_edge.compiler.compile.Bar",
-                        lambda enabled: Bar(True, stream=bar_stream))   # as on a terminal
+                        lambda enabled, **kw: Bar(True, stream=bar_stream, **kw))   # as on a terminal
     assert cli.main(["compile", str(tiny_checkpoint.original), "-o", str(out), "--max-positions", "512"]) == 0
     summary = capsys.readouterr().err
     for word in ("experts    float, dense float", "embedding  bf16", "model.onnx.data", "peak RSS", "time"):

@@ -145,3 +145,28 @@ def test_reader_rejects_bad_json_and_short_files(tmp_path):
     path.write_bytes(b"\1\2")
     with pytest.raises(SafetensorsError, match="too short"):
         SafetensorsFile(path)
+
+
+def test_drop_pages_releases_rss_and_reads_stay_correct(tmp_path):
+    """drop_pages() is what keeps compile RSS bounded: after it, the mapped pages are gone
+    from this process (RssFile falls back) and a later read faults the same bytes back in."""
+    data = np.random.default_rng(0).integers(0, 255, size=(64, 2**16), dtype=np.uint8)  # 4 MiB
+    path = tmp_path / "big.safetensors"
+    reference_save({"w": data}, str(path))
+    f = SafetensorsFile(path)
+
+    def rss_file_kib() -> int:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+        pytest.skip("no RssFile in /proc/self/status")
+
+    before = rss_file_kib()
+    assert int(f.array("w").sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))   # faults 4 MiB in
+    touched = rss_file_kib()
+    f.drop_pages()
+    dropped = rss_file_kib()
+    # 4 MiB faulted in, then released; margins (1 MiB) absorb unrelated file-backed pages.
+    assert touched - before >= 3 * 1024
+    assert touched - dropped >= 3 * 1024
+    np.testing.assert_array_equal(f.array("w"), data)
