@@ -503,7 +503,7 @@ def test_unit_command_serves_and_drains(tiny_engine, tmp_path):
         assert "gptoss_edge_kv_slots_total" in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0                                        # drained, clean exit
-        assert "drained" in proc.stdout.read()
+        assert "drained" in proc.stderr.read()                      # farewell on stderr
         assert probe([f"unix:{sock}", "--timeout", "0.5"]) == 2
     finally:
         if proc.poll() is None:
