@@ -19,4 +19,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	bash scripts/demo.sh $(BIN)
+	$(BIN)/python scripts/demo.py

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=check_checkpoint)
 
 
+O200K_VOCAB = 201088   # gpt-oss vocabulary (o200k_harmony)
+
+
 def make_checkpoint(args: argparse.Namespace) -> int:
     from .synthetic import CheckpointExistsError, checkpoint_bytes, write_checkpoint
     try:
@@ -48,6 +51,11 @@ def make_checkpoint(args: argparse.Namespace) -> int:
         return 2
     finally:
         bar.close()
+    if cfg.vocab_size < O200K_VOCAB:
+        # A model too small for o200k gets its own small harmony-aware BPE, so `serve` and
+        # `chat` work on it end to end (compile carries tokenizer.json into the engine).
+        from gptoss_edge.runtime.tokenizer import write_tiny_tokenizer
+        write_tiny_tokenizer(args.out, cfg.vocab_size)
     elapsed = time.monotonic() - start
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     files = sum(1 for p in args.out.rglob("*.safetensors"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,18 @@ from gptoss_edge.compiler.graph.ops import WeightSource
 from gptoss_edge.compiler.progress import Bar
 
 GiB = 1 << 30
-TOKENIZER = {"encoding": "o200k_harmony", "package": "openai-harmony"}
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def engine_tokenizer(ckpt: WeightSource, w: EngineDirWriter) -> dict[str, Any]:
+    """The checkpoint's own tokenizer.json (small models) travels into the engine dir;
+    otherwise the engine names o200k_harmony, the real gpt-oss vocabulary (from bpe-openai)."""
+    root = getattr(ckpt, "root", None)
+    src = Path(root) / TOKENIZER_FILE if root is not None else None
+    if src is not None and src.is_file():
+        shutil.copyfile(src, w.path(TOKENIZER_FILE))
+        return {"kind": "hf", "file": TOKENIZER_FILE}
+    return {"kind": "o200k_harmony"}
 MODEL_FILE = "model.onnx"
 
 
@@ -198,7 +210,7 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
     with EngineDirWriter(out_dir) as w:
         target_config = TARGETS[options.target](graph, ckpt, options, w, bar)
         manifest = w.finish({
-            "target": options.target, "model_config": cfg, "tokenizer": TOKENIZER,
+            "target": options.target, "model_config": cfg, "tokenizer": engine_tokenizer(ckpt, w),
             "bindings": target_config.pop("bindings", None) or bindings(graph),
             "target_config": target_config,
         })
