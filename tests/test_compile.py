@@ -8,7 +8,7 @@ import pytest
 
 from gptoss_edge import cli
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.compile import CompileOptions, choose_formats, kv_bytes_per_token
+from gptoss_edge.compiler.compile import CompileOptions, choose_formats, compile_checkpoint, kv_bytes_per_token
 from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.graph.model import build_model
 from gptoss_edge.compiler.progress import Bar
@@ -56,7 +56,7 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
     m = json.loads((out / "manifest.json").read_text())
     cfg = preset("tiny")
     assert m["target"] == "onnxruntime" and m["opset"] == {"domain": opset.DOMAIN, "version": opset.OPSET_VERSION}
-    assert m["tokenizer"]["encoding"] == "o200k_harmony"
+    assert m["tokenizer"] == {"kind": "o200k_harmony"}   # no tokenizer.json beside the weights
     names = [b["name"] for b in m["bindings"]["inputs"]]
     assert names[:3] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN] and IO.past_key(cfg.num_hidden_layers - 1) in names
     assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]}
@@ -78,3 +78,23 @@ def test_int8_experts_with_float_activations_set_the_fp32_qmoe_session_env():
     assert session_env(CompileOptions(experts="int8")) == {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}
     assert session_env(CompileOptions(experts="int8", activations="int8")) == {}
     assert session_env(CompileOptions(experts="int4")) == {}
+
+
+def test_checkpoint_tokenizer_travels_into_the_engine(tmp_path):
+    """A checkpoint with its own tokenizer.json (small models, the embedded default model) gets
+    it copied into the engine, hashed by the manifest and named in it; the runtime loads it."""
+    from gptoss_edge.compiler.config import preset
+    from gptoss_edge.compiler.engine_dir import load_manifest
+    from gptoss_edge.compiler.synthetic import write_checkpoint
+    from gptoss_edge.runtime.engine_dir import open_tokenizer
+    from gptoss_edge.runtime.tokenizer import write_tiny_tokenizer
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", preset("tiny"), "hf", 3)
+    write_tiny_tokenizer(ckpt, 512)
+    compile_checkpoint(ckpt, tmp_path / "eng", CompileOptions(experts="float", max_positions=256),
+                       show_progress=False)
+    m = load_manifest(tmp_path / "eng")
+    assert m.tokenizer == {"kind": "hf", "file": "tokenizer.json"}
+    assert "tokenizer.json" in m.files
+    tok = open_tokenizer(m)
+    assert tok is not None and tok.decode(tok.encode("import json")) == "import json"
