@@ -37,6 +37,7 @@ class CompileOptions:
     experts: str | None = None       # None: chosen from max_memory_gib
     dense: str | None = None         # None: chosen from max_memory_gib (float if it fits)
     embedding: str | None = None     # "bf16" | "float"; None: bf16 when the checkpoint stores bf16
+    activations: str = "float"       # onnxruntime 4-bit GEMM inputs: float (exact) | int8 (faster)
     max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
@@ -110,6 +111,15 @@ def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tupl
                   f"{size / GiB:.2f} GiB"), size
 
 
+def session_env(opts: CompileOptions) -> dict[str, str]:
+    """Environment ONNX Runtime reads at session creation. int8 experts with float activations:
+    ORT_QMOE_CPU_QNBIT_GEMM=fp32 makes the CPU QMoE dequantize 8-bit experts and run them in
+    float32 (exact; without it ORT quantizes the activations to int8, see ORT_NOTES.md)."""
+    if opts.experts == "int8" and opts.activations == "float":
+        return {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}
+    return {}
+
+
 def default_embedding(ckpt: WeightSource) -> str:
     """bf16 (exact, half the bytes) when the checkpoint stores the embedding in bf16."""
     raw = getattr(ckpt, "raw", None)
@@ -127,7 +137,8 @@ def bindings(g: Graph) -> dict[str, Any]:
 def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w: EngineDirWriter,
                        bar: Bar) -> dict[str, Any]:
     cfg = ckpt.config
-    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense or "float", opts.embedding or "float")
+    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense or "float", opts.embedding or "float",
+                              opts.activations)
     bar.start(len(lowered.initializers), lowered.total_weight_bytes())
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
@@ -135,6 +146,7 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
     return {
         "model_file": MODEL_FILE,
         "experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
+        "activations": opts.activations,
         "max_positions": positions,
         "bindings": bindings(lowered),      # moved to the manifest's top level by the driver
         "kv_layout": {"dtype": "float32", "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
@@ -143,7 +155,7 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
                       "sliding": "window-sized buffer, ONNX Runtime's sliding_window_cache layout "
                                  "(most recent positions compacted at row 0; not a ring)",
                       "bytes_per_token": kv_bytes_per_token(cfg)},
-        "session": {"graph_optimization_level": "ORT_ENABLE_ALL"},
+        "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "env": session_env(opts)},
     }
 
 

@@ -7,10 +7,12 @@
          stored as float16 (the op set's int4 format), nibble q + 8: |error| <= scale / 2 plus
          7x the float16 rounding of the scale.
 Both: [N, K/32, 16] bytes, byte j holds elements 2j (low nibble) and 2j+1 (high nibble).
-Peak memory: the float32 matrix of one weight ([N, K]; lm_head of 20b: 2.3 GB) plus one block
-of rows, like the ONNX Runtime 4-bit path.
+Peak memory: one 32 MB group of output rows read from the checkpoint and its encoding
+temporaries (~0.4 GB for MXFP4), see quantize_lazy.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -36,22 +38,50 @@ def quantize_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 QUANTIZERS = {"mxfp4": quantize_mxfp4, "int4": quantize_int4}
 
 
-def quantize_lazy(name: str, w_t: Initializer, fmt: str, rows: int = 4096) -> tuple[Initializer, Initializer]:
-    """W^T [K, N] float -> lazy (blocks [N, K/32, 16] uint8, scales [N, K/32]) initializers."""
+def quantize_lazy(name: str, w_t: Initializer, fmt: str,
+                  read_rows: Callable[[int, int], np.ndarray] | None = None,
+                  group_bytes: int = 32 << 20) -> tuple[Initializer, Initializer]:
+    """W^T [K, N] float -> lazy (blocks [N, K/32, 16] uint8, scales [N, K/32]) initializers.
+
+    read_rows(start, stop): rows start..stop of W [N, K] itself (the checkpoint tensor,
+    `weights.get(w_t.source, rows=...)`): peak memory = one group of group_bytes rows (32 MB)
+    plus the encoder's temporaries (MXFP4 encodes in float64: ~12x the group).
+    Without it W^T is materialized and transposed (twice the matrix; small models, tests)."""
     if fmt not in QUANTIZERS:
         raise ValueError(f"dense 4-bit format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     k, n = w_t.shape
     if k % BLOCK:
         raise ValueError(f"{w_t.name}: in_features {k} is not a multiple of {BLOCK}")
     quantize = QUANTIZERS[fmt]
+    rows = max(1, group_bytes // (4 * k))
+    kept_scales: list[np.ndarray] = []      # the blocks pass keeps the (1/32-size) scales
+
+    def group(w, i: int) -> np.ndarray:
+        stop = min(i + rows, n)
+        part = read_rows(i, stop) if read_rows is not None else w[i:stop]
+        if tuple(part.shape) != (stop - i, k):
+            raise ValueError(f"{w_t.name} ({w_t.source}): rows {i}:{stop} have shape {tuple(part.shape)}, "
+                             f"expected {(stop - i, k)}")
+        return np.ascontiguousarray(part, dtype=np.float32)
 
     def chunks():
-        w = w_t.array().T                        # [N, K]
+        w = None if read_rows is not None else w_t.array().T
         for i in range(0, n, rows):
-            yield quantize(np.ascontiguousarray(w[i:i + rows]))
+            yield quantize(group(w, i))
+
+    def blocks():
+        kept_scales.clear()
+        for b, s in chunks():
+            kept_scales.append(s)
+            yield b
+
+    def scales():
+        if sum(len(s) for s in kept_scales) == n:   # written right after the blocks: no 2nd pass
+            yield from kept_scales
+            kept_scales.clear()
+        else:
+            yield from (s for _, s in chunks())
 
     scale_dtype = np.uint8 if fmt == "mxfp4" else np.float16
-    return (lazy(f"{name}_blocks", np.uint8, [n, k // BLOCK, 16], lambda: (b for b, _ in chunks()),
-                 source=w_t.source),
-            lazy(f"{name}_scales", scale_dtype, [n, k // BLOCK], lambda: (s for _, s in chunks()),
-                 source=w_t.source))
+    return (lazy(f"{name}_blocks", np.uint8, [n, k // BLOCK, 16], blocks, source=w_t.source),
+            lazy(f"{name}_scales", scale_dtype, [n, k // BLOCK], scales, source=w_t.source))

@@ -41,8 +41,11 @@ class LoweringError(ValueError):
     """A canonical graph or option the TensorRT lowering cannot handle; names the node/option."""
 
 
-def lower(g: Graph, *, precision: str = "fp16", dense: str = "16bit", dense_format: str = "mxfp4") -> Graph:
-    """A new graph for TensorRT; `g` is left unchanged. Initializers stay lazy."""
+def lower(g: Graph, *, precision: str = "fp16", dense: str = "16bit", dense_format: str = "mxfp4",
+          weights=None) -> Graph:
+    """A new graph for TensorRT; `g` is left unchanged. Initializers stay lazy. `weights` (the
+    checkpoint, a WeightSource) lets 4-bit dense layers read W [out, in] row groups directly (no
+    whole float32 lm_head in memory)."""
     if precision not in PRECISIONS:
         raise LoweringError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if dense not in DENSE_MODES:
@@ -61,7 +64,7 @@ def lower(g: Graph, *, precision: str = "fp16", dense: str = "16bit", dense_form
         if n.domain == opset.DOMAIN:
             out.nodes.append(_plugin_node(out, n))
         elif dense == "4bit" and _is_dense(g, n):
-            absorbed |= _lower_dense(out, g, n, consumers, dense_format)
+            absorbed |= _lower_dense(out, g, n, consumers, dense_format, weights)
         else:
             out.nodes.append(n)
     if precision != "fp32":
@@ -125,14 +128,16 @@ def _is_dense(g: Graph, n: onnx.NodeProto) -> bool:
             and len(g.initializers[n.input[1]].shape) == 2 and g.initializers[n.input[1]].shape[0] % 32 == 0)
 
 
-def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, fmt: str) -> set[str]:
+def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights) -> set[str]:
     """MatMul(x, W^T) [+ Add(b)] -> Gemm4bit; returns the names of the nodes it absorbed."""
     w_t = g.initializers[n.input[1]]
     k, n_out = w_t.shape
     uses = consumers.get(n.output[0], [])
     inputs = [n.input[0]]
     absorbed, y = set(), n.output[0]
-    blocks, scales = dense4bit.quantize_lazy(f"{n.name}/weight", w_t, fmt)
+    read_rows = ((lambda i, j: weights.get(w_t.source, rows=(i, j))) if weights is not None and w_t.source
+                 else None)
+    blocks, scales = dense4bit.quantize_lazy(f"{n.name}/weight", w_t, fmt, read_rows)
     blocks = _as_int8(blocks)
     scales = _as_int8(scales) if fmt == "mxfp4" else scales
     inputs += [out.add_initializer(blocks), out.add_initializer(scales)]

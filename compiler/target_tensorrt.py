@@ -42,7 +42,8 @@ def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
     from gptoss_edge.compiler.compile import bindings
     cfg = ckpt.config
     dense = _dense_mode(opts.dense)
-    lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format)
+    lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format,
+                              weights=ckpt)
     positions = lowered.initializers["/rope/cos"].shape[0]
     profiles = lower_trt.profiles(cfg, max_batch=opts.max_batch, max_context=positions,
                                   max_step_tokens=opts.max_step_tokens)
@@ -70,6 +71,9 @@ def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
 
 def choose_experts(graph: Graph, cfg, opts) -> tuple[str, str, dict[str, int]]:
     """TensorRT keeps the checkpoint's MXFP4 experts (decoded in registers by the plugin)."""
+    if opts.experts not in (None, "mxfp4"):
+        raise ValueError(f"--experts {opts.experts}: the tensorrt target keeps the checkpoint's MXFP4 "
+                         f"experts (the MoeMxfp4 plugin); --experts is an onnxruntime option")
     dense = _dense_mode(opts.dense)
     lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format)
     return "mxfp4", "the MoeMxfp4 plugin reads the checkpoint's MXFP4 bytes", \

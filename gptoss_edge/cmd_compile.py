@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="engine directory to write (replaced atomically)")
     p.add_argument("--target", default="onnxruntime", choices=sorted(TARGETS))
     p.add_argument("--experts", choices=lower_ort.EXPERT_MODES, default=None,
-                   help="expert weights: float (exact), int8 (lossless weights, int8 activations), "
+                   help="expert weights: float (exact), int8 (lossless weights, half float's bytes), "
                         "int4 (smallest, lossy); default: the most exact that fits --max-memory")
     p.add_argument("--dense", choices=sorted(set(lower_ort.DENSE_MODES) | set(lower_trt.DENSE_MODES)),
                    default=None, help="attention and lm_head weights: float or 4bit (MatMulNBits, "
@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
                    help="onnxruntime: embedding table bf16 (exact for bf16 checkpoints, half the bytes) "
                         "or float; default: bf16 when the checkpoint stores it in bf16")
+    p.add_argument("--activations", choices=lower_ort.ACTIVATION_MODES, default="float",
+                   help="onnxruntime: inputs of the quantized GEMMs (int8/int4 experts, 4bit dense) stay "
+                        "float32 (exact on the stored weights) or are quantized to int8 by MLAS (faster)")
     p.add_argument("--precision", choices=sorted(lower_trt.PRECISIONS), default="fp16",
                    help="tensorrt: activation precision (residual stream, norms, logits stay float32)")
     p.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4",
@@ -42,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
     opts = CompileOptions(target=args.target, experts=args.experts, dense=args.dense,
-                          embedding=args.embedding, max_memory_gib=args.max_memory,
+                          embedding=args.embedding, activations=args.activations,
+                          max_memory_gib=args.max_memory,
                           max_positions=args.max_positions, precision=args.precision,
                           dense_format=args.dense_format, max_batch=args.max_batch,
                           max_step_tokens=args.max_step_tokens)

@@ -1,19 +1,22 @@
 """OrtBackend: the Backend protocol on an ONNX Runtime engine directory (CPU).
 
 KV cache: the backend owns, per layer, key and value arrays [max_slots, kv_heads, capacity,
-head_dim] float32: capacity = max_context + max_step_tokens on full-attention layers, the
-window on sliding layers (the engine's binding shape; ONNX Runtime keeps the most recent
-positions there and evicts itself). Zero pages cost nothing until touched. GroupQueryAttention
-writes into them in place: past_* and present_* are bound to the same memory, no cache is ever
-copied. A step over several slots runs the
-contiguous slot range [lowest, highest] as one right-padded batch: each stepping row brings its
-tokens (past_len = tokens cached, new_len = valid tokens); a slot of the range that is not in the
-step rides along idle (new_len 0: its cache is left as it is, its outputs are dropped). Padded
-positions never enter a cache. The slack of max_step_tokens per slot keeps every padded row
-inside its buffer (GroupQueryAttention needs past_len + padded step <= capacity).
+head_dim] float32. Full-attention layers: capacity = max_context, plus max_step_tokens of slack
+when max_slots > 1 (rows are right-padded to the longest row of a step and GroupQueryAttention
+needs past_len + padded step <= capacity). Sliding layers: the window (the engine's binding
+shape; ONNX Runtime keeps the most recent positions there and evicts itself). Zero pages cost
+nothing until touched. GroupQueryAttention writes in place: past_* and present_* are bound to
+the same memory, no cache is ever copied.
+
+A step over several slots runs the contiguous slot range [lowest, highest] as one right-padded
+batch: each stepping row brings its tokens (past_len = tokens cached, new_len = valid tokens); a
+slot of the range that is not in the step rides along idle (new_len 0: its cache is left as it
+is, its outputs are dropped). Padded positions never enter a cache.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +39,22 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
+@contextlib.contextmanager
+def session_env(env: dict[str, str]):
+    """Set the engine's session environment (read by ONNX Runtime while it creates the session,
+    e.g. ORT_QMOE_CPU_QNBIT_GEMM) and restore the process environment afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class OrtBackend:
     def __init__(self, engine_dir: str | Path, max_slots: int = 4, max_context: int = 4096,
                  max_step_tokens: int = 256, threads: int | None = None, verify: bool | str = True):
@@ -47,14 +66,18 @@ class OrtBackend:
         positions = int(m.target_config.get("max_positions", cfg.max_position_embeddings))
         if max_slots < 1 or max_context < 1 or max_step_tokens < 1:
             raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
-        if max_context + max_step_tokens > positions:
+        # Rows are right-padded to the longest row of a step, so a full-attention buffer needs
+        # max_step_tokens of slack (and RoPE rows for it); one slot never pads.
+        slack = max_step_tokens if max_slots > 1 else 0
+        if max_context + slack > positions:
             raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
                                f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
-        self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
-                                            session_options(threads), providers=["CPUExecutionProvider"])
+        with session_env(m.target_config.get("session", {}).get("env", {})):
+            self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
+                                                session_options(threads), providers=["CPUExecutionProvider"])
         self.cfg = cfg
         fixed = [self._fixed_capacity(i) for i in range(cfg.num_hidden_layers)]   # window or None
-        caps = [c or max_context + max_step_tokens for c in fixed]
+        caps = [c or max_context + slack for c in fixed]
         shapes = [(max_slots, cfg.num_key_value_heads, c, cfg.head_dim) for c in caps]
         self._keys = [np.zeros(shape, np.float32) for shape in shapes]
         self._values = [np.zeros(shape, np.float32) for shape in shapes]

@@ -149,8 +149,8 @@ def dense_4bit_rounding(w: torch.Tensor, fmt: str) -> torch.Tensor:
 
 
 def load_hf_variant(checkpoint: str | Path, variant: str):
-    """The HF oracle with a lossy mode's rounding applied to its own expert parameters (HF
-    stores them [E, K, N]: transposed here to round blocks along K)."""
+    """The HF oracle with a lossy mode's rounding applied to its own parameters: expert weights
+    (HF stores them [E, K, N]: transposed here to round blocks along K) or dense projections."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown oracle variant {variant!r}; one of {VARIANTS}")
     model = load_hf(checkpoint)

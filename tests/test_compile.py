@@ -71,3 +71,10 @@ def test_compile_reports_bad_checkpoint(tmp_path, capsys):
     assert cli.main(["compile", str(tmp_path / "missing"), "-o", str(tmp_path / "e")]) == 2
     assert "missing" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_int8_experts_with_float_activations_set_the_fp32_qmoe_session_env():
+    from gptoss_edge.compiler.compile import session_env
+    assert session_env(CompileOptions(experts="int8")) == {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}
+    assert session_env(CompileOptions(experts="int8", activations="int8")) == {}
+    assert session_env(CompileOptions(experts="int4")) == {}

@@ -142,19 +142,23 @@ def test_fp32_target_graph_equals_canonical_graph(canonical, batch, fp32_logits)
 
 # fp16 keeps 11 significant bits (rounding 4.9e-4 relative), bf16 8 (3.9e-3). Each block
 # rounds its input, weights and output once, ~20 roundings of O(1) values on the way to the
-# logits: ~1e-3 (fp16) / ~1e-2 (bf16) of the logit scale, plus the tokens whose rounded hidden
-# state flips a near-tied top-2 routing decision (O(1) change on that token; measured: 1 of 300
-# tokens in fp16, a few percent in bf16). Measured relative RMS: fp16 0.004, bf16 0.09; the
-# bounds keep ~5x / ~2x margin. A missing cast, a cache of the wrong type or a float32 port
-# fed low precision gives O(1).
-@pytest.mark.parametrize("precision,bound", [("fp16", 0.02), ("bf16", 0.2)])
-def test_low_precision_blocks_stay_close(canonical, batch, fp32_logits, precision, bound):
+# logits: ~1e-3 (fp16) / ~1e-2 (bf16) of the logit scale on a typical position. A position whose
+# rounded hidden state flips a near-tied top-2 routing decision moves by O(logit scale): a max or
+# RMS bound would measure the luckiest tie, so the bounds are on the median position and on the
+# share of flipped positions (error > 5% of the scale). A missing cast, a cache of the wrong
+# type or a float32 port fed low precision moves every position by O(1). Measured: fp16 median
+# 6.3e-4, 0.2% flipped; bf16 median 5.8e-3, 2.1% flipped (bounds ~5x / ~4x that).
+@pytest.mark.parametrize("precision,median_bound,flip_share", [("fp16", 3e-3, 0.02), ("bf16", 3e-2, 0.08)])
+def test_low_precision_blocks_stay_close(canonical, batch, fp32_logits, precision, median_bound, flip_share):
     got = evaluate(lower_trt.lower(canonical, precision=precision), *batch)
     assert got.dtype == np.float32
-    rel = [np.sqrt(((got[b, :n] - fp32_logits[b, :n]) ** 2).mean() / (fp32_logits[b, :n] ** 2).mean())
-           for b, n in enumerate(batch[1])]
-    print(f"{precision} vs fp32: relative RMS logit error per row {[f'{r:.4f}' for r in rel]}")
-    assert max(rel) < bound
+    scale = np.abs(fp32_logits).max()
+    err = np.concatenate([np.abs(got[b, :n] - fp32_logits[b, :n]).max(-1) for b, n in enumerate(batch[1])]) / scale
+    far = float(np.mean(err > 0.05))
+    print(f"{precision} vs fp32: per-position max error / logit scale: median {np.median(err):.2e}, "
+          f"p95 {np.percentile(err, 95):.2e}, {100 * far:.1f}% positions > 5%")
+    assert np.median(err) < median_bound
+    assert far < flip_share
 
 
 @pytest.mark.parametrize("fmt", dense4bit.FORMATS)
@@ -244,6 +248,13 @@ def engine(checkpoint, tmp_path_factory):
                    "--no-progress"])
     assert rc == 0
     return out
+
+
+def test_compile_refuses_onnxruntime_only_options(checkpoint, tmp_path, capsys):
+    rc = cli.main(["compile", str(checkpoint), "-o", str(tmp_path / "e"), "--target", "tensorrt",
+                   "--experts", "int4", "--no-progress"])
+    assert rc == 2 and "--experts int4" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_manifest_records_profiles_plugins_and_bindings(engine):

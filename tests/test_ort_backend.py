@@ -103,7 +103,9 @@ def test_bad_requests(engine):
     with pytest.raises(BackendError, match="max_context"):
         be.step([StepRow(0, [1])])
     with pytest.raises(BackendError, match="RoPE positions"):
-        OrtBackend(engine, max_context=1000, max_step_tokens=100)
+        OrtBackend(engine, max_slots=2, max_context=1000, max_step_tokens=100)
+    one = OrtBackend(engine, max_slots=1, max_context=1024, max_step_tokens=100)   # one slot never pads
+    assert one.step([StepRow(0, list(range(100)))])[0].shape == (CFG.vocab_size,)
 
 
 def test_tampered_engine_is_refused(engine, tmp_path):
@@ -133,3 +135,12 @@ def test_generate_cli_end_to_end(engine, tmp_path):
     gen = generate(OrtBackend(engine, max_slots=1, max_context=200), p, 6, keep_logits=True)
     assert gen.token_ids == tokens
     np.testing.assert_allclose(gen.logits, logits, atol=1e-5 * np.abs(logits).max(), rtol=0)
+
+
+def test_session_env_applies_only_while_the_session_is_created(monkeypatch):
+    from gptoss_edge.runtime.ort_backend import session_env
+    import os
+    monkeypatch.setenv("GPTOSS_EDGE_TEST_KEEP", "1")
+    with session_env({"GPTOSS_EDGE_TEST_KEEP": "2", "GPTOSS_EDGE_TEST_NEW": "x"}):
+        assert os.environ["GPTOSS_EDGE_TEST_KEEP"] == "2" and os.environ["GPTOSS_EDGE_TEST_NEW"] == "x"
+    assert os.environ["GPTOSS_EDGE_TEST_KEEP"] == "1" and "GPTOSS_EDGE_TEST_NEW" not in os.environ

@@ -37,7 +37,7 @@ MAX_POSITIONS = 1024     # RoPE rows compiled into the tiny engines (> longest s
 class Tolerance:
     variant: str                # the oracle of the same arithmetic (oracles.VARIANTS)
     variant_max: float | None   # max |engine - that oracle| over every position of every row
-    variant_median: float       # median over positions of the per-position max |error|
+    variant_median: float       # median over the batch's positions of the per-position max |error|
     exact_median: float         # same median against the exact oracles: the mode's own error
     exact_max: float | None     # max against the exact oracles (None: not bounded, see INT8)
 
@@ -45,19 +45,20 @@ class Tolerance:
 # float experts: the MoE op on exactly dequantized weights, fp32 throughout. Against the exact
 # oracles only the fp32 operation order differs (ORT's GQA kernel, fused MoE, MLAS GEMMs): the
 # same kind of difference as between the two oracles themselves (tests/test_oracles.py: ~1e-5
-# measured, 1e-4 asserted). Measured here <= 1.4e-5 on logits of magnitude ~9; bound 2e-4.
+# measured, 1e-4 asserted). Measured here <= 1.9e-5 on logits of magnitude ~9; bound 2e-4.
 FLOAT = Tolerance("exact", 2e-4, 2e-4, 2e-4, 2e-4)
 
 # int8 experts, ONNX Runtime's default path: the weights are a lossless copy of MXFP4 (proven
 # by INT8_FP32_ACTIVATIONS below, same engine), but ORT's CPU QMoE runs 8-bit experts through
 # MLAS's int8-activation GEMM: the inputs of both expert GEMMs are quantized per block to int8
 # (relative step 1/127 of the block maximum). Measured against the exact model: median
-# per-position error 0.15-0.19 on logits of magnitude ~9 (2%). Where the rounding pushes a
-# router logit across a near-tie, that token takes another expert and its logits move by
-# O(logit scale) (7-9% of positions are off by > 0.5, max ~7): a max bound would only measure
-# the luckiest tie, so the bounds are statistical: median 0.4 (2x measured, still well below
-# a layout or scale bug, which moves every position by O(logit scale)), and >= 75% greedy
-# agreement (measured >= 90%).
+# per-position error 0.15 over the batch on logits of magnitude ~9 (2%). Where the rounding
+# pushes a router logit across a near-tie, that token takes another expert and its logits move
+# by O(logit scale) (5-25% of a row's positions are off by > 0.5, max ~5.6; checked to sit at
+# router near-ties by test_large_errors_of_statistical_modes_are_routing_flips): a max bound
+# would only measure the luckiest tie, so the bounds are statistical: batch median 0.4 (2.7x
+# measured, still well below a layout or scale bug, which moves every position by O(logit
+# scale)), and >= 75% greedy agreement (measured 45-47 of 48).
 INT8 = Tolerance("exact", None, 0.4, 0.4, None)
 
 # The same int8 engine with MLAS's int8-activation GEMM disabled (ORT_QMOE_CPU_QNBIT_GEMM=fp32,
@@ -67,20 +68,20 @@ INT8 = Tolerance("exact", None, 0.4, 0.4, None)
 INT8_FP32_ACTIVATIONS = FLOAT
 
 # int4 experts: weights re-rounded to 16 levels per block of 32, float32 activations. Against the
-# HF model with the same rounded weights the engine is fp32-exact (measured 1.3e-5; bound 2e-4 as
-# FLOAT). Against the exact model the rounding error of the weights (RMS ~9% per weight for the
-# synthetic's uniformly drawn MXFP4 codes) changes this small random model a lot: measured median
-# 2.4 on logits of magnitude ~9, argmax agreement ~50%. That is reported, not hidden; the bound
-# (median 4) only guards against gross regressions. Exactness is proven by the variant check;
+# HF model with the same rounded weights the engine is fp32-exact (measured 1.5e-5; bound 2e-4 as
+# FLOAT). Against the exact model the rounding error of the weights (RMS ~9% per weight for
+# MXFP4 codes re-rounded to 16 levels) changes this small random model a lot: measured batch
+# median 2.3 on logits of magnitude ~9, argmax agreement ~40-50%. That is reported, not hidden;
+# the bound (median 4) only guards against gross regressions. Exactness is proven by the variant check;
 # the accuracy of int4 on real weights is a question for the real model's evals.
 INT4 = Tolerance("int4-weights", 2e-4, 2e-4, 4.0, None)
 
 # TensorRT-target graph with fp16 activations (residual stream, norms and logits stay fp32),
 # evaluated by the numpy reference kernels: every projection input/output is rounded to fp16
-# (relative 4.9e-4). Measured against the exact model: median per-position error 0.006-0.015 on
-# logits of magnitude ~9; like int8 activations, a rounding that tips a router near-tie moves
-# that token's logits by O(logit scale) (max ~3.4 measured), so the bounds are statistical:
-# median 0.05 (3x measured) and >= 75% greedy agreement.
+# (relative 4.9e-4). Measured against the exact model: batch median 0.007 on logits of
+# magnitude ~9; like int8 activations, a rounding that tips a router near-tie moves that
+# token's logits by O(logit scale) (max ~3.4 measured), so the bounds are statistical:
+# median 0.05 (7x measured) and >= 75% greedy agreement (measured 48/48).
 FP16 = Tolerance("exact", None, 0.05, 0.05, None)
 
 # TensorRT-target graph with 4-bit dense layers (q/k/v/o, lm_head as Gemm4bit; fp32 elsewhere).
@@ -151,19 +152,43 @@ def engines(tiny_checkpoint, tmp_path_factory) -> Callable[[Target, str], Path]:
     return get
 
 
-@pytest.fixture(scope="module")
-def variant_oracle(tiny_checkpoint, oracle_case):
-    """variant -> (HF model with that rounding, its logits over the standard case's tokens)."""
-    cache: dict[str, tuple[Any, tuple[np.ndarray, ...]]] = {}
+# A position whose router top-k choice is tied to within ROUTER_TIE in some layer of the oracle
+# (k-th vs (k+1)-th router logit) may legitimately take another expert in any other fp32
+# implementation: router-logit differences between two fp32 implementations are ~1e-6..1e-5
+# (the logit differences above), so 1e-4 is 10x that. Such positions (measured: 0-1 of ~900;
+# one at a margin of 2e-7 with seed 0) are left out of the tight max bounds, counted in the
+# medians, and their number is bounded (<= 1% of a row, or 1).
+ROUTER_TIE = 1e-4
 
-    def get(variant: str):
+
+@dataclasses.dataclass(frozen=True)
+class VariantOracle:
+    model: Any                        # HF model with the variant's rounding
+    logits: tuple[np.ndarray, ...]    # over the standard case's tokens, per batch row
+    tied: tuple[np.ndarray, ...]      # per row: bool [positions], router near-tie (ROUTER_TIE)
+
+
+@pytest.fixture(scope="module")
+def variant_oracle(tiny_checkpoint, oracle_case) -> Callable[[str], VariantOracle]:
+    cache: dict[str, VariantOracle] = {}
+
+    def get(variant: str) -> VariantOracle:
         if variant not in cache:
             model = oracles.load_hf_variant(tiny_checkpoint.hf, variant)
-            logits = (tuple(r.logits for r in oracle_case.runs) if variant == "exact" else
-                      tuple(oracles.hf_full_logits(model, r.tokens) for r in oracle_case.runs))
-            cache[variant] = (model, logits)
+            runs = oracle_case.runs
+            logits = (tuple(r.logits for r in runs) if variant == "exact" else
+                      tuple(oracles.hf_full_logits(model, r.tokens) for r in runs))
+            tied = tuple(oracles.hf_router_gaps(model, r.tokens) < ROUTER_TIE for r in runs)
+            cache[variant] = VariantOracle(model, logits, tied)
         return cache[variant]
     return get
+
+
+def _check_ties(tied: np.ndarray, label: str) -> np.ndarray:
+    """Bounded count of router near-ties; returns the mask of positions held to max bounds."""
+    print(f"{label}: {int(tied.sum())} router near-tie position(s) left out of max bounds")
+    assert tied.sum() <= max(1, 0.01 * tied.size)
+    return ~tied
 
 
 def run_standard_case(backend, case: oracles.OracleCase) -> tuple[np.ndarray, ...]:
@@ -209,39 +234,52 @@ def _row_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def test_logits_match_oracle_of_same_arithmetic(engine_run, oracle_case, variant_oracle):
     target, logits = engine_run
     tol = target.tol
-    _, refs = variant_oracle(tol.variant)
-    for row, (got, run, ref) in enumerate(zip(logits, oracle_case.runs, refs)):
+    oracle = variant_oracle(tol.variant)
+    pooled = []
+    for row, (got, run, ref) in enumerate(zip(logits, oracle_case.runs, oracle.logits)):
         assert got.shape == ref.shape, f"row {row}: engine {got.shape}, oracle {ref.shape}"
+        held = _check_ties(oracle.tied[row], f"{target.id} row {row}")
         for part, sl in _parts(run).items():
             err = _row_errors(got[sl], ref[sl])
+            pooled.append(err)
             print(f"{target.id} row {row} {part} vs HF[{tol.variant}]: max {err.max():.3g} "
-                  f"median {np.median(err):.3g} ({oracles.diff(got[sl], ref[sl])})")
-            # Bounds: tol.variant_max / tol.variant_median, justified at the Tolerance definitions.
-            assert np.median(err) < tol.variant_median
+                  f"(without near-ties {err[held[sl]].max():.3g}) median {np.median(err):.3g}")
+            # Bound: tol.variant_max, justified at the Tolerance definitions.
             if tol.variant_max is not None:
-                assert err.max() < tol.variant_max
+                assert err[held[sl]].max() < tol.variant_max
         if tol.variant == "exact" and tol.variant_max is not None:   # second, independent oracle
-            d = oracles.diff(got, oracle_case.openai_logits[row])
-            print(f"{target.id} row {row} vs OpenAI: {d}")
-            assert d.max_abs < tol.variant_max
+            err = _row_errors(got, oracle_case.openai_logits[row])
+            print(f"{target.id} row {row} vs OpenAI: max {err[held].max():.3g} without near-ties")
+            assert err[held].max() < tol.variant_max
+    # Bound: tol.variant_median over all ~900 positions of the batch (a short row alone is a
+    # noisy sample: one routing flip early in a 29-token row shifts its own median).
+    median = float(np.median(np.concatenate(pooled)))
+    print(f"{target.id} vs HF[{tol.variant}]: median over the batch {median:.3g}")
+    assert median < tol.variant_median
 
 
-def test_error_against_exact_oracles(engine_run, oracle_case):
+def test_error_against_exact_oracles(engine_run, oracle_case, variant_oracle):
     """The mode's own error (zero for float up to rounding), against both exact oracles."""
     target, logits = engine_run
     tol = target.tol
-    for row, (got, run, openai) in enumerate(zip(logits, oracle_case.runs, oracle_case.openai_logits)):
-        for name, ref in (("HF", run.logits), ("OpenAI", openai)):
+    tied = variant_oracle("exact").tied
+    for name in ("HF", "OpenAI"):
+        pooled = []
+        for row, (got, run, openai) in enumerate(zip(logits, oracle_case.runs, oracle_case.openai_logits)):
+            ref = run.logits if name == "HF" else openai
             err = _row_errors(got, ref)
-            far = float(np.mean(err > 0.5))
+            pooled.append(err)
             print(f"{target.id} row {row} vs exact {name}: median {np.median(err):.3g} "
                   f"p90 {np.percentile(err, 90):.3g} max {err.max():.3g}, "
-                  f"{100 * far:.1f}% positions off by > 0.5, argmax agree "
+                  f"{100 * np.mean(err > 0.5):.1f}% positions off by > 0.5, argmax agree "
                   f"{100 * np.mean(got.argmax(1) == ref.argmax(1)):.1f}%")
-            # Bounds: tol.exact_median / tol.exact_max, justified at the Tolerance definitions.
-            assert np.median(err) < tol.exact_median
+            # Bound: tol.exact_max, justified at the Tolerance definitions.
             if tol.exact_max is not None:
-                assert err.max() < tol.exact_max
+                assert err[~tied[row]].max() < tol.exact_max
+        # Bound: tol.exact_median over the whole batch (see test above).
+        median = float(np.median(np.concatenate(pooled)))
+        print(f"{target.id} vs exact {name}: median over the batch {median:.3g}")
+        assert median < tol.exact_median
 
 
 def test_large_errors_of_statistical_modes_are_routing_flips(engine_run, oracle_case, variant_oracle):
@@ -251,10 +289,10 @@ def test_large_errors_of_statistical_modes_are_routing_flips(engine_run, oracle_
     target, logits = engine_run
     if target.tol.variant_max is not None:
         pytest.skip("tight mode: every position is bounded")
-    model, refs = variant_oracle(target.tol.variant)
+    oracle = variant_oracle(target.tol.variant)
     far_gaps, all_gaps = [], []
-    for got, run, ref in zip(logits, oracle_case.runs, refs):
-        gaps = oracles.hf_router_gaps(model, run.tokens)
+    for got, run, ref in zip(logits, oracle_case.runs, oracle.logits):
+        gaps = oracles.hf_router_gaps(oracle.model, run.tokens)
         far_gaps.append(gaps[_row_errors(got, ref) > 0.5])
         all_gaps.append(gaps)
     far, typical = np.concatenate(far_gaps), np.median(np.concatenate(all_gaps))
@@ -271,13 +309,13 @@ def test_greedy_tokens_match_where_decided(engine_run, oracle_case, variant_orac
     of all choices agree (see INT8)."""
     target, logits = engine_run
     tol = target.tol
-    _, refs = variant_oracle(tol.variant)
+    oracle = variant_oracle(tol.variant)
     decided = agreed = total = 0
-    for got, run, ref in zip(logits, oracle_case.runs, refs):
+    for got, run, ref, tied in zip(logits, oracle_case.runs, oracle.logits, oracle.tied):
         rows = slice(run.prompt_len - 1, len(run.tokens) - 1)
         same = got[rows].argmax(1) == ref[rows].argmax(1)
-        ok = (oracles.top1_margin(ref[rows]) > 2 * tol.variant_max if tol.variant_max is not None
-              else np.ones(len(same), bool))
+        ok = ((oracles.top1_margin(ref[rows]) > 2 * tol.variant_max) & ~tied[rows]
+              if tol.variant_max is not None else np.ones(len(same), bool))
         decided += int(ok.sum())
         agreed += int(same[ok].sum())
         total += len(same)
@@ -312,7 +350,7 @@ def test_generate_cli_dump_rows_are_positions(hf_engine, oracle_case, variant_or
     assert rc == 0
     tokens = json.loads(capsys.readouterr().out)["token_ids"]
     got = np.load(dump)
-    model, _ = variant_oracle(target.tol.variant)
+    model = variant_oracle(target.tol.variant).model
     ref = oracles.hf_full_logits(model, prompt + tokens)     # oracle on the engine's sequence
     assert len(tokens) == n and got.shape == ref.shape == (len(prompt) + n, ref.shape[1])
     err = _row_errors(got, ref)
@@ -323,9 +361,11 @@ def test_generate_cli_dump_rows_are_positions(hf_engine, oracle_case, variant_or
     # The engine's tokens are the argmax of its own dump rows P-1 .. end-1.
     assert tokens == got[len(prompt) - 1: -1].argmax(1).tolist()
     if tol.variant_max is not None:
-        assert err.max() < tol.variant_max
+        held = _check_ties(oracles.hf_router_gaps(model, prompt + tokens) < ROUTER_TIE,
+                           f"{target.id} generate")
+        assert err[held].max() < tol.variant_max
         choices = ref[len(prompt) - 1: -1]
-        decided = oracles.top1_margin(choices) > 2 * tol.variant_max
+        decided = (oracles.top1_margin(choices) > 2 * tol.variant_max) & held[len(prompt) - 1: -1]
         assert (np.array(tokens)[decided] == choices.argmax(1)[decided]).all()
 
 
