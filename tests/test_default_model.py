@@ -2,8 +2,8 @@
 layout, its tokenizer, its recorded held-out perplexity and a small chat-quality floor, all
 measured with transformers (eager, fp32, experts dequantized on load).
 
-Engine-vs-reference checks (ONNX Runtime engine, later TensorRT: same held-out perplexity within a
-justified tolerance, identical greedy answers) belong with the engine and are added when it lands.
+Engine-vs-reference checks (held-out perplexity, identical greedy replies) are in
+tests/test_default_model_engine.py (ONNX Runtime engine; TensorRT later).
 """
 from __future__ import annotations
 
