@@ -28,6 +28,7 @@ from gptoss_edge.compiler.graph.ops import WeightSource
 from gptoss_edge.compiler.progress import Bar
 
 GiB = 1 << 30
+MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -40,7 +41,6 @@ def engine_tokenizer(ckpt: WeightSource, w: EngineDirWriter) -> dict[str, Any]:
         shutil.copyfile(src, w.path(TOKENIZER_FILE))
         return {"kind": "hf", "file": TOKENIZER_FILE}
     return {"kind": "o200k_harmony"}
-MODEL_FILE = "model.onnx"
 
 
 @dataclasses.dataclass(frozen=True)

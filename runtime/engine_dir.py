@@ -93,10 +93,8 @@ def cache_root() -> Path:
 def default_engine_dir() -> Path:
     """Engine dir of the embedded default model (issue 6), compiled on first use and cached
     under $GPTOSS_EDGE_CACHE (default ~/.cache/gptoss-edge), keyed by the model files' hash so
-    a regenerated model is recompiled. GPTOSS_EDGE_DEFAULT_ENGINE=DIR overrides it.
-
-    Hook for the lead: needs `gptoss_edge.models.default_model_dir()` (issue 6) and a compile
-    that carries the checkpoint's tokenizer.json into the engine's manifest."""
+    a regenerated model is recompiled. GPTOSS_EDGE_DEFAULT_ENGINE=DIR overrides it. The compile
+    carries the model's tokenizer.json into the engine (compiler/compile.py engine_tokenizer)."""
     env = os.environ.get("GPTOSS_EDGE_DEFAULT_ENGINE")
     if env:
         return Path(env)
