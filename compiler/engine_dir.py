@@ -10,7 +10,7 @@ plan, ...) and `manifest.json`:
       "target": "onnxruntime",                      # or "tensorrt", ...
       "opset": {"domain": "gptoss_edge", "version": 1},
       "model_config": {...},                        # ModelConfig.to_dict()
-      "tokenizer": {...},                           # reference, e.g. {"encoding": "o200k_harmony"}
+      "tokenizer": {...},                           # runtime.tokenizer spec, e.g. {"kind": "o200k_harmony"}
       "bindings": {"inputs": [...], "outputs": [...]},
       "target_config": {...},                       # free-form, owned by the target
       "files": {"model.onnx": {"size": 123, "sha256": "..."}, ...}

@@ -59,22 +59,12 @@ def open_engine(engine_dir: Path | None, limits: EngineLimits = EngineLimits()) 
                         backend.manifest)
 
 
-def tokenizer_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Manifest tokenizer entry -> runtime.tokenizer spec. Engines written before the
-    tokenizer module existed say {"encoding": "o200k_harmony", ...}."""
-    if "kind" in spec:
-        return dict(spec)
-    if spec.get("encoding") == "o200k_harmony":
-        return {"kind": "o200k_harmony"}
-    return dict(spec)          # load_tokenizer names what is wrong with it
-
-
 def open_tokenizer(manifest: EngineManifest):
     """The engine's tokenizer, or None (token ids only) when its vocabulary does not fit the
     model's (e.g. a synthetic tiny checkpoint compiled with the default o200k entry)."""
     from gptoss_edge.runtime.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(tokenizer_spec(dict(manifest.tokenizer)), base_dir=manifest.path)
+    tok = load_tokenizer(dict(manifest.tokenizer), base_dir=manifest.path)
     if tok.vocab_size > manifest.config.vocab_size:
         print(f"warning: {manifest.path}: tokenizer has {tok.vocab_size} ids, the model "
               f"{manifest.config.vocab_size}; serving token ids only", file=sys.stderr)
