@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto
 
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.graph.ir import Graph, lazy
+from gptoss_edge.compiler.graph.ir import Graph, consumers as graph_consumers, lazy
 from gptoss_edge.compiler.graph.ops import init_of
 from gptoss_edge.compiler import expert_formats as fmt
 
@@ -62,7 +62,7 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
     out.metadata = dict(g.metadata)
     out.inputs = list(g.inputs)        # cache shapes stay canonical (window / kv_capacity)
     out.outputs = list(g.outputs)
-    consumers = _consumers(g)
+    consumers = graph_consumers(g)
     if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
         _length_nodes(out)
     skip: set[str] = set()
@@ -86,14 +86,6 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
 
 
 # ---- graph plumbing ----------------------------------------------------------------------------
-def _consumers(g: Graph) -> dict[str, list[onnx.NodeProto]]:
-    c: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.nodes:
-        for i in n.input:
-            c.setdefault(i, []).append(n)
-    return c
-
-
 def _keep_used_initializers(out: Graph, g: Graph) -> None:
     used = {i for n in out.nodes for i in n.input}
     for name, init in g.initializers.items():

@@ -29,6 +29,7 @@ from gptoss_edge.compiler import dense4bit, opset, schemas
 from gptoss_edge.compiler.config import ModelConfig
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph, Initializer, ValueInfo, lazy
+from gptoss_edge.compiler.graph.ir import consumers as graph_consumers
 
 IO = opset.ENGINE_IO
 PRECISIONS = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
@@ -56,7 +57,7 @@ def lower(g: Graph, *, precision: str = "fp16", dense: str = "16bit", dense_form
     out.metadata = dict(g.metadata)
     out.inputs, out.outputs = list(g.inputs), list(g.outputs)
     out.initializers = dict(g.initializers)
-    consumers = _consumers(g)
+    consumers = graph_consumers(g)
     absorbed: set[str] = set()
     for n in g.nodes:
         if n.name in absorbed:
@@ -114,14 +115,6 @@ def plugin_node(g: Graph, s: opset.OpSpec, name: str, inputs: list[str], outputs
 
 
 # ---- dense 4-bit -----------------------------------------------------------------------------
-
-def _consumers(g: Graph) -> dict[str, list[onnx.NodeProto]]:
-    c: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.nodes:
-        for i in n.input:
-            c.setdefault(i, []).append(n)
-    return c
-
 
 def _is_dense(g: Graph, n: onnx.NodeProto) -> bool:
     return (n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and n.input[1] in g.initializers
@@ -193,7 +186,7 @@ def _to_low_precision(g: Graph, low: int, suffix: str) -> Graph:
     out.inputs = [_retype(v, low) if v.name in cache_io else v for v in g.inputs]
     out.outputs = [_retype(v, low) if v.name in cache_io else v for v in g.outputs]
     graph_outputs = {v.name for v in g.outputs}
-    consumers = _consumers(g)
+    consumers = graph_consumers(g)
     for n in g.nodes:
         m = onnx.NodeProto()
         m.CopyFrom(n)

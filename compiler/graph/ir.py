@@ -133,3 +133,12 @@ class Graph:
 
     def total_weight_bytes(self) -> int:
         return sum(i.nbytes for i in self.initializers.values())
+
+
+def consumers(g: Graph) -> dict[str, list[onnx.NodeProto]]:
+    """Value name -> the nodes of `g` that read it (in graph order)."""
+    c: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.nodes:
+        for i in n.input:
+            c.setdefault(i, []).append(n)
+    return c
