@@ -179,6 +179,11 @@ def draw(weights: np.ndarray, u: float, block: int = 4096) -> int:
     return int(starts[b]) + min(j, int(np.flatnonzero(inner)[-1]))
 
 
+def _has_bad_values(logits: np.ndarray) -> bool:
+    """NaN or +inf anywhere, or not a single finite value (-inf alone is a masked id, allowed)."""
+    return bool(np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits).any())
+
+
 class Sampler:
     """Samples one request's tokens; owns the request's random generator (seeded or not)."""
 
@@ -190,7 +195,7 @@ class Sampler:
         logits = np.asarray(logits, dtype=np.float32)
         if logits.ndim != 1 or logits.size == 0:
             raise ValueError(f"logits must be a 1-d vector, got shape {logits.shape}")
-        if np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits).any():
+        if not np.isfinite(logits).all() and _has_bad_values(logits):    # one pass when all finite
             raise ValueError("logits contain NaN or +inf, or no finite value")
         p = self.params
         if p.temperature < GREEDY_BELOW:
