@@ -198,6 +198,48 @@ __device__ __forceinline__ bool tiled_group(W4Problem const& p, int tile, int& g
     return true;
 }
 
+// One loader thread's share of K step kb of a 64-row tile, shared by the SIMT tiled and the
+// tensor-core kernels: 8 consecutive activations of x row `xr` (zeros for a padding row, xr < 0)
+// and, of weight row `wrow`, the lseg-th 4-byte word of its 16-byte block plus the block scale.
+// Fetching step kb+1 while step kb computes keeps the global loads in flight (register prefetch).
+template <typename TIn, W4Format F>
+struct TileFetch
+{
+    uint8_t const* blocks;
+    void const* scales;
+    TIn const* x;
+    int K, xr, lseg, kb_count;
+    size_t wrow;
+    bool wvalid;
+    float xv[8];
+    uint32_t word = 0;
+    float wscale = 0.f;
+
+    __device__ __forceinline__ void fetch(int kb)
+    {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            xv[i] = 0.f;
+        if (xr >= 0)
+            load8(x + static_cast<size_t>(xr) * K + kb * 32 + lseg * 8, xv);
+        if (wvalid)
+        {
+            word = __ldg(reinterpret_cast<uint32_t const*>(blocks + (wrow * kb_count + kb) * 16) + lseg);
+            wscale = block_scale<F>(scales, wrow * kb_count + kb);
+        }
+    }
+
+    // The 8 weights of the fetched word (zeros past the last weight row).
+    __device__ __forceinline__ void decode(float* wv) const
+    {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            wv[i] = 0.f;
+        if (wvalid)
+            decode8<F>(word, wscale, wv);
+    }
+};
+
 // grid: x = ceil(N / kTileN), y = tiles; block: kTileThreads. Thread (ty, tx) owns rows
 // ty*4..+3 and weight rows tx*4..+3 of the tile (so a SwiGLU pair never straddles threads).
 template <typename TIn, typename TOut, W4Format F, Epilogue EP>
@@ -222,36 +264,21 @@ __global__ void __launch_bounds__(kTileThreads) w4_tiled_kernel(W4Problem p, TIn
     __syncthreads();
     // Register prefetch: the global loads of step kb+1 are in flight during step kb's FMAs.
     int const xr = xrow_s[lrow];
-    float xv[8];
-    uint32_t word = 0;
-    float wscale = 0.f;
-    auto fetch = [&](int kb) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-            xv[i] = 0.f;
-        if (xr >= 0)
-            load8(x + static_cast<size_t>(xr) * p.K + kb * 32 + lseg * 8, xv);
-        if (wvalid)
-        {
-            word = __ldg(reinterpret_cast<uint32_t const*>(p.blocks + (wrow * kb_count + kb) * 16) + lseg);
-            wscale = block_scale<F>(p.scales, wrow * kb_count + kb);
-        }
-    };
-    fetch(0);
+    TileFetch<TIn, F> f{p.blocks, p.scales, x, p.K, xr, lseg, kb_count, wrow, wvalid};
+    f.fetch(0);
     for (int kb = 0; kb < kb_count; ++kb)
     {
-        float wv[8] = {};
-        if (wvalid)
-            decode8<F>(word, wscale, wv);
+        float wv[8];
+        f.decode(wv);
 #pragma unroll
         for (int i = 0; i < 8; ++i)
         {
-            xs[lseg * 8 + i][lrow] = xv[i];
+            xs[lseg * 8 + i][lrow] = f.xv[i];
             ws[lseg * 8 + i][lrow] = wv[i];
         }
         __syncthreads();
         if (kb + 1 < kb_count)
-            fetch(kb + 1);
+            f.fetch(kb + 1);
 #pragma unroll 8
         for (int k = 0; k < 32; ++k)
         {

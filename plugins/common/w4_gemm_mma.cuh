@@ -55,33 +55,18 @@ __global__ void __launch_bounds__(kTileThreads) w4_mma_kernel(W4Problem p, TIn c
     __syncthreads();
 
     int const xr = xrow_s[lrow];
-    float xv[8];
-    uint32_t word = 0;
-    float wscale = 0.f;
-    auto fetch = [&](int kb) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-            xv[i] = 0.f;
-        if (xr >= 0)
-            load8(x + static_cast<size_t>(xr) * p.K + kb * 32 + lseg * 8, xv);
-        if (wvalid)
-        {
-            word = __ldg(reinterpret_cast<uint32_t const*>(p.blocks + (wrow * kb_count + kb) * 16) + lseg);
-            wscale = block_scale<F>(p.scales, wrow * kb_count + kb);
-        }
-    };
-    fetch(0);
+    TileFetch<TIn, F> f{p.blocks, p.scales, x, p.K, xr, lseg, kb_count, wrow, wvalid};
+    f.fetch(0);
     int const wm = (warp / 2) * 16, wn = (warp % 2) * 32;
     for (int kb = 0; kb < kb_count; ++kb)
     {
-        float wv[8] = {};
-        if (wvalid)
-            decode8<F>(word, wscale, wv);
-        store8(&a_s[lrow][lseg * 8], xv);
+        float wv[8];
+        f.decode(wv);
+        store8(&a_s[lrow][lseg * 8], f.xv);
         store8(&b_s[lrow][lseg * 8], wv);
         __syncthreads();
         if (kb + 1 < kb_count)
-            fetch(kb + 1);
+            f.fetch(kb + 1);
 #pragma unroll
         for (int k16 = 0; k16 < 32; k16 += 16)
         {
