@@ -15,44 +15,43 @@ is, its outputs are dropped). Padded positions never enter a cache.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from gptoss_edge.compiler import opset
+from gptoss_edge.compiler import formats, opset
 from gptoss_edge.compiler.engine_dir import load_manifest
 from gptoss_edge.runtime.backend import BackendError, BackendInfo, StepRow
 
 IO = opset.ENGINE_IO
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, target_config: dict | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    add_custom_ops(so, target_config or {})
     return so
 
 
-@contextlib.contextmanager
-def session_env(env: dict[str, str]):
-    """Set the engine's session environment (read by ONNX Runtime while it creates the session,
-    e.g. ORT_QMOE_CPU_QNBIT_GEMM) and restore the process environment afterwards."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: str(v) for k, v in env.items()})
+def add_custom_ops(so: ort.SessionOptions, target_config: dict) -> None:
+    """The engine's runtime requirement (compiler/formats.py): our CPU kernel library for its
+    MoeMxfp4 / Gemm4bit nodes, in the engine's activation mode (a per-session setting)."""
+    from gptoss_edge import cpu_kernels
+    if target_config.get("session", {}).get("env"):
+        raise BackendError("engine needs process environment settings (an int8-experts engine of an older "
+                           "gptoss-edge): recompile it (--experts mxfp4 is exact and smaller)")
+    need = target_config.get(formats.RUNTIME_KEY)
+    if not need:
+        return
     try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        cpu_kernels.register(so, need.get("activations", "fp32"))
+    except cpu_kernels.CpuKernelsMissing as e:
+        raise BackendError(f"engine uses our CPU kernels: {e}") from None
 
 
 class OrtBackend:
@@ -72,9 +71,9 @@ class OrtBackend:
         if max_context + slack > positions:
             raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
                                f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
-        with session_env(m.target_config.get("session", {}).get("env", {})):
-            self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
-                                                session_options(threads), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
+                                            session_options(threads, m.target_config),
+                                            providers=["CPUExecutionProvider"])
         self.cfg = cfg
         fixed = [self._fixed_capacity(i) for i in range(cfg.num_hidden_layers)]   # window or None
         caps = [c or max_context + slack for c in fixed]
