@@ -37,8 +37,9 @@ class BuildCpuKernels(build_ext):
 setup(
     ext_modules=[Extension(
         "gptoss_edge._cpu_kernels", sources=SOURCES, language="c++",
+        include_dirs=["cpu_kernels", "plugins/common"],     # opset_generated.h: the op set's names
         extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-w"],
-        depends=sorted(str(p) for p in Path("cpu_kernels").glob("*.h")),
+        depends=sorted(str(p) for p in Path("cpu_kernels").glob("*.h")) + ["plugins/common/opset_generated.h"],
     )],
     cmdclass={"build_ext": BuildCpuKernels},
 )

@@ -1,6 +1,7 @@
 // ONNX Runtime glue: the custom-op domain "gptoss_edge" with MoeMxfp4 and Gemm4bit (CPU, float32
 // activations), registered by RegisterCustomOps (SessionOptions.register_custom_ops_library).
-// Ports and attributes follow compiler/opset.py (tests/test_cpu_kernels.py checks the names).
+// Op names, port order/optionality/dtypes and attribute names/defaults come from
+// plugins/common/opset_generated.h (generated from compiler/opset.py): nothing typed twice.
 // Session config entries, read at registration (set them before registering the library):
 //   gptoss_edge.cpu_activations  "fp32" (exact products, default) | "int8" (per-32-block int8)
 //   gptoss_edge.cpu_isa          "auto" (default) | "avx512" | "avx2" | "neon" | "portable"
@@ -11,14 +12,15 @@
 #include <vector>
 
 #include "compute.h"
+#include "opset_generated.h"
 #include "ort_api.h"
 
 using namespace ortmini;
+namespace ops = gptoss_edge::opset;
 
 namespace {
 
 const Api* g_api = nullptr;
-constexpr const char* kDomain = "gptoss_edge";
 constexpr int64_t kMaxK = 32768;   // kernels keep one row's block scales on the stack
 
 struct Config {
@@ -126,32 +128,39 @@ struct MoeKernel {
 };
 
 OrtStatus* moe_compute(MoeKernel* k, OrtKernelContext* ctx) {
-  static const char* op = "MoeMxfp4";
-  Tensor in[9];
-  for (size_t i = 0; i < 9; ++i)
+  namespace m = ops::moe_mxfp4;
+  Tensor in[m::kNbInputs];
+  for (size_t i = 0; i < m::kNbInputs; ++i)
     if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
   const int64_t E = k->s.experts, H = k->s.hidden, I = k->s.inter;
-  if (in[0].shape.size() != 2 || in[0].shape[1] != H)
-    return error(std::string(op) + ": input 'hidden' has shape " + shape_str(in[0].shape) + ", expected (tokens, " +
-                 std::to_string(H) + ")");
-  const int64_t T = in[0].shape[0];
-  const char* names[] = {"router_weight", "router_bias", "gate_up_blocks", "gate_up_scales", "gate_up_bias",
-                         "down_blocks", "down_scales", "down_bias"};
-  const std::vector<int64_t> shapes[] = {{E, H}, {E}, {E, 2 * I, H / 32, 16}, {E, 2 * I, H / 32}, {E, 2 * I},
-                                         {E, H, I / 32, 16}, {E, H, I / 32}, {E, H}};
-  for (int i = 0; i < 8; ++i)
-    if (OrtStatus* st = expect(op, names[i], in[i + 1], shapes[i])) return st;
+  const Tensor& x = in[m::kHiddenIn];
+  if (x.shape.size() != 2 || x.shape[1] != H)
+    return error(std::string(m::kOpType) + ": input 'hidden' has shape " + shape_str(x.shape) +
+                 ", expected (tokens, " + std::to_string(H) + ")");
+  const int64_t T = x.shape[0];
+  const std::pair<int, std::vector<int64_t>> shapes[] = {
+      {m::kRouterWeightIn, {E, H}}, {m::kRouterBiasIn, {E}},
+      {m::kGateUpBlocksIn, {E, 2 * I, H / 32, 16}}, {m::kGateUpScalesIn, {E, 2 * I, H / 32}},
+      {m::kGateUpBiasIn, {E, 2 * I}}, {m::kDownBlocksIn, {E, H, I / 32, 16}},
+      {m::kDownScalesIn, {E, H, I / 32}}, {m::kDownBiasIn, {E, H}}};
+  for (const auto& [port, shape] : shapes)
+    if (OrtStatus* st = expect(m::kOpType, m::kInputs[port].name, in[port], shape)) return st;
+  for (int port : {int(m::kGateUpBlocksIn), int(m::kGateUpScalesIn), int(m::kDownBlocksIn), int(m::kDownScalesIn)})
+    if (in[port].type != ELEM_UINT8 && in[port].type != ELEM_INT8)
+      return error(std::string(m::kOpType) + ": input '" + m::kInputs[port].name + "' must be uint8 or int8 bytes");
   float* out = nullptr;
-  if (OrtStatus* st = output(ctx, 0, {T, H}, &out)) return st;
+  if (OrtStatus* st = output(ctx, m::kOutputOut, {T, H}, &out)) return st;
   if (T == 0) return nullptr;
-  auto rows = [](const Tensor& b, const Tensor& s, int64_t nb) {
-    return gek::Rows{static_cast<const uint8_t*>(b.data), s.data, gek::ScaleKind::E8M0, &gek::mxfp4_lut(), nb};
+  auto rows = [&](int blocks, int scales, int64_t nb) {
+    return gek::Rows{static_cast<const uint8_t*>(in[blocks].data), in[scales].data, gek::ScaleKind::E8M0,
+                     &gek::mxfp4_lut(), nb};
   };
-  const gek::MoeWeights w{static_cast<const float*>(in[1].data), static_cast<const float*>(in[2].data),
-                          rows(in[3], in[4], H / 32), static_cast<const float*>(in[5].data),
-                          rows(in[6], in[7], I / 32), static_cast<const float*>(in[8].data)};
+  auto f32 = [&](int port) { return static_cast<const float*>(in[port].data); };
+  const gek::MoeWeights w{f32(m::kRouterWeightIn), f32(m::kRouterBiasIn),
+                          rows(m::kGateUpBlocksIn, m::kGateUpScalesIn, H / 32), f32(m::kGateUpBiasIn),
+                          rows(m::kDownBlocksIn, m::kDownScalesIn, I / 32), f32(m::kDownBiasIn)};
   PoolCtx pc{ctx};
-  gek::moe_mxfp4(engine(k->cfg, &pc), k->s, w, static_cast<const float*>(in[0].data), T, out);
+  gek::moe_mxfp4(engine(k->cfg, &pc), k->s, w, f32(m::kHiddenIn), T, out);
   return nullptr;
 }
 
@@ -162,39 +171,43 @@ struct GemmKernel {
 };
 
 OrtStatus* gemm_compute(GemmKernel* k, OrtKernelContext* ctx) {
-  static const char* op = "Gemm4bit";
+  namespace g = ops::gemm4bit;
   size_t n_in = 0;
   if (OrtStatus* st = g_api->fn<FnKernelContext_GetInputCount>(KernelContext_GetInputCount)(ctx, &n_in)) return st;
-  Tensor in[4];
-  for (size_t i = 0; i < n_in && i < 4; ++i)
+  Tensor in[g::kNbInputs];
+  for (size_t i = 0; i < n_in && i < g::kNbInputs; ++i)
     if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
   const int64_t K = k->K, N = k->N;
-  if (in[0].shape.empty() || in[0].shape.back() != K)
-    return error(std::string(op) + ": input 'input' has shape " + shape_str(in[0].shape) + ", last dim expected " +
+  const Tensor& x = in[g::kInputIn];
+  if (x.shape.empty() || x.shape.back() != K)
+    return error(std::string(g::kOpType) + ": input 'input' has shape " + shape_str(x.shape) + ", last dim expected " +
                  std::to_string(K));
-  if (OrtStatus* st = expect(op, "weight_blocks", in[1], {N, K / 32, 16})) return st;
-  if (OrtStatus* st = expect(op, "weight_scales", in[2], {N, K / 32})) return st;
-  const int want = k->mxfp4 ? ELEM_UINT8 : ELEM_FLOAT16;
-  if (in[2].type != want && !(k->mxfp4 && in[2].type == ELEM_INT8))
-    return error(std::string(op) + ": 'weight_scales' must be " + (k->mxfp4 ? "uint8 (E8M0)" : "float16") +
-                 " for format " + (k->mxfp4 ? "mxfp4" : "int4"));
+  if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightBlocksIn].name, in[g::kWeightBlocksIn], {N, K / 32, 16}))
+    return st;
+  if (in[g::kWeightBlocksIn].type != ELEM_UINT8 && in[g::kWeightBlocksIn].type != ELEM_INT8)
+    return error(std::string(g::kOpType) + ": input 'weight_blocks' must be uint8 or int8 bytes");
+  const Tensor& sc = in[g::kWeightScalesIn];
+  if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightScalesIn].name, sc, {N, K / 32})) return st;
+  if (k->mxfp4 ? (sc.type != ELEM_UINT8 && sc.type != ELEM_INT8) : sc.type != ELEM_FLOAT16)
+    return error(std::string(g::kOpType) + ": 'weight_scales' must be " + (k->mxfp4 ? "uint8/int8 (E8M0)" : "float16") +
+                 " for format " + (k->mxfp4 ? g::kFormatMxfp4 : g::kFormatInt4));
   const float* bias = nullptr;
-  if (in[3].value) {
-    if (OrtStatus* st = expect(op, "bias", in[3], {N})) return st;
-    bias = static_cast<const float*>(in[3].data);
+  if (in[g::kBiasIn].value) {
+    if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kBiasIn].name, in[g::kBiasIn], {N})) return st;
+    bias = static_cast<const float*>(in[g::kBiasIn].data);
   }
-  std::vector<int64_t> oshape = in[0].shape;
+  std::vector<int64_t> oshape = x.shape;
   oshape.back() = N;
   int64_t T = 1;
-  for (size_t i = 0; i + 1 < in[0].shape.size(); ++i) T *= in[0].shape[i];
+  for (size_t i = 0; i + 1 < x.shape.size(); ++i) T *= x.shape[i];
   float* out = nullptr;
-  if (OrtStatus* st = output(ctx, 0, oshape, &out)) return st;
+  if (OrtStatus* st = output(ctx, g::kOutputOut, oshape, &out)) return st;
   if (T == 0) return nullptr;
-  const gek::Rows w{static_cast<const uint8_t*>(in[1].data), in[2].data,
+  const gek::Rows w{static_cast<const uint8_t*>(in[g::kWeightBlocksIn].data), sc.data,
                     k->mxfp4 ? gek::ScaleKind::E8M0 : gek::ScaleKind::F16,
                     k->mxfp4 ? &gek::mxfp4_lut() : &gek::int4_lut(), K / 32};
   PoolCtx pc{ctx};
-  gek::gemm_4bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(in[0].data), T, bias, out);
+  gek::gemm_4bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(x.data), T, bias, out);
   return nullptr;
 }
 
@@ -216,20 +229,38 @@ struct Op {
   Config cfg;
 };
 
+// ORT element type of a port: activations ("T") run in float32 here; a port that may carry
+// several types (packed bytes uint8|int8, int4 scales float16) is left open and checked at run.
+int port_type(const ops::PortDesc& p) {
+  if (p.dtypes == ops::kDtypeT || p.dtypes == ops::kDtypeFloat32) return ELEM_FLOAT;
+  if (p.dtypes == ops::kDtypeUint8) return ELEM_UINT8;
+  return ELEM_UNDEFINED;
+}
+
+template <size_t N>
+void ports(const ops::PortDesc (&desc)[N], std::vector<int>& types, std::vector<int>& optional) {
+  for (const ops::PortDesc& p : desc) {
+    types.push_back(port_type(p));
+    optional.push_back(p.optional ? 1 : 0);
+  }
+}
+
 const Op* self(const CustomOp* c) { return reinterpret_cast<const Op*>(c); }
 
 OrtStatus* create_moe(const CustomOp* c, const Api*, const OrtKernelInfo* info, void** kernel) {
   return guarded([&]() -> OrtStatus* {
+    namespace m = ops::moe_mxfp4;
     auto* k = new MoeKernel{self(c)->cfg, {}};
-    const char* req[] = {"num_experts", "top_k", "hidden_size", "intermediate_size"};
+    const int req[] = {m::kNumExpertsAttr, m::kTopKAttr, m::kHiddenSizeAttr, m::kIntermediateSizeAttr};
     int64_t v[4];
     for (int i = 0; i < 4; ++i)
-      if (OrtStatus* st = attr_int(info, req[i], &v[i])) {
+      if (OrtStatus* st = attr_int(info, m::kAttrs[req[i]].name, &v[i])) {
         delete k;
         return st;
       }
-    k->s = gek::MoeShape{v[0], v[1], v[2], v[3], attr_float(info, "swiglu_limit", 7.f),
-                         attr_float(info, "swiglu_alpha", 1.702f), attr_float(info, "swiglu_linear_offset", 1.f)};
+    auto opt = [&](int a) { return attr_float(info, m::kAttrs[a].name, float(m::kAttrs[a].defaultNumber)); };
+    k->s = gek::MoeShape{v[0], v[1], v[2], v[3], opt(m::kSwigluLimitAttr), opt(m::kSwigluAlphaAttr),
+                         opt(m::kSwigluLinearOffsetAttr)};
     if (v[1] < 1 || v[1] > v[0] || v[2] % 32 || v[3] % 32 || v[2] > kMaxK || v[3] > kMaxK) {
       delete k;
       return error("MoeMxfp4: needs 0 < top_k <= num_experts and hidden/intermediate sizes that are multiples "
@@ -242,16 +273,17 @@ OrtStatus* create_moe(const CustomOp* c, const Api*, const OrtKernelInfo* info, 
 
 OrtStatus* create_gemm(const CustomOp* c, const Api*, const OrtKernelInfo* info, void** kernel) {
   return guarded([&]() -> OrtStatus* {
+    namespace g = ops::gemm4bit;
     std::string format;
     int64_t K = 0, N = 0;
-    if (OrtStatus* st = attr_string(info, "format", &format)) return st;
-    if (OrtStatus* st = attr_int(info, "in_features", &K)) return st;
-    if (OrtStatus* st = attr_int(info, "out_features", &N)) return st;
-    if (format != "mxfp4" && format != "int4")
+    if (OrtStatus* st = attr_string(info, g::kAttrs[g::kFormatAttr].name, &format)) return st;
+    if (OrtStatus* st = attr_int(info, g::kAttrs[g::kInFeaturesAttr].name, &K)) return st;
+    if (OrtStatus* st = attr_int(info, g::kAttrs[g::kOutFeaturesAttr].name, &N)) return st;
+    if (format != g::kFormatMxfp4 && format != g::kFormatInt4)
       return error("Gemm4bit: attribute 'format' must be 'mxfp4' or 'int4', got '" + format + "'");
     if (K % 32 || K > kMaxK || K <= 0 || N <= 0)
       return error("Gemm4bit: in_features must be a positive multiple of 32 up to 32768");
-    *kernel = new GemmKernel{self(c)->cfg, format == "mxfp4", K, N};
+    *kernel = new GemmKernel{self(c)->cfg, format == g::kFormatMxfp4, K, N};
     return nullptr;
   });
 }
@@ -278,7 +310,8 @@ int op_zero(const CustomOp*) { return 0; }
 int op_start_version(const CustomOp*) { return 1; }
 int op_end_version(const CustomOp*) { return 1 << 30; }
 
-Op* make_op(const char* name, std::vector<int> types, std::vector<int> optional, Config cfg,
+template <size_t N>
+Op* make_op(const char* name, const ops::PortDesc (&inputs)[N], Config cfg,
             OrtStatus* (*create)(const CustomOp*, const Api*, const OrtKernelInfo*, void**),
             OrtStatus* (*compute)(void*, OrtKernelContext*), void (*destroy)(void*)) {
   auto* op = new Op{};
@@ -303,8 +336,7 @@ Op* make_op(const char* name, std::vector<int> types, std::vector<int> optional,
   b.GetStartVersion = op_start_version;
   b.GetEndVersion = op_end_version;
   op->name = name;
-  op->in_types = std::move(types);
-  op->in_optional = std::move(optional);
+  ports(inputs, op->in_types, op->in_optional);
   op->cfg = cfg;
   return op;
 }
@@ -349,14 +381,10 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
     if (!isa) return error("gptoss_edge.cpu_isa '" + isa_name + "' is not available on this CPU/build");
     const Config cfg{isa, acts == "int8" ? gek::ActMode::I8 : gek::ActMode::F32};
     // Ops and domain live as long as the process (ONNX Runtime needs them past the session).
-    Op* moe = make_op("MoeMxfp4",
-                      {ELEM_FLOAT, ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT, ELEM_UINT8,
-                       ELEM_UINT8, ELEM_FLOAT},
-                      {0, 0, 0, 0, 0, 0, 0, 0, 0}, cfg, create_moe, compute_moe, destroy_moe);
-    Op* gemm = make_op("Gemm4bit", {ELEM_FLOAT, ELEM_UINT8, ELEM_UNDEFINED, ELEM_FLOAT}, {0, 0, 0, 1}, cfg,
-                       create_gemm, compute_gemm, destroy_gemm);
+    Op* moe = make_op(ops::moe_mxfp4::kOpType, ops::moe_mxfp4::kInputs, cfg, create_moe, compute_moe, destroy_moe);
+    Op* gemm = make_op(ops::gemm4bit::kOpType, ops::gemm4bit::kInputs, cfg, create_gemm, compute_gemm, destroy_gemm);
     OrtCustomOpDomain* domain = nullptr;
-    if (OrtStatus* st = g_api->fn<FnCreateCustomOpDomain>(CreateCustomOpDomain)(kDomain, &domain)) return st;
+    if (OrtStatus* st = g_api->fn<FnCreateCustomOpDomain>(CreateCustomOpDomain)(ops::kDomain, &domain)) return st;
     for (Op* op : {moe, gemm})
       if (OrtStatus* st = g_api->fn<FnCustomOpDomain_Add>(CustomOpDomain_Add)(domain, &op->base)) return st;
     return g_api->fn<FnAddCustomOpDomain>(AddCustomOpDomain)(so, domain);
