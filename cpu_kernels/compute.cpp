@@ -8,6 +8,21 @@
 namespace gek {
 namespace {
 
+// f(i) for i in [0, n) on the engine's pool (in blocks of `grain` items per task).
+template <class F>
+void parallel(const Engine& eng, int64_t n, int64_t grain, F&& f) {
+  struct Ctx {
+    F* f;
+    int64_t n, grain;
+  } c{&f, n, grain};
+  auto run = [](void* u, size_t task) {
+    auto* c = static_cast<Ctx*>(u);
+    const int64_t i1 = std::min(c->n, int64_t(task + 1) * c->grain);
+    for (int64_t i = int64_t(task) * c->grain; i < i1; ++i) (*c->f)(i);
+  };
+  if (n > 0) eng.pool.parallel_for(eng.pool.ctx, run, size_t((n + grain - 1) / grain), &c);
+}
+
 // Activations of T tokens in the ISA's layout (f32) or quantized (i8).
 struct Prepared {
   std::vector<float> xf;
@@ -21,15 +36,18 @@ void prepare(const Engine& eng, const float* x, int64_t T, int64_t nb, Prepared&
   const int g = eng.isa->group;
   p.acts.nb = nb;
   p.acts.group = g;
+  const int64_t K = nb * 32;
   if (eng.mode == ActMode::F32) {
-    p.xf.resize(size_t(T * nb * 32));
-    layout_f32(x, T, nb, g, p.xf.data());
+    p.xf.resize(size_t(T * K));
+    parallel(eng, T, 16, [&](int64_t t) { layout_f32(x + t * K, 1, nb, g, p.xf.data() + t * K); });
     p.acts.xf = p.xf.data();
   } else {
-    p.xq.resize(size_t(T * nb * 32));
+    p.xq.resize(size_t(T * K));
     p.xd4.resize(size_t(T * nb * 4));
     p.xsum.resize(size_t(T * nb));
-    quantize_i8(x, T, nb, g, p.xq.data(), p.xd4.data(), p.xsum.data());
+    parallel(eng, T, 16, [&](int64_t t) {
+      quantize_i8(x + t * K, 1, nb, g, p.xq.data() + t * K, p.xd4.data() + t * nb * 4, p.xsum.data() + t * nb);
+    });
     p.acts.xsum = p.xsum.data();
     p.acts.xq = p.xq.data();
     p.acts.xd4 = p.xd4.data();
@@ -80,38 +98,33 @@ void run_jobs(const Engine& eng, const Acts& acts, const std::vector<Job>& jobs)
   t.run();
 }
 
-// Router logits in float32, top-k (ties: lower index first), softmax over the k selected.
-void route(const MoeShape& s, const MoeWeights& w, const float* hidden, int64_t T,
-           std::vector<int32_t>& expert, std::vector<float>& weight) {
+// One token's router logits in float32, top-k (ties: lower index first), softmax over the k
+// selected: expert[0..k), weight[0..k).
+void route_token(const MoeShape& s, const MoeWeights& w, const float* x, int32_t* expert, float* weight) {
   const int64_t E = s.experts, H = s.hidden, k = s.top_k;
-  expert.resize(size_t(T * k));
-  weight.resize(size_t(T * k));
   std::vector<float> logit(static_cast<size_t>(E));
   std::vector<int32_t> order(static_cast<size_t>(E));
-  for (int64_t t = 0; t < T; ++t) {
-    const float* x = hidden + t * H;
-    for (int64_t e = 0; e < E; ++e) {
-      const float* r = w.router_w + e * H;
-      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      int64_t i = 0;
-      for (; i + 8 <= H; i += 8)
-        for (int j = 0; j < 8; ++j) part[j] += x[i + j] * r[i + j];
-      float acc = 0.f;
-      for (; i < H; ++i) acc += x[i] * r[i];
-      for (int j = 0; j < 8; ++j) acc += part[j];
-      logit[size_t(e)] = acc + w.router_b[e];
-    }
-    for (int64_t e = 0; e < E; ++e) order[size_t(e)] = int32_t(e);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-      return logit[size_t(a)] > logit[size_t(b)] || (logit[size_t(a)] == logit[size_t(b)] && a < b);
-    });
-    const float top = logit[size_t(order[0])];
-    double sum = 0.0;
-    for (int64_t j = 0; j < k; ++j) sum += std::exp(double(logit[size_t(order[size_t(j)])] - top));
-    for (int64_t j = 0; j < k; ++j) {
-      expert[size_t(t * k + j)] = order[size_t(j)];
-      weight[size_t(t * k + j)] = float(std::exp(double(logit[size_t(order[size_t(j)])] - top)) / sum);
-    }
+  for (int64_t e = 0; e < E; ++e) {
+    const float* r = w.router_w + e * H;
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= H; i += 8)
+      for (int j = 0; j < 8; ++j) part[j] += x[i + j] * r[i + j];
+    float acc = 0.f;
+    for (; i < H; ++i) acc += x[i] * r[i];
+    for (int j = 0; j < 8; ++j) acc += part[j];
+    logit[size_t(e)] = acc + w.router_b[e];
+    order[size_t(e)] = int32_t(e);
+  }
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return logit[size_t(a)] > logit[size_t(b)] || (logit[size_t(a)] == logit[size_t(b)] && a < b);
+  });
+  const float top = logit[size_t(order[0])];
+  double sum = 0.0;
+  for (int64_t j = 0; j < k; ++j) sum += std::exp(double(logit[size_t(order[size_t(j)])] - top));
+  for (int64_t j = 0; j < k; ++j) {
+    expert[j] = order[size_t(j)];
+    weight[j] = float(std::exp(double(logit[size_t(order[size_t(j)])] - top)) / sum);
   }
 }
 
@@ -146,16 +159,17 @@ void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x,
   }
   run_jobs(eng, p.acts, jobs);
   if (bias)
-    for (int64_t t = 0; t < T; ++t)
+    parallel(eng, T, 8, [&](int64_t t) {
       for (int64_t r = 0; r < n_rows; ++r) y[t * n_rows + r] += bias[r];
+    });
 }
 
 void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const float* hidden,
                int64_t T, float* out) {
   const int64_t E = s.experts, k = s.top_k, H = s.hidden, I = s.inter, P = T * k;
-  std::vector<int32_t> expert;
-  std::vector<float> weight;
-  route(s, w, hidden, T, expert, weight);
+  std::vector<int32_t> expert(size_t(T * k));
+  std::vector<float> weight(size_t(T * k));
+  parallel(eng, T, 8, [&](int64_t t) { route_token(s, w, hidden + t * H, &expert[size_t(t * k)], &weight[size_t(t * k)]); });
   // Pairs (token, slot) grouped by expert: pair_tok[off[e] .. off[e+1]) are expert e's tokens.
   std::vector<int64_t> off(size_t(E + 1), 0);
   for (int64_t p = 0; p < P; ++p) off[size_t(expert[size_t(p)] + 1)]++;
@@ -185,12 +199,14 @@ void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const 
 
   // Bias, then SwiGLU on the interleaved rows (even = gate, odd = linear).
   std::vector<float> act(size_t(P * I));
+  std::vector<int32_t> pair_expert(static_cast<size_t>(P));
   for (int64_t e = 0; e < E; ++e)
-    for (int64_t p = off[size_t(e)]; p < off[size_t(e + 1)]; ++p) {
-      const float* g = gu.data() + p * 2 * I;
-      const float* b = w.gate_up_bias + e * 2 * I;
-      for (int64_t i = 0; i < I; ++i) act[size_t(p * I + i)] = swiglu(g[2 * i] + b[2 * i], g[2 * i + 1] + b[2 * i + 1], s);
-    }
+    for (int64_t p = off[size_t(e)]; p < off[size_t(e + 1)]; ++p) pair_expert[size_t(p)] = int32_t(e);
+  parallel(eng, P, 4, [&](int64_t p) {
+    const float* g = gu.data() + p * 2 * I;
+    const float* b = w.gate_up_bias + int64_t(pair_expert[size_t(p)]) * 2 * I;
+    for (int64_t i = 0; i < I; ++i) act[size_t(p * I + i)] = swiglu(g[2 * i] + b[2 * i], g[2 * i + 1] + b[2 * i + 1], s);
+  });
 
   Prepared xa;
   prepare(eng, act.data(), P, w.down.nb, xa);
@@ -204,7 +220,7 @@ void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const 
   run_jobs(eng, xa.acts, jobs);
 
   // out[t] = sum_j weight[t, j] * (y_pair + down_bias[e]), slots in routing order.
-  for (int64_t t = 0; t < T; ++t) {
+  parallel(eng, T, 8, [&](int64_t t) {
     float* o = out + t * H;
     std::fill(o, o + H, 0.f);
     for (int64_t j = 0; j < k; ++j) {
@@ -214,7 +230,7 @@ void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const 
       const float* b = w.down_bias + int64_t(expert[size_t(t * k + j)]) * H;
       for (int64_t h = 0; h < H; ++h) o[h] += wt * (y[h] + b[h]);
     }
-  }
+  });
 }
 
 }  // namespace gek
