@@ -16,6 +16,7 @@ from typing import Any
 from gptoss_edge.compiler import lower_trt, opset
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph
+from gptoss_edge.kv_layout import KvLayout
 
 MODEL_FILE = "model.onnx"
 
@@ -26,20 +27,14 @@ def _dense_mode(dense: str) -> str:
 
 
 def kv_layout(cfg, precision: str) -> dict[str, Any]:
-    itemsize = 4 if precision == "fp32" else 2
-    rings = [i for i in range(cfg.num_hidden_layers) if cfg.is_sliding(i)]
-    full = [i for i in range(cfg.num_hidden_layers) if not cfg.is_sliding(i)]
-    return {"dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision],
-            "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
-            "ring_layers": rings, "ring_slots": cfg.sliding_window, "full_layers": full,
-            "full_capacity_dim": "kv_capacity",
-            "bytes_per_token": len(full) * 2 * cfg.kv_size * itemsize,
-            "bytes_per_ring": len(rings) * 2 * cfg.kv_size * itemsize * cfg.sliding_window}
+    """Cache dtype follows the precision; window layers are 128-slot rings, full layers sized by
+    the `kv_capacity` dimension of the bindings."""
+    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+    return {**KvLayout.of(cfg, dtype).to_manifest(), "full_capacity_dim": "kv_capacity"}
 
 
 def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
     """TargetFn of compiler/compile.py (opts: its CompileOptions)."""
-    from gptoss_edge.compiler.compile import bindings
     cfg = ckpt.config
     dense = _dense_mode(opts.dense)
     lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format,
@@ -65,7 +60,7 @@ def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
         "kv_layout": kv_layout(cfg, opts.precision),
         "weight_bytes": lowered.total_weight_bytes(),
         "engine_file": None,
-        "bindings": bindings(lowered),
+        "bindings": onnx_io.bindings(lowered),
     }
 
 

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gptoss_edge.models import default_model_dir
-from gptoss_edge.runtime.client import llm_stub, open_channel
+from gptoss_edge.runtime.clients.dial import llm_stub, open_channel
 from gptoss_edge.v1 import llm_pb2 as pb
 
 QUESTION = "What does json.dumps do?"

@@ -8,7 +8,8 @@ import pytest
 
 from gptoss_edge import cli
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.compile import CompileOptions, choose_formats, compile_checkpoint, kv_bytes_per_token
+from gptoss_edge.compiler.compile import CompileOptions, choose_formats, compile_checkpoint
+from gptoss_edge.kv_layout import KvLayout
 from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.graph.model import build_model
 from gptoss_edge.compiler.progress import Bar
@@ -39,7 +40,7 @@ def test_gpt_oss_20b_fits_14_gib_with_int4_experts_and_4bit_dense():
     experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
                                                   CompileOptions(embedding="bf16", max_memory_gib=14))
     assert (experts, dense) == ("int4", "4bit")
-    assert size + 4096 * kv_bytes_per_token(cfg) <= 14 * GiB
+    assert size + KvLayout.of(cfg).slot_bytes(4096) <= 14 * GiB
     assert "fit --max-memory 14" in reason
 
 
@@ -62,7 +63,8 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
     assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]}
     tc = m["target_config"]
     assert (tc["experts"], tc["dense"], tc["embedding"], tc["max_positions"]) == ("float", "float", "bf16", 512)
-    assert tc["kv_layout"]["bytes_per_token"] == kv_bytes_per_token(cfg)
+    # tiny: 2 full-attention layers x (K, V) x kv_heads x head_dim x float32
+    assert tc["kv_layout"]["full_bytes_per_token"] == 2 * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
     assert set(m["files"]) == {"model.onnx", "model.onnx.data"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
 
@@ -84,10 +86,10 @@ def test_checkpoint_tokenizer_travels_into_the_engine(tmp_path):
     """A checkpoint with its own tokenizer.json (small models, the embedded default model) gets
     it copied into the engine, hashed by the manifest and named in it; the runtime loads it."""
     from gptoss_edge.compiler.config import preset
-    from gptoss_edge.compiler.engine_dir import load_manifest
+    from gptoss_edge.engine_dir import load_manifest
     from gptoss_edge.compiler.synthetic import write_checkpoint
-    from gptoss_edge.runtime.engine_dir import open_tokenizer
-    from gptoss_edge.runtime.tokenizer import write_tiny_tokenizer
+    from gptoss_edge.runtime.engine.opener import open_tokenizer
+    from gptoss_edge.runtime.tokens.tokenizer import write_tiny_tokenizer
 
     ckpt = write_checkpoint(tmp_path / "ckpt", preset("tiny"), "hf", 3)
     write_tiny_tokenizer(ckpt, 512)
