@@ -148,21 +148,11 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
     }
 
 
-def expert_choice_only(choose) -> Callable[..., tuple[str, str, str, int]]:
-    """Adapt a target whose formats choice covers the experts only: (graph, cfg, options) ->
-    (format, reason, {format: weight bytes}); its dense format is the one asked for (float)."""
-    def choose_formats_(graph: Graph, cfg: ModelConfig, opts: CompileOptions):
-        opts = dataclasses.replace(opts, dense=opts.dense or "float")
-        experts, reason, sizes = choose(graph, cfg, opts)
-        return experts, opts.dense, reason, sizes[experts]
-    return choose_formats_
-
-
 TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime,
                                  "tensorrt": target_tensorrt.target_tensorrt}
 # How each target picks its formats: (graph, cfg, options) -> (experts, dense, reason, weight bytes).
 FORMAT_CHOICE = {"onnxruntime": choose_formats,
-                 "tensorrt": expert_choice_only(target_tensorrt.choose_experts)}
+                 "tensorrt": target_tensorrt.choose_formats}
 
 
 # ---- driver ------------------------------------------------------------------------------------

@@ -44,6 +44,19 @@ def test_gpt_oss_20b_fits_14_gib_with_int4_experts_and_4bit_dense():
     assert "fit --max-memory 14" in reason
 
 
+@pytest.mark.parametrize("budget_gib,dense", [(14, "4bit"), (64, "16bit")])
+def test_tensorrt_default_dense_is_the_most_exact_that_fits(budget_gib, dense):
+    """gpt-oss-20b fp16: with 16-bit dense layers the memory plan at 4k context is ~15.5 GB
+    (13.76 GB checkpoint bytes + logits/activations + runtime overhead), over a 14 GiB device
+    budget; with 4-bit dense layers it fits. Same rule as `gptoss-edge plan`."""
+    from gptoss_edge.compiler import target_tensorrt
+    cfg = preset("gpt-oss-20b")
+    experts, got, reason, size = target_tensorrt.choose_formats(
+        build_model(ConfigOnly(cfg)), cfg, CompileOptions(target="tensorrt", max_memory_gib=budget_gib))
+    assert (experts, got) == ("mxfp4", dense) and f"fits --max-memory {budget_gib}" in reason
+    assert size + KvLayout.of(cfg, "float16").slot_bytes(4096) <= budget_gib * GiB
+
+
 def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "engine"
     bar_stream = io.StringIO()

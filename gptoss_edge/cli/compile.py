@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="expert weights: float (exact), int8 (lossless weights, half float's bytes), "
                         "int4 (smallest, lossy); default: the most exact that fits --max-memory")
     p.add_argument("--dense", choices=sorted(set(lower_ort.DENSE_MODES) | set(lower_trt.DENSE_MODES)),
-                   default=None, help="attention and lm_head weights: float or 4bit (MatMulNBits, "
-                   "block 32; onnxruntime default: float if it fits --max-memory); tensorrt: 16bit "
-                   "(= float, the default: the activation precision) or 4bit (Gemm4bit)")
+                   default=None, help="attention and lm_head weights: float/16bit (the activation "
+                   "precision) or 4bit (onnxruntime: MatMulNBits; tensorrt: Gemm4bit), blocks of 32; "
+                   "default: the most exact that fits --max-memory")
     p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
                    help="onnxruntime: embedding table bf16 (exact for bf16 checkpoints, half the bytes) "
                         "or float; default: bf16 when the checkpoint stores it in bf16")
