@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gptoss_edge.cli import build_parser
 from gptoss_edge.kserve import grpc_service_pb2 as kpb
-from gptoss_edge.runtime.server import KSERVE_SERVICE, LLM_SERVICE, parse_listen
+from gptoss_edge.runtime.frontends.grpc_server import KSERVE_SERVICE, LLM_SERVICE, parse_listen
 from gptoss_edge.v1 import llm_pb2 as pb
 from installed_tools import installed_tool
 

@@ -26,9 +26,9 @@ import pytest
 
 import oracles
 from gptoss_edge import cli
-from gptoss_edge.compiler.engine_dir import EngineDirError
-from gptoss_edge.runtime.backend import StepRow
-from gptoss_edge.runtime.backends import open_backend
+from gptoss_edge.engine_dir import EngineDirError
+from gptoss_edge.runtime.engine.backend import StepRow
+from gptoss_edge.runtime.engine.opener import EngineLimits, open_engine
 
 MAX_POSITIONS = 1024     # RoPE rows compiled into the tiny engines (> longest sequence, 473)
 
@@ -101,11 +101,12 @@ DENSE4_INT4 = Tolerance("dense4bit-int4", 2e-4, 2e-4, 4.0, None)
 class Target:
     id: str
     compile_args: tuple[str, ...]            # arguments of `gptoss-edge compile` after -o OUT
-    backend: str                             # runtime.backends.open_backend name (= generate --backend)
+    backend: str                             # runtime.engine.opener backend name (= generate --backend)
     tol: Tolerance
 
-    def open_backend(self, engine_dir: Path, **kw: Any):
-        return open_backend(engine_dir, self.backend, **kw)
+    def open_backend(self, engine_dir: Path, **limits: Any):
+        return open_engine(engine_dir, EngineLimits(**limits), backend=self.backend, threads=1,
+                           tokenizer=False).backend
 
     @property
     def generate_args(self) -> tuple[str, ...]:
