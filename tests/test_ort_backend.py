@@ -11,10 +11,10 @@ import pytest
 
 from gptoss_edge import cli
 from gptoss_edge.compiler.config import preset
-from gptoss_edge.compiler.engine_dir import EngineDirError
-from gptoss_edge.runtime.backend import BackendError, StepRow
-from gptoss_edge.runtime.generate import generate
-from gptoss_edge.runtime.ort_backend import OrtBackend
+from gptoss_edge.engine_dir import EngineDirError
+from gptoss_edge.runtime.engine.backend import BackendError, StepRow
+from gptoss_edge.runtime.engine.generate import generate
+from gptoss_edge.runtime.engine.ort_backend import OrtBackend
 
 CFG = preset("tiny")
 
@@ -140,6 +140,6 @@ def test_generate_cli_end_to_end(engine, tmp_path):
 def test_engine_that_needs_process_env_is_refused():
     # Engines of older versions asked for ONNX Runtime settings through the process environment;
     # the backend no longer touches os.environ and says how to get an equivalent engine.
-    from gptoss_edge.runtime.ort_backend import session_options
+    from gptoss_edge.runtime.engine.ort_backend import session_options
     with pytest.raises(BackendError, match="recompile"):
         session_options(1, {"session": {"env": {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}}})
