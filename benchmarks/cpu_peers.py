@@ -51,8 +51,8 @@ def _prompt(n: int, vocab: int, seed: int) -> list[int]:
 def phase_ours(a: argparse.Namespace) -> dict:
     import numpy as np
 
-    from gptoss_edge.runtime.backend import StepRow
-    from gptoss_edge.runtime.ort_backend import OrtBackend
+    from gptoss_edge.runtime.engine.backend import StepRow
+    from gptoss_edge.runtime.engine.ort_backend import OrtBackend
     anon = ort_20b.AnonPeak()
     t0 = time.monotonic()
     be = OrtBackend(a.engine, max_slots=1, max_context=a.prefill + 1, max_step_tokens=a.prefill,
@@ -168,15 +168,15 @@ def conversion_dir(ckpt: Path, out: Path) -> Path:
         if not (out / f.name).exists():
             (out / f.name).symlink_to(f.resolve())
     if not (out / "tokenizer.json").exists():
-        import tiktoken
-        from transformers.integrations.tiktoken import convert_tiktoken_to_fast
+        from transformers.convert_slow_tokenizer import TikTokenConverter
 
-        from gptoss_edge.runtime.tokenizer_o200k import (O200K_PATTERN, o200k_harmony_specials, packaged_vocab_path,
-                                                         parse_ranks, read_verified_vocab)
-        enc = tiktoken.Encoding("o200k_harmony", pat_str=O200K_PATTERN,
-                                mergeable_ranks=parse_ranks(read_verified_vocab(packaged_vocab_path())),
-                                special_tokens=o200k_harmony_specials())
-        convert_tiktoken_to_fast(enc, str(out))
+        from gptoss_edge.runtime.tokens.o200k import (O200K_PATTERN, o200k_harmony_specials, packaged_vocab_path,
+                                                         read_verified_vocab)
+        ranks = out / "o200k_base.tiktoken"
+        ranks.write_bytes(read_verified_vocab(packaged_vocab_path()))
+        specials = sorted(o200k_harmony_specials().items(), key=lambda kv: kv[1])   # ids 199998.. in order
+        TikTokenConverter(vocab_file=str(ranks), pattern=O200K_PATTERN,
+                          extra_special_tokens=[name for name, _ in specials]).converted().save(str(out / "tokenizer.json"))
     return out
 
 
