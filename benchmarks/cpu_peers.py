@@ -200,7 +200,9 @@ def med(runs: list[dict], key: str) -> float | None:
 
 def print_table(results: dict[str, list[dict]], bpt: dict[str, float], bw: float, a) -> None:
     base = results.get("llama.cpp mmap") or next(iter(results.values()))
-    print(f"\n{a.layers}-layer gpt-oss-20b shape (synthetic), {a.threads} threads, {a.runs} interleaved runs "
+    print(f"\nload average during the runs {os.getloadavg()[1]:.1f} (1 = one busy core; this machine has "
+          f"{os.cpu_count()})")
+    print(f"{a.layers}-layer gpt-oss-20b shape (synthetic), {a.threads} threads, {a.runs} interleaved runs "
           f"(medians); prefill {a.prefill} tokens in one step, decode {a.decode} greedy tokens after "
           f"{DECODE_PROMPT}; read bandwidth ({a.threads} threads) {bw / 1e9:.1f} GB/s")
     head = ("runtime, weights", "load s", "prefill tok/s", "decode tok/s", "prefill x", "decode x",
