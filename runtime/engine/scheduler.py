@@ -127,9 +127,12 @@ class _Planned:
 
 class Scheduler:
     def __init__(self, backend: Backend, num_slots: int, max_queue: int = 64,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None, sample_vocab: int | None = None):
+        """`sample_vocab`: only ids below it are ever sampled (the tokenizer's vocabulary when
+        it is smaller than the model's: ids beyond it have no text). None: the model's."""
         self.backend = backend
         self.info = backend.info
+        self.sample_vocab = sampleable_vocab(self.info.config.vocab_size, sample_vocab)
         self.slots = SlotPool(num_slots)
         self.max_queue = max_queue
         self.metrics = metrics
@@ -217,7 +220,8 @@ class Scheduler:
                 continue
             t0 = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, _compute, self.backend, plan)
+                results = await loop.run_in_executor(self._executor, _compute, self.backend, plan,
+                                                     self.sample_vocab)
             except Exception as e:  # an engine fault ends the streams of this step, not the server
                 for p in plan:
                     self._finish(p.stream, StreamEnd("error", e))
@@ -336,8 +340,21 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._waiting))
 
 
-def _compute(backend: Backend, plan: list[_Planned]) -> list[Any]:
-    """Worker thread: one engine step, then sampling for the rows that produce a token."""
+def sampleable_vocab(model_vocab: int, limit: int | None) -> int:
+    """How many leading ids may be sampled: the model's vocabulary, cut to `limit` (the
+    tokenizer's size) when that is smaller. Raises ValueError for a limit below 1."""
+    if limit is None:
+        return model_vocab
+    if limit < 1:
+        raise ValueError(f"sample_vocab must be >= 1, got {limit}")
+    return min(model_vocab, int(limit))
+
+
+def _compute(backend: Backend, plan: list[_Planned], sample_vocab: int) -> list[Any]:
+    """Worker thread: one engine step, then sampling for the rows that produce a token. The
+    sampler sees only the first `sample_vocab` logits (a view, no copy), so neither greedy nor
+    random sampling can pick an id the tokenizer does not have; logprobs are over those ids."""
     logits = backend.step([p.row for p in plan])
-    return [p.stream.request.sampler.sample(lg) if p.samples and not p.stream.cancelled else None
+    return [p.stream.request.sampler.sample(lg[:sample_vocab])
+            if p.samples and not p.stream.cancelled else None
             for p, lg in zip(plan, logits)]
