@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compiled engine dir (default: the embedded default model)")
     b.add_argument("--concurrency", default="1,4,8",
                    help="comma-separated numbers of concurrent streams to measure")
-    b.add_argument("--prompt-tokens", type=int, default=64, help="prompt length of each stream")
+    b.add_argument("--prompt-tokens", type=int, default=64,
+                   help="prompt length of each stream")
     b.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per stream")
     b.add_argument("--max-memory", default=None, help="KV cache budget, e.g. 2GiB")
     add_engine_limits(b)
@@ -72,6 +73,14 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                    help="seconds in-flight requests may take to finish after SIGTERM")
 
 
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """ValueError naming the first flag among `names` whose value is below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def add_engine_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slots", type=int, default=8, help="most concurrent sequences")
     p.add_argument("--max-context", type=int, default=4096, help="tokens per sequence")
@@ -82,6 +91,7 @@ def engine_limits(args: argparse.Namespace):
     from gptoss_edge.runtime.engine.opener import EngineLimits
     from gptoss_edge.runtime.engine.kv import parse_bytes
 
+    check_positive(args, "max_slots", "max_context", "max_step_tokens")
     return EngineLimits(max_slots=args.max_slots, max_context=args.max_context,
                         max_step_tokens=args.max_step_tokens,
                         max_memory=parse_bytes(args.max_memory) if args.max_memory else None)
@@ -106,7 +116,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from gptoss_edge.engine_dir import EngineDirError
     from gptoss_edge.runtime.engine.opener import open_engine
 
+    from gptoss_edge.runtime.frontends.grpc_server import parse_listen
+
     try:
+        parse_listen(args.listen)              # a bad address fails before the engine loads
         engine = open_engine(args.engine_dir, engine_limits(args))
         options = server_options(args, engine.name)
     except (ValueError, OSError, EngineDirError) as e:
@@ -118,7 +131,12 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(backend, tokenizer, options) -> int:
     from gptoss_edge.runtime.frontends.grpc_server import Server
 
-    server = await Server.start(backend, tokenizer, options)
+    try:
+        server = await Server.start(backend, tokenizer, options)
+    except (ValueError, OSError) as e:     # socket in use, port in use, TLS files
+        backend.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import hmac
 import os
-import stat
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from gptoss_edge.runtime.engine.scheduler import Scheduler
 from gptoss_edge.runtime.frontends.kserve_service import KServeService
 from gptoss_edge.runtime.frontends.llm_service import LLMService
 from gptoss_edge.runtime.frontends.served_model import ServedModel
+from gptoss_edge.runtime.frontends.listen import SocketClaim, check_tcp_free
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 
@@ -65,6 +65,9 @@ def parse_listen(listen: str) -> tuple[str, str]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"--listen {listen!r}: expected unix:PATH or HOST:PORT")
+    if int(port) > 65535:
+        raise ValueError(f"--listen {listen!r}: port {port} is out of range 0..65535 "
+                         f"(0: any free port)")
     return "tcp", listen
 
 
@@ -112,6 +115,7 @@ class Server:
         self.address = ""                  # what a client dials: unix:PATH or HOST:PORT
         self.metrics_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._socket: SocketClaim | None = None     # the Unix socket path this server owns
         self._drained = asyncio.Event()
         self._draining = False
 
@@ -119,11 +123,28 @@ class Server:
     async def start(cls, backend: Backend, tokenizer, options: ServeOptions) -> "Server":
         metrics = ServerMetrics()
         slots = slots_for_budget(backend.info, options.max_memory)
-        scheduler = Scheduler(backend, slots, options.max_queue, metrics)
+        scheduler = Scheduler(backend, slots, options.max_queue, metrics,
+                              sample_vocab=tokenizer.vocab_size if tokenizer else None)
         model = ServedModel(options.model_name, backend, tokenizer, scheduler, metrics)
         server = cls(model, options)
-        await server._bind_and_start()
+        try:
+            await server._bind_and_start()
+        except BaseException:
+            await server._abandon()
+            raise
         return server
+
+    async def _abandon(self) -> None:
+        """Undo a start that failed half way (port in use, bad TLS files...)."""
+        if self._grpc is not None:
+            await self._grpc.stop(grace=None)
+        await self.model.scheduler.close()
+        self.model.metrics.close_http()
+        self._release_socket()
+
+    def _release_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.release()
 
     async def _bind_and_start(self) -> None:
         o = self.options
@@ -140,25 +161,32 @@ class Server:
         reflection.enable_server_reflection(
             [LLM_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], self._grpc)
         creds = _tls_credentials(o)
+        if o.metrics_port is not None:      # first: a port in use fails before anything runs
+            self.metrics_port = self.model.metrics.serve_http(o.metrics_port, o.metrics_host)
         if kind == "unix":
-            _remove_stale_socket(target)
-            bind = f"unix:{target}"
+            self._socket = SocketClaim(target)
+            bind = f"unix:{self._socket.prepare()}"
         else:
             bind = target
-        port = (self._grpc.add_secure_port(bind, creds) if creds
-                else self._grpc.add_insecure_port(bind))
-        if kind == "tcp" and port == 0:
-            raise OSError(f"cannot listen on {target}")
+            check_tcp_free(target.rpartition(":")[0], int(target.rpartition(":")[2]))
+        try:
+            port = (self._grpc.add_secure_port(bind, creds) if creds
+                    else self._grpc.add_insecure_port(bind))
+        except RuntimeError:                # grpcio >= 1.5x raises instead of returning 0
+            port = 0
+        if port == 0:
+            raise OSError(f"--listen {o.listen or bind}: cannot listen there (address in use, "
+                          f"or not an address of this host)")
         if kind == "tcp" and o.auth_token and not creds and not _is_loopback(target):
             print(f"warning: bearer token sent in clear text on {target}; configure TLS",
                   file=sys.stderr)
-        self.address = bind if kind == "unix" else f"{target.rpartition(':')[0]}:{port}"
+        self.address = f"unix:{target}" if kind == "unix" else f"{target.rpartition(':')[0]}:{port}"
         self.model.scheduler.start()
         await self._grpc.start()
+        if self._socket is not None:
+            self._socket.publish()
         for service in ("", LLM_SERVICE, KSERVE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        if o.metrics_port is not None:
-            self.metrics_port = self.model.metrics.serve_http(o.metrics_port, o.metrics_host)
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Stop taking work, let in-flight requests finish (up to the grace), then stop."""
@@ -176,6 +204,7 @@ class Server:
             self.model.scheduler.abort_all()   # streams end with finish reason CANCELLED
         await self._grpc.stop(grace=5.0)      # handlers send their last messages
         await self.model.scheduler.close()
+        self._release_socket()
         self._drained.set()
 
     async def wait_closed(self) -> None:
@@ -188,6 +217,7 @@ class Server:
             self.model.draining = True
             await self._grpc.stop(grace=None)
             await self.model.scheduler.close()
+            self._release_socket()
             self._drained.set()
 
 
@@ -201,15 +231,6 @@ def _tls_credentials(o: ServeOptions) -> grpc.ServerCredentials | None:
             raise ValueError(f"{flag} {path}: no such file")
     return grpc.ssl_server_credentials([(Path(o.tls_key).read_bytes(),
                                          Path(o.tls_cert).read_bytes())])
-
-
-def _remove_stale_socket(path: str) -> None:
-    p = Path(path)
-    if p.exists():
-        if not stat.S_ISSOCK(p.stat().st_mode):
-            raise ValueError(f"--listen unix:{path}: exists and is not a socket")
-        p.unlink()
-    p.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _is_loopback(target: str) -> bool:
