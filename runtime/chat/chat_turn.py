@@ -50,6 +50,13 @@ def request_tools(request: pb.ChatRequest) -> list[harmony.Tool]:
             for i, t in enumerate(request.tools)]
 
 
+def message_text(request: pb.ChatRequest) -> str:
+    """All the text of the messages that rendering tokenizes as it is (content, reasoning, tool
+    call arguments): the rendered prompt holds at least its tokens."""
+    return "".join(m.content + m.reasoning + "".join(c.arguments for c in m.tool_calls)
+                   for m in request.messages)
+
+
 def render_request(request: pb.ChatRequest, tokenizer) -> list[int]:
     """Validated prompt ids, ending with `<|start|>assistant`."""
     messages, tools = request_messages(request), request_tools(request)

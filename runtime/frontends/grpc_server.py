@@ -24,6 +24,7 @@ from gptoss_edge.runtime.engine.scheduler import Scheduler
 from gptoss_edge.runtime.frontends.kserve_service import KServeService
 from gptoss_edge.runtime.frontends.llm_service import LLMService
 from gptoss_edge.runtime.frontends.served_model import ServedModel
+from gptoss_edge.runtime.frontends.memory import map_big_blocks
 from gptoss_edge.runtime.frontends.listen import SocketClaim, check_tcp_free
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
@@ -121,6 +122,7 @@ class Server:
 
     @classmethod
     async def start(cls, backend: Backend, tokenizer, options: ServeOptions) -> "Server":
+        map_big_blocks()                  # big requests' memory goes back to the OS when freed
         metrics = ServerMetrics()
         slots = slots_for_budget(backend.info, options.max_memory)
         scheduler = Scheduler(backend, slots, options.max_queue, metrics,

@@ -103,7 +103,7 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"model {name!r} is not served here (serving {self.model.name!r})")
 
-    def _start(self, request: kpb.ModelInferRequest):
+    async def _start(self, request: kpb.ModelInferRequest):
         """Validate and submit; -> (stream, decoder, wants_streaming)."""
         from gptoss_edge.runtime.frontends.llm_service import make_sampler
         from gptoss_edge.runtime.tokens.tokenizer import IncrementalDecoder
@@ -113,7 +113,7 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self._check_model(request.model_name)
         text, max_tokens, streaming = parse_inputs(request)
         tok = m.need_tokenizer()
-        prompt = tok.encode(text)
+        prompt = await m.encode("text_input", text)
         m.check_prompt(prompt)
         max_new = m.max_new_tokens(len(prompt), max_tokens)
         sampler = make_sampler(pb.SamplingParams(), max_new, [], False, 0)
@@ -131,7 +131,7 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _chunks(self, request):
         """Yields (text, final) pairs for one request."""
-        stream, decoder, streaming = self._start(request)
+        stream, decoder, streaming = await self._start(request)
         try:
             pieces = []
             async for ev in stream:

@@ -46,12 +46,12 @@ class LLMService(llm_pb2_grpc.LLMServicer):
         self.model = model
 
     # ---- Generate ---------------------------------------------------------------------------
-    def _generate_prompt(self, request: pb.GenerateRequest) -> list[int]:
+    async def _generate_prompt(self, request: pb.GenerateRequest) -> list[int]:
         which = request.WhichOneof("prompt")
         if which == "text":
             if not request.text:
                 raise invalid("text: empty prompt")
-            return self.model.need_tokenizer().encode(request.text)
+            return await self.model.encode("text", request.text)
         if which == "tokens":
             return list(request.tokens.ids)
         raise invalid("prompt: set `text` or `tokens`")
@@ -67,7 +67,7 @@ class LLMService(llm_pb2_grpc.LLMServicer):
         try:
             m.check_accepting()
             m.check_name(request.model)
-            prompt = self._generate_prompt(request)
+            prompt = await self._generate_prompt(request)
             m.check_prompt(prompt)
             vocab = m.info.config.vocab_size
             bad = [t for t in request.stop_token_ids if not 0 <= t < vocab]
@@ -125,7 +125,8 @@ class LLMService(llm_pb2_grpc.LLMServicer):
             m.check_accepting()
             m.check_name(request.model)
             tok = m.need_tokenizer()
-            prompt = chat_turn.render_request(request, tok)
+            m.check_text_fits("messages", chat_turn.message_text(request))  # before rendering
+            prompt = await m.off_loop(chat_turn.render_request, request, tok)
             m.check_prompt(prompt)
             max_new = m.max_new_tokens(len(prompt), request.max_tokens)
             sampler = make_sampler(request.sampling, max_new, request.stop, request.logprobs,
@@ -169,7 +170,7 @@ class LLMService(llm_pb2_grpc.LLMServicer):
     async def Tokenize(self, request: pb.TokenizeRequest, context):
         try:
             self.model.check_name(request.model)
-            ids = self.model.need_tokenizer().encode(request.text)
+            ids = await self.model.encode("text", request.text)
         except Exception as e:
             await abort(context, self.model, e)
             return

@@ -2,9 +2,11 @@
 gate, and the mapping of every refusal to one precise gRPC status code."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
@@ -47,6 +49,14 @@ class ServedModel:
     scheduler: Scheduler
     metrics: ServerMetrics
     draining: bool = False
+    # Tokenizing runs here, off the event loop (a 4 MB text takes seconds); one thread: texts
+    # queue instead of tokenizing side by side (each holds memory while it runs).
+    tokenize_pool: concurrent.futures.ThreadPoolExecutor = dataclasses.field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, "tokenize"))
+
+    def __post_init__(self):
+        if self.tokenizer is not None:              # computed once, before the first request
+            self.tokenize_pool.submit(lambda: self.tokenizer.max_token_bytes)
 
     @property
     def info(self):
@@ -67,6 +77,25 @@ class ServedModel:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"engine {self.name!r} has no tokenizer; send token ids")
         return self.tokenizer
+
+    def check_text_fits(self, field: str, text: str) -> None:
+        """Refuse, before tokenizing it, a text that cannot fit the context: it encodes to at
+        least ceil(characters / max_token_bytes) tokens (Tokenizer.min_tokens)."""
+        tok = self.need_tokenizer()
+        need = tok.min_tokens(text)
+        if need > self.info.max_context:
+            raise invalid(f"{field}: {len(text)} characters are at least {need} tokens (this "
+                          f"tokenizer's ids hold at most {tok.max_token_bytes} bytes); the context "
+                          f"holds {self.info.max_context}")
+
+    async def off_loop(self, fn: Callable, *args):
+        """Run tokenizer work (encode, chat rendering) in the tokenize thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, fn, *args)
+
+    async def encode(self, field: str, text: str) -> list[int]:
+        """`text` -> ids, size-checked first, tokenized off the event loop."""
+        self.check_text_fits(field, text)
+        return await self.off_loop(self.need_tokenizer().encode, text)
 
     def check_prompt(self, prompt: list[int]) -> None:
         """Prompt must be non-empty, in the vocabulary, and leave room for one token."""
