@@ -1,0 +1,90 @@
+"""Prefix KV reuse is exact: a slot cut back to a saved prefix continues with the logits a
+fresh slot prefilled with the same tokens gives. Prompts are longer than the 128-token window
+and the slot runs far past the saved point before it is cut (window buffers overwritten), so
+a wrong window state could not go unseen."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gptoss_edge.compiler.config import preset
+from gptoss_edge.runtime.engine.backend import BackendError, StepRow
+from gptoss_edge.runtime.engine.prefix import (SavedPrefixes, choose_slot, chunk_limit,
+                                               common_prefix, save_points, truncation)
+from gptoss_edge.runtime.engine.sampler import Sampler, SamplingParams
+from gptoss_edge.runtime.engine.scheduler import Scheduler, SeqRequest
+from conftest import ort_backend
+
+CHUNK = 64
+
+
+def test_prefix_bookkeeping():
+    assert common_prefix([1, 2, 3, 4], [1, 2, 9]) == 2 and common_prefix([], [1]) == 0
+    assert choose_slot([1, 2, 3], [4, 5], {4: [1, 9], 5: [1, 2, 3, 4]}) == (5, 2)
+    assert choose_slot([1, 2], [4, 5], {}) == (4, 0)
+    assert save_points(0, 64, 300, stride=128) is False and save_points(64, 128, 300, stride=128)
+    assert save_points(256, 300, 300, stride=128) and chunk_limit(100, stride=128) == 28
+    saved = SavedPrefixes(limit=3, stride=128)
+    for n in (128, 150, 256, 300):
+        saved.add(0, n, n)
+    assert saved.best(0, 299) == (256, 256)            # 150 (a prompt end) was dropped first
+    assert truncation(saved, 0, 140, 400) == (128, 128) and saved.count(0) == 1
+    assert truncation(saved, 0, 400, 400) == (400, None)
+    with pytest.raises(ValueError, match="cannot keep 401"):
+        truncation(saved, 0, 401, 400)
+
+
+def prefill(backend, slot: int, tokens: list[int]) -> None:
+    for i in range(0, len(tokens), CHUNK):
+        backend.step([StepRow(slot, tokens[i:i + CHUNK])])
+
+
+@pytest.fixture(scope="module")
+def trt_engine(tmp_path_factory):
+    """TensorRT-target engine (fp32) of the tiny preset, run by the numpy reference backend."""
+    from gptoss_edge.cli import main
+    from gptoss_edge.compiler.synthetic import write_checkpoint
+
+    root = tmp_path_factory.mktemp("prefix-trt")
+    write_checkpoint(root / "ckpt", preset("tiny"), "hf", 7)
+    assert main(["compile", str(root / "ckpt"), "-o", str(root / "engine"), "--target",
+                 "tensorrt", "--precision", "fp32", "--max-positions", "1024", "--max-batch",
+                 "2", "--max-step-tokens", str(CHUNK), "--no-progress"]) == 0
+    return root / "engine"
+
+
+def open_backend(kind: str, request):
+    """ONNX Runtime on the tiny engine, or the numpy reference backend on the TensorRT graph."""
+    if kind == "onnxruntime":
+        return ort_backend(request.getfixturevalue("tiny_engine"), max_slots=2, max_context=900,
+                           max_step_tokens=CHUNK)
+    from gptoss_edge.runtime.engine.reference_backend import ReferenceBackend
+    return ReferenceBackend(request.getfixturevalue("trt_engine"), max_slots=2, max_context=900,
+                            max_step_tokens=CHUNK)
+
+
+@pytest.mark.parametrize("kind", ["onnxruntime", "reference"])
+def test_truncate_to_a_saved_prefix_equals_a_fresh_prefill(kind, request):
+    backend = open_backend(kind, request)
+    vocab = backend.info.config.vocab_size
+    rng = np.random.default_rng(1)
+    shared = rng.integers(0, vocab, 192).tolist()        # > window: rings wrapped once
+    onward = rng.integers(0, vocab, 160).tolist()        # what the slot ran on to (wraps again)
+    suffix = rng.integers(0, vocab, 40).tolist()         # the later request's own tokens
+    prefill(backend, 0, shared)
+    backend.save_prefix(0)
+    prefill(backend, 0, onward)
+    assert backend.truncate(0, 192 + 7) == 192           # the longest exact prefix below
+    reused = backend.step([StepRow(0, suffix, all_logits=True)])[0]
+    prefill(backend, 1, shared)
+    fresh = backend.step([StepRow(1, suffix, all_logits=True)])[0]
+    # Same kernels, same shapes, same inputs: the restored slot must be bit for bit the state
+    # a fresh prefill builds, so the tolerance is zero.
+    np.testing.assert_array_equal(reused, fresh)
+    # Nothing saved below 150 in slot 1: it can only start over; saves above the cut are gone.
+    assert backend.truncate(1, 150) == 0 and backend.truncate(0, 100) == 0
+    with pytest.raises(BackendError, match="cannot keep"):
+        backend.truncate(1, 5)
+    backend.close()
