@@ -88,3 +88,66 @@ def test_truncate_to_a_saved_prefix_equals_a_fresh_prefill(kind, request):
     with pytest.raises(BackendError, match="cannot keep"):
         backend.truncate(1, 5)
     backend.close()
+
+
+def run_turns(backend, prompts_of, reuse: bool, stride: int = 128):
+    """Requests one after another through a Scheduler (greedy; 140 new tokens for the first two:
+    the window rings wrap past the saved prompt end); prompts_of(previous outputs) yields each
+    next prompt. -> (per request [(token, logprob)], reused prompt tokens)."""
+    async def main():
+        sched = Scheduler(backend, 2, prefix_reuse=reuse, reuse_stride=stride)
+        sched.start()
+        outs = []
+        for prompt in prompts_of(outs):
+            stream = sched.submit(SeqRequest(prompt, Sampler(SamplingParams(temperature=0.0)),
+                                             140 if len(outs) < 2 else 20))
+            outs.append([(ev.token_id, ev.logprob) async for ev in stream])
+        reused = sched.reused_tokens
+        await sched.close()
+        return outs, reused
+    return asyncio.run(main())
+
+
+def assert_same_generations(got, want):
+    """Reuse prefills fewer tokens in different chunks, so float32 sums run in another order
+    (MatMul over other row counts): logits ~10 agree to ~1e-5; logprobs compared at 1e-4, and
+    the greedy tokens must be identical."""
+    for g, w in zip(got, want, strict=True):
+        assert [t for t, _ in g] == [t for t, _ in w]
+        np.testing.assert_allclose([lp for _, lp in g], [lp for _, lp in w], atol=1e-4)
+
+
+def test_multi_turn_chat_reuses_each_turns_prompt(tiny_engine):
+    vocab = 489                                # the tiny_engine fixture: vocab sized to its BPE
+    rng = np.random.default_rng(5)
+    system = rng.integers(0, vocab, 200).tolist()
+    users = [rng.integers(0, vocab, 25).tolist() for _ in range(3)]
+
+    def prompts(outs):
+        prompt = system + users[0]
+        yield prompt
+        for k in (1, 2):           # the reply re-rendered (as harmony does: it starts differently)
+            reply = [t for t, _ in outs[-1]]
+            prompt = prompt + [(reply[0] + 1) % vocab] + reply[1:] + users[k]
+            yield prompt
+
+    backend = ort_backend(tiny_engine, max_slots=2, max_context=900, max_step_tokens=CHUNK)
+    with_reuse, reused = run_turns(backend, prompts, True)
+    backend2 = ort_backend(tiny_engine, max_slots=2, max_context=900, max_step_tokens=CHUNK)
+    without, none = run_turns(backend2, prompts, False)
+    assert none == 0 and reused == 225 + (225 + 140 + 25)    # each turn's whole prompt before it
+    assert_same_generations(with_reuse, without)
+
+
+def test_requests_sharing_a_system_prompt_reuse_it_up_to_a_saved_point(tiny_engine):
+    vocab = 489                                # the tiny_engine fixture: vocab sized to its BPE
+    rng = np.random.default_rng(6)
+    system = rng.integers(0, vocab, 300).tolist()
+    a, b = rng.integers(0, vocab, 30).tolist(), rng.integers(0, vocab, 30).tolist()
+    prompts = lambda outs: iter([system + a, system + b])        # noqa: E731
+    backend = ort_backend(tiny_engine, max_slots=2, max_context=900, max_step_tokens=CHUNK)
+    with_reuse, reused = run_turns(backend, prompts, True)
+    without, _ = run_turns(ort_backend(tiny_engine, max_slots=2, max_context=900,
+                                       max_step_tokens=CHUNK), prompts, False)
+    assert reused == 256                 # saves at 128, 256 (stride) and 330 (a's prompt end)
+    assert_same_generations(with_reuse, without)

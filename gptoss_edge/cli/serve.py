@@ -71,6 +71,9 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                         "requests get RESOURCE_EXHAUSTED")
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="prefill every prompt in full (default: a request continues from the KV "
+                        "a slot holds for the prefix it shares, e.g. the previous chat turn)")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -109,7 +112,8 @@ def server_options(args: argparse.Namespace, name: str):
         listen=args.listen, model_name=args.name or name,
         max_queue=args.max_queue, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
-        max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace)
+        max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace,
+        prefix_reuse=not args.no_prefix_reuse)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ class ServeOptions:
     auth_token: str | None = None          # clients send `authorization: Bearer <token>`
     max_message_bytes: int = 4 * 2**20     # larger requests are refused (RESOURCE_EXHAUSTED)
     drain_grace_s: float = 30.0
+    prefix_reuse: bool = True              # continue requests from cached prefixes (multi-turn)
 
 
 def parse_listen(listen: str) -> tuple[str, str]:
@@ -126,7 +127,8 @@ class Server:
         metrics = ServerMetrics()
         slots = slots_for_budget(backend.info, options.max_memory)
         scheduler = Scheduler(backend, slots, options.max_queue, metrics,
-                              sample_vocab=tokenizer.vocab_size if tokenizer else None)
+                              sample_vocab=tokenizer.vocab_size if tokenizer else None,
+                              prefix_reuse=options.prefix_reuse)
         model = ServedModel(options.model_name, backend, tokenizer, scheduler, metrics)
         server = cls(model, options)
         try:
