@@ -151,3 +151,44 @@ def test_requests_sharing_a_system_prompt_reuse_it_up_to_a_saved_point(tiny_engi
                                        max_step_tokens=CHUNK), prompts, False)
     assert reused == 256                 # saves at 128, 256 (stride) and 330 (a's prompt end)
     assert_same_generations(with_reuse, without)
+
+
+def chat_turns(server, turns: int = 3):
+    """A real multi-turn Chat (harmony rendering) on the default model, greedy; -> replies."""
+    from gptoss_edge.v1 import llm_pb2 as pb
+    from gptoss_edge.v1 import llm_pb2_grpc
+
+    messages = [pb.Message(role=pb.ROLE_DEVELOPER,
+                           content="Answer questions about Python's standard library. " * 12)]
+    replies = []
+    with server.channel() as ch:
+        stub = llm_pb2_grpc.LLMStub(ch)
+        for q in ["What does json.dumps do?", "And json.loads?", "What about os.path.join?"][:turns]:
+            messages.append(pb.Message(role=pb.ROLE_USER, content=q))
+            out = list(stub.Chat(pb.ChatRequest(messages=messages, max_tokens=40,
+                                                sampling=pb.SamplingParams(temperature=0.0))))
+            reply = "".join(r.content for r in out)
+            replies.append((reply, "".join(r.reasoning for r in out), out[-1].finish.usage))
+            messages.append(pb.Message(role=pb.ROLE_ASSISTANT, content=reply or "(no answer)"))
+    return replies
+
+
+def test_follow_up_chat_turns_reuse_the_conversation_and_answer_the_same():
+    from gptoss_edge.runtime.engine.opener import EngineLimits, open_engine
+    from gptoss_edge.runtime.frontends.grpc_server import ServeOptions
+    from serving_helpers import ServerThread
+
+    results = {}
+    for reuse in (True, False):
+        engine = open_engine(None, EngineLimits(max_slots=2, max_context=2048))
+        server = ServerThread(engine.backend, engine.tokenizer,
+                              ServeOptions(listen="127.0.0.1:0", prefix_reuse=reuse))
+        try:
+            results[reuse] = (chat_turns(server), server.server.model.scheduler.reused_tokens)
+        finally:
+            server.stop()
+            engine.backend.close()
+    (with_reuse, reused), (without, none) = results[True], results[False]
+    assert [r[:2] for r in with_reuse] == [r[:2] for r in without]   # same greedy text
+    first, second = with_reuse[0][2].prompt_tokens, with_reuse[1][2].prompt_tokens
+    assert none == 0 and reused >= first + second     # turns 2 and 3 started past their history
