@@ -17,16 +17,17 @@ restores one: the slot is then bit for bit the state it had at that length.
 What the scheduler saves: the slot at the end of every prompt (a follow-up turn starts with
 the previous prompt) and at every multiple of `stride` tokens while prefilling (a shared
 system prompt is reused up to the last multiple below the point where two prompts differ).
-A slot keeps at most `limit` saved prefixes (oldest prompt ends dropped first). One saved
-prefix costs the slot's window buffers: KvLayout.ring_bytes_per_slot x ring_slots (gpt-oss-20b
-fp16: 3 MiB; float32 6 MiB); see runtime/SERVING.md.
+A slot keeps at most `limit` (MAX_SAVED) saved prefixes, the oldest prompt ends dropped first.
+One saved prefix costs the slot's window buffers: KvLayout.ring_bytes_per_slot x ring_slots
+(gpt-oss-20b fp16: 3 MiB; float32 6 MiB), so at most 4 x that per slot; --max-memory does not
+count it yet (runtime/SERVING.md).
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 REUSE_STRIDE = 1024       # saved-prefix spacing inside long prompts (tokens)
-MAX_SAVED = 8             # saved prefixes one slot keeps
+MAX_SAVED = 4             # saved prefixes one slot keeps (memory: see the docstring)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
