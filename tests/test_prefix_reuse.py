@@ -26,10 +26,10 @@ def test_prefix_bookkeeping():
     assert choose_slot([1, 2], [4, 5], {}) == (4, 0)
     assert save_points(0, 64, 300, stride=128) is False and save_points(64, 128, 300, stride=128)
     assert save_points(256, 300, 300, stride=128) and chunk_limit(100, stride=128) == 28
-    saved = SavedPrefixes(limit=3, stride=128)
+    saved = SavedPrefixes(limit=3)
     for n in (128, 150, 256, 300):
         saved.add(0, n, n)
-    assert saved.best(0, 299) == (256, 256)            # 150 (a prompt end) was dropped first
+    assert saved.best(0, 299) == (256, 256)            # 150 (second-lowest) was dropped
     assert truncation(saved, 0, 140, 400) == (128, 128) and saved.count(0) == 1
     assert truncation(saved, 0, 400, 400) == (400, None)
     with pytest.raises(ValueError, match="cannot keep 401"):

@@ -12,7 +12,7 @@ slot and continue a later request from the longest prefix the two share. Contrac
   * `save_prefix(slot)` remembers the slot's state at its current length L: everything that a
     later step could have overwritten by then, i.e. the window layers' buffers (ring or
     ONNX Runtime's compacted window). Saves are per slot, kept until `truncate` cuts below them
-    or `release`; at most `prefix.MAX_SAVED` per slot (older prompt ends dropped first);
+    or `release`; at most `prefix.MAX_SAVED` per slot (SavedPrefixes decides which go);
   * `truncate(slot, length)`, 0 <= length <= slot_length: the slot continues from the longest
     length k <= `length` it can reproduce exactly, k = slot_length when length equals it, else
     the longest saved prefix (window buffers copied back), else 0; returns k. Steps after it

@@ -17,7 +17,8 @@ restores one: the slot is then bit for bit the state it had at that length.
 What the scheduler saves: the slot at the end of every prompt (a follow-up turn starts with
 the previous prompt) and at every multiple of `stride` tokens while prefilling (a shared
 system prompt is reused up to the last multiple below the point where two prompts differ).
-A slot keeps at most `limit` (MAX_SAVED) saved prefixes, the oldest prompt ends dropped first.
+A slot keeps at most `limit` (MAX_SAVED) saved prefixes; beyond that the second-lowest goes
+(the lowest, a shared system prompt's first save point, and the latest turns stay).
 One saved prefix costs the slot's window buffers: KvLayout.ring_bytes_per_slot x ring_slots
 (gpt-oss-20b fp16: 3 MiB; float32 6 MiB), so at most 4 x that per slot; --max-memory does not
 count it yet (runtime/SERVING.md).
@@ -67,9 +68,10 @@ def chunk_limit(prefilled: int, stride: int = REUSE_STRIDE) -> int:
 class SavedPrefixes:
     """Per-slot saved states: length -> the backend's window-layer copies (opaque here)."""
 
-    def __init__(self, limit: int = MAX_SAVED, stride: int = REUSE_STRIDE):
+    def __init__(self, limit: int = MAX_SAVED):
+        if limit < 2:
+            raise ValueError(f"a slot needs room for at least 2 saved prefixes, got {limit}")
         self.limit = limit
-        self.stride = stride
         self._saved: dict[int, dict[int, Any]] = {}
 
     def add(self, slot: int, length: int, payload: Any) -> None:
@@ -78,10 +80,11 @@ class SavedPrefixes:
         while len(saved) > self.limit:
             del saved[self._victim(saved)]
 
-    def _victim(self, saved: dict[int, Any]) -> int:
-        """The oldest prompt end (lowest length off the stride) goes first, then the lowest."""
-        off_stride = [n for n in saved if n % self.stride]
-        return min(off_stride) if off_stride else min(saved)
+    @staticmethod
+    def _victim(saved: dict[int, Any]) -> int:
+        """The second-lowest length: the lowest (a shared system prompt's first save point)
+        and the newest ones (the latest turns) stay longest."""
+        return sorted(saved)[1]
 
     def best(self, slot: int, length: int) -> tuple[int, Any]:
         """The longest saved length <= `length` and its payload; (0, None) if none."""
