@@ -17,16 +17,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gptoss_edge.kserve import grpc_service_pb2 as kpb
-from gptoss_edge.kserve import grpc_service_pb2_grpc
+from gptoss_edge.runtime.api.service import ModelService
 from gptoss_edge.runtime.engine.backend import Backend
 from gptoss_edge.runtime.engine.kv import slots_for_budget
 from gptoss_edge.runtime.frontends.metrics import ServerMetrics
 from gptoss_edge.runtime.engine.scheduler import Scheduler
+from gptoss_edge.runtime.frontends.grpc_handlers import add_servicer
 from gptoss_edge.runtime.frontends.kserve_service import KServeService
 from gptoss_edge.runtime.frontends.llm_service import LLMService
-from gptoss_edge.runtime.frontends.served_model import ServedModel
 from gptoss_edge.v1 import llm_pb2 as pb
-from gptoss_edge.v1 import llm_pb2_grpc
 
 LLM_SERVICE = pb.DESCRIPTOR.services_by_name["LLM"].full_name
 KSERVE_SERVICE = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -105,7 +104,7 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class Server:
     """One served model behind one gRPC server. Create with `await Server.start(...)`."""
 
-    def __init__(self, model: ServedModel, options: ServeOptions):
+    def __init__(self, model: ModelService, options: ServeOptions):
         self.model = model
         self.options = options
         self.health = HealthServicer()
@@ -120,7 +119,7 @@ class Server:
         metrics = ServerMetrics()
         slots = slots_for_budget(backend.info, options.max_memory)
         scheduler = Scheduler(backend, slots, options.max_queue, metrics)
-        model = ServedModel(options.model_name, backend, tokenizer, scheduler, metrics)
+        model = ModelService(options.model_name, backend, tokenizer, scheduler, metrics)
         server = cls(model, options)
         await server._bind_and_start()
         return server
@@ -133,9 +132,9 @@ class Server:
             ("grpc.max_receive_message_length", o.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        llm_pb2_grpc.add_LLMServicer_to_server(LLMService(self.model), self._grpc)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeService(self.model), self._grpc)
+        add_servicer(self._grpc, pb.DESCRIPTOR.services_by_name["LLM"], LLMService(self.model))
+        add_servicer(self._grpc, kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                     KServeService(self.model))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             [LLM_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], self._grpc)
