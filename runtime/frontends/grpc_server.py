@@ -50,6 +50,7 @@ class ServeOptions:
     auth_token: str | None = None          # clients send `authorization: Bearer <token>`
     max_message_bytes: int = 4 * 2**20     # larger requests are refused (RESOURCE_EXHAUSTED)
     drain_grace_s: float = 30.0
+    http: str = ""                         # "HOST:PORT": OpenAI-compatible HTTP too; "" = off
 
 
 def parse_listen(listen: str) -> tuple[str, str]:
@@ -110,6 +111,7 @@ class Server:
         self.health = HealthServicer()
         self.address = ""                  # what a client dials: unix:PATH or HOST:PORT
         self.metrics_port: int | None = None
+        self.http = None                   # http_server.HttpFrontend when options.http is set
         self._grpc: grpc.aio.Server | None = None
         self._drained = asyncio.Event()
         self._draining = False
@@ -158,6 +160,15 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if o.metrics_port is not None:
             self.metrics_port = self.model.metrics.serve_http(o.metrics_port, o.metrics_host)
+        if o.http:
+            from gptoss_edge.runtime.frontends.http_server import HttpFrontend
+            try:
+                self.http = await HttpFrontend.start(
+                    self.model, o.http, token=o.auth_token, tls_cert=o.tls_cert,
+                    tls_key=o.tls_key, max_body=o.max_message_bytes)
+            except BaseException:
+                await self.stop()
+                raise
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Stop taking work, let in-flight requests finish (up to the grace), then stop."""
@@ -173,6 +184,8 @@ class Server:
             await asyncio.wait_for(self.model.scheduler.wait_idle(), grace)
         except asyncio.TimeoutError:
             self.model.scheduler.abort_all()   # streams end with finish reason CANCELLED
+        if self.http is not None:
+            await self.http.stop()
         await self._grpc.stop(grace=5.0)      # handlers send their last messages
         await self.model.scheduler.close()
         self._drained.set()
@@ -185,6 +198,8 @@ class Server:
         if not self._draining:
             self._draining = True
             self.model.draining = True
+            if self.http is not None:
+                await self.http.stop(force=True)
             await self._grpc.stop(grace=None)
             await self.model.scheduler.close()
             self._drained.set()
