@@ -175,3 +175,12 @@ def test_drain_stops_the_http_listener(tiny_tokenizer, tmp_path):
     with pytest.raises(httpx.ConnectError):
         httpx.get(address + "/health", timeout=5)
     st.stop()
+
+
+def test_logprobs_in_openai_shape(slow, tiny_tokenizer):
+    reply = client_of(slow).chat.completions.create(model="scripted", messages=user("KEY_OK"),
+                                                    logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in content)
+    assert b"".join(bytes(t.bytes) for t in content).decode().endswith("Done.<|return|>")

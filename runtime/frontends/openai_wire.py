@@ -258,16 +258,13 @@ class Completion:
         return {"tool_calls": [call]}
 
     def chunk(self, e, first: bool) -> dict:
-        if isinstance(e, ev.Finish):
-            choice = {"index": 0, "delta": {}, "finish_reason": FINISH[e.reason],
-                      "logprobs": self._lp(e.logprobs)}
-        else:
-            delta = self.delta(e)
-            if first:
-                delta = {"role": "assistant", **delta}
-            choice = {"index": 0, "delta": delta, "finish_reason": None,
-                      "logprobs": self._lp(e.logprobs)}
-        return self._envelope([choice])
+        finish = isinstance(e, ev.Finish)
+        delta = {} if finish else self.delta(e)
+        if first:
+            delta = {"role": "assistant", **delta}
+        return self._envelope([{"index": 0, "delta": delta,
+                                "finish_reason": FINISH[e.reason] if finish else None,
+                                "logprobs": self._lp(e.logprobs)}])
 
     def usage_chunk(self, usage: ev.Usage) -> dict:
         return self._envelope([], usage=usage_json(usage))
