@@ -199,3 +199,15 @@ def test_unknown_route_and_bad_json_are_openai_errors(served):
     deep = b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     r = httpx.post(f"{base}/chat/completions", content=deep)
     assert r.status_code == 400 and "deep" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("http", ["nonsense", "127.0.0.1:99999", "256.1.1.1:80"])
+def test_a_bad_http_address_is_one_line(tiny_engine, tmp_path, http):
+    out = subprocess.run([sys.executable, "-m", "gptoss_edge.cli", "serve", str(tiny_engine),
+                          "--listen", f"unix:{tmp_path}/s.sock", "--http", http,
+                          "--max-context", "256", "--max-step-tokens", "32"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("warning:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: --http {http}: "), out.stderr
+    assert not (tmp_path / "s.sock").exists()          # the gRPC side was taken down too

@@ -208,8 +208,12 @@ def make_app(model: ModelService, token: str | None, max_body: int):
 
 def bind_tcp(target: str) -> socket.socket:
     """HOST:PORT -> a listening socket (port 0: any free port). OSError names the address."""
-    host, _, port = target.rpartition(":")
+    host, sep, port = target.rpartition(":")
     host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise OSError(f"--http {target}: expected HOST:PORT (e.g. 127.0.0.1:8000)")
+    if int(port) > 65535:
+        raise OSError(f"--http {target}: port must be 0..65535")
     try:
         family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, int(port)), family=family)
