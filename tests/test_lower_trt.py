@@ -268,6 +268,10 @@ def test_manifest_records_profiles_plugins_and_bindings(engine):
     names = [b["name"] for b in m.bindings["inputs"]]
     assert names[:3] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN]
     assert tc["kv_layout"]["ring_layers"] == [i for i in range(CFG.num_hidden_layers) if CFG.is_sliding(i)]
+    from gptoss_edge.target_config import TensorRTConfig, target_config_of
+    typed = target_config_of(m)
+    assert isinstance(typed, TensorRTConfig) and typed.plan is None and typed.engine_file is None
+    assert typed.to_manifest() == dict(tc)
 
 
 def run_alone(be, tokens, chunk):

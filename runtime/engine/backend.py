@@ -13,17 +13,23 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from gptoss_edge.compiler.config import ModelConfig
-from gptoss_edge.kv_layout import KvLayout, KvLayoutError
+from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.target_config import TargetConfigError, target_config_of
+
+
+def target_config(manifest):
+    """The manifest's typed target_config (gptoss_edge/target_config.py); BackendError naming the
+    field when it cannot be read."""
+    try:
+        return target_config_of(manifest)
+    except TargetConfigError as e:
+        raise BackendError(f"{e}; the engine was written by another gptoss-edge: compile it again") from None
 
 
 def kv_layout_of(manifest) -> KvLayout:
     """The KV layout an engine manifest records (compile writes it; every backend sizes its cache
     from it)."""
-    try:
-        return KvLayout.from_manifest(manifest.target_config["kv_layout"])
-    except (KeyError, KvLayoutError) as e:
-        raise BackendError(f"{manifest.path}/manifest.json: no usable kv_layout ({e}); the engine was "
-                           f"written by an older gptoss-edge: compile it again") from None
+    return target_config(manifest).kv_layout
 
 
 class BackendError(RuntimeError):

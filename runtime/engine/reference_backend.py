@@ -20,7 +20,7 @@ from onnx.reference import ReferenceEvaluator
 from gptoss_edge.compiler import opset, schemas
 from gptoss_edge.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS
-from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, kv_layout_of
+from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, target_config
 
 IO = opset.ENGINE_IO
 TARGETS = ("tensorrt",)   # graphs made of standard ops + our op set
@@ -42,28 +42,24 @@ class ReferenceBackend:
         if m.target not in TARGETS:
             raise BackendError(f"{m.path}: target {m.target!r} has no reference backend "
                                f"(its graph uses that runtime's own ops); compile with --target tensorrt")
-        tc = m.target_config
-        try:
-            onnx_name, positions = tc["model_file"], int(tc["max_positions"])
-            max_batch = int(tc["max_batch"])
-            max_context = int(max_context or tc["max_context"])
-            max_step = int(max_step_tokens or tc["max_step_tokens"])
-        except KeyError as e:
-            raise BackendError(f"{m.path}: manifest target_config lacks {e.args[0]!r}") from None
+        tc = target_config(m)
+        positions, max_batch = tc.max_positions, tc.max_batch
+        max_context = int(max_context or tc.max_context)
+        max_step = int(max_step_tokens or tc.max_step_tokens)
         if min(max_context, max_step, max_slots or 1) < 1:
             raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
-        if max_step > int(tc["max_step_tokens"]):
-            raise BackendError(f"max_step_tokens {max_step} exceeds the engine profile's {tc['max_step_tokens']}")
+        if max_step > tc.max_step_tokens:
+            raise BackendError(f"max_step_tokens {max_step} exceeds the engine profile's {tc.max_step_tokens}")
         if max_context > positions:
             raise BackendError(f"max_context {max_context} exceeds the engine's {positions} RoPE positions")
         self._cfg = m.config
         schemas.register()
-        model = onnx.load(str(m.file(onnx_name)), load_external_data=True)
+        model = onnx.load(str(m.file(tc.model_file)), load_external_data=True)
         self._eval = ReferenceEvaluator(model, new_ops=REFERENCE_OPS)
         self._cache_dtype = {b["name"]: _np_dtype(b["dtype"]) for b in m.bindings["inputs"]}
         self._info = BackendInfo(config=m.config, target="reference", max_slots=max_slots or max_batch,
                                  max_context=max_context, max_step_tokens=max_step,
-                                 kv_layout=kv_layout_of(m))
+                                 kv_layout=tc.kv_layout)
         self._max_batch = max_batch
         layers = range(m.config.num_hidden_layers)
         self._cache_pairs = [(IO.past_key(i), IO.present_key(i)) for i in layers] + \
