@@ -76,6 +76,10 @@ def add_engine_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slots", type=int, default=8, help="most concurrent sequences")
     p.add_argument("--max-context", type=int, default=4096, help="tokens per sequence")
     p.add_argument("--max-step-tokens", type=int, default=256, help="prefill chunk size")
+    from gptoss_edge.runtime.engine.opener import BACKEND_CHOICES
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto: by the engine's target (tensorrt engines need TensorRT; "
+                        "reference runs them on CPU, exact and slow)")
 
 
 def engine_limits(args: argparse.Namespace):
@@ -107,7 +111,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from gptoss_edge.runtime.engine.opener import open_engine
 
     try:
-        engine = open_engine(args.engine_dir, engine_limits(args))
+        engine = open_engine(args.engine_dir, engine_limits(args), backend=args.backend)
         options = server_options(args, engine.name)
     except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
