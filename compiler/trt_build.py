@@ -296,7 +296,8 @@ def build_engine(engine_dir: str | Path, plugins: str | Path | None = None, *, w
         f"of {dev.free_bytes / GiB:.2f} GiB free")
 
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)   # TensorRT 11: always on
+    network = builder.create_network(0 if typed is None else 1 << int(typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(model.SerializeToString(), str(m.file(tc.model_file))):
         first = parser.get_error(0) if parser.num_errors else "unknown error"
