@@ -116,3 +116,20 @@ def test_tensorrt_backend_refusals_are_one_line(engine, tmp_path):
     with pytest.raises(opener.EngineOpenError) as e:
         opener.open_engine(planned, limits, backend="tensorrt")
     assert str(e.value).startswith("TensorRT is not installed") and "--backend reference" in str(e.value)
+
+
+def test_plugin_library_search_order_and_message(tmp_path):
+    from pathlib import Path
+
+    from gptoss_edge.trt_env import TrtUnavailable, find_plugin_library, plugin_candidates
+    env = {"GPTOSS_EDGE_PLUGINS": "/env/lib.so"}
+    assert plugin_candidates("/x/lib.so", env, Path("/repo")) == [Path("/x/lib.so")]
+    assert plugin_candidates(None, env, Path("/repo")) == [
+        Path("/env/lib.so"), Path("/opt/gptoss-edge/lib/libgptoss_edge_plugins.so"),
+        Path("/repo/build/plugins/libgptoss_edge_plugins.so")]
+    lib = tmp_path / "libgptoss_edge_plugins.so"
+    lib.write_bytes(b"\x7fELF")
+    assert find_plugin_library(None, {"GPTOSS_EDGE_PLUGINS": str(lib)}) == lib
+    with pytest.raises(TrtUnavailable) as e:
+        find_plugin_library(tmp_path / "missing.so")
+    assert f"looked at {tmp_path / 'missing.so'}" in str(e.value) and "--plugins PATH" in str(e.value)

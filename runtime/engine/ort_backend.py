@@ -25,7 +25,8 @@ import onnxruntime as ort
 
 from gptoss_edge.compiler import opset
 from gptoss_edge.engine_dir import load_manifest
-from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, target_config
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
+                                                validate_rows)
 
 IO = opset.ENGINE_IO
 
@@ -162,24 +163,4 @@ class OrtBackend:
         return int(slot)
 
     def _validate(self, rows: Sequence[StepRow]) -> None:
-        if not rows:
-            raise BackendError("step needs at least one row")
-        seen = set()
-        for r in rows:
-            slot = self._check_slot(r.slot)
-            if slot in seen:
-                raise BackendError(f"slot {slot} appears twice in one step")
-            seen.add(slot)
-            n = len(r.token_ids)
-            if n == 0:
-                raise BackendError(f"slot {slot}: a step row needs at least one token")
-            if n > self._info.max_step_tokens:
-                raise BackendError(f"slot {slot}: {n} tokens in one step exceed max_step_tokens "
-                                   f"{self._info.max_step_tokens} (split the prompt)")
-            if self._lengths[slot] + n > self._info.max_context:
-                raise BackendError(f"slot {slot}: {self._lengths[slot]} + {n} tokens exceed max_context "
-                                   f"{self._info.max_context}")
-            bad = [t for t in r.token_ids if not 0 <= int(t) < self.cfg.vocab_size]
-            if bad:
-                raise BackendError(f"slot {slot}: token id {bad[0]} outside the vocabulary "
-                                   f"[0, {self.cfg.vocab_size})")
+        validate_rows(rows, self._info, self._lengths)
