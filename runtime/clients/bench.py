@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -143,5 +144,6 @@ async def bench_main(args) -> int:
             print(format_row("server", figs) + f"  x{figs.decode_tok_s / base:.2f} vs c=1")
     finally:
         await server.stop()
+        shutil.rmtree(sock.parent, ignore_errors=True)
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
     return 0

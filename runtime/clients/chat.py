@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -131,6 +132,7 @@ async def chat_main(args) -> int:
     finally:
         if local is not None:
             await local.stop()
+            shutil.rmtree(Path(local.address.removeprefix("unix:")).parent, ignore_errors=True)
 
 
 async def _start_local_server():

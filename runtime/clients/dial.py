@@ -1,12 +1,23 @@
 """Client-side helpers shared by `gptoss-edge chat`, `bench` and the tests: dial a server
-address (unix:PATH or HOST:PORT), optionally with TLS and a bearer token."""
+address (unix:PATH or HOST:PORT), optionally with TLS and a bearer token; private sockets for
+servers a client starts itself."""
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 
 from gptoss_edge.v1 import llm_pb2_grpc
+
+
+@contextlib.contextmanager
+def private_socket(prefix: str) -> Iterator[str]:
+    """A `unix:` address in a new private folder, removed with its contents on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield f"unix:{Path(folder) / 's.sock'}"
 
 
 class _Bearer(grpc.AuthMetadataPlugin):
