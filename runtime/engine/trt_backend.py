@@ -286,10 +286,10 @@ class TrtBackend:
     def _decode_graph(self, lo: int, n: int) -> None:
         key = (lo, n)
         exe = self._graphs.get(key, 0)
-        self._bind(lo, n, 1)
-        if exe:
+        if exe:                               # addresses and shapes are baked into the graph
             self.cuda.graph_launch(exe, self.stream)
             return
+        self._bind(lo, n, 1)
         self._execute()                       # eager first: TensorRT settles shape-dependent state
         if key in self._graphs:               # capture failed before: stay eager
             return
