@@ -316,8 +316,9 @@ def build_engine(engine_dir: str | Path, plugins: str | Path | None = None, *, w
     if not config.set_timing_cache(cache, False):
         cache = config.create_timing_cache(b"")       # a cache from another GPU / TensorRT version
         config.set_timing_cache(cache, False)
-    if hasattr(trt, "IProgressMonitor"):
-        config.progress_monitor = _progress_monitor(trt, log)
+    monitor = _progress_monitor(trt, log) if hasattr(trt, "IProgressMonitor") else None
+    if monitor is not None:
+        config.progress_monitor = monitor        # `monitor` keeps the Python object alive during the build
 
     tmp = {name: m.path.parent / f".{m.path.name}.{name}.tmp-{os.getpid()}" for name in (PLAN_FILE, TIMING_CACHE_FILE)}
     try:

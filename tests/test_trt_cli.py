@@ -104,3 +104,25 @@ def test_parity_harness_and_verdict(engine):
     perf = selftest.measure(a, CFG.vocab_size, prompt_len=32, decode=3)
     assert perf["prompt_tokens"] == 32 and perf["decode_tokens"] == 3 and perf["ttft_ms"] > 0
     a.close()
+
+
+def test_selftest_default_engine_holds_the_selftest_case(tmp_path, monkeypatch):
+    """The embedded model compiled the way selftest compiles it (cached) takes the selftest's
+    batch, chunk and context, and the reference half of the case runs on it."""
+    from gptoss_edge.engine_dir import load_manifest
+    from gptoss_edge.target_config import target_config_of
+
+    monkeypatch.setenv("GPTOSS_EDGE_CACHE", str(tmp_path))
+    engine = selftest.default_tensorrt_engine("fp32", lambda s: None)
+    assert engine.parent == tmp_path / "selftest"
+    assert selftest.default_tensorrt_engine("fp32", lambda s: None) == engine            # cached
+    m = load_manifest(engine, verify=False)
+    tc = target_config_of(m)
+    assert m.target == "tensorrt" and tc.precision == "fp32" and tc.plan is None
+    assert tc.max_batch >= len(selftest.PROMPT_LENGTHS) and tc.max_step_tokens >= 256
+    assert tc.max_context >= max(selftest.PROMPT_LENGTHS) + selftest.DECODE_STEPS
+    ids = selftest.prompts(m.config.vocab_size)
+    ref = ReferenceBackend(engine, verify=False, max_slots=3, max_context=max(map(len, ids)) + 2, max_step_tokens=256)
+    got, tokens = selftest.run_parity_case(ref, ids, 2)
+    assert [g.shape[0] for g in got] == [n + 2 for n in selftest.PROMPT_LENGTHS] and all(len(t) == 2 for t in tokens)
+    ref.close()
