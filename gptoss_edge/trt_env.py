@@ -136,6 +136,7 @@ def environment_report(cuda_path: str | None = None, plugins: str | Path | None 
             facts["gpu"] = dataclasses.asdict(cuda.device_facts())
     except CudaError as e:
         problems.append(f"no usable CUDA GPU: {e}")
+    facts["libnvinfer"] = libnvinfer_version()
     try:
         facts["tensorrt"] = import_tensorrt().__version__
     except TrtUnavailable as e:
@@ -146,3 +147,20 @@ def environment_report(cuda_path: str | None = None, plugins: str | Path | None 
     except TrtUnavailable as e:
         problems.append(str(e))
     return facts, problems
+
+
+def libnvinfer_version() -> str:
+    """TensorRT's C++ library as the loader finds it, with its version (getInferLibVersion), or
+    "not found": tells a missing Python package (python3-libnvinfer) from a missing TensorRT."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("nvinfer")
+    if not name:
+        return "not found"
+    try:
+        v = ctypes.CDLL(name).getInferLibVersion()
+    except (OSError, AttributeError) as e:
+        return f"{name} (cannot read its version: {e})"
+    major, rest = divmod(v, 10000) if v >= 100000 else divmod(v, 1000)
+    return f"{name} {major}.{rest // 100}.{rest % 100}"

@@ -42,7 +42,8 @@ def _errors():
     from gptoss_edge.runtime.engine.backend import BackendError
     from gptoss_edge.target_config import TargetConfigError
     from gptoss_edge.trt_env import TrtUnavailable
-    return (BuildError, CudaError, EngineDirError, BackendError, TargetConfigError, TrtUnavailable, OSError)
+    return (BuildError, CudaError, EngineDirError, BackendError, TargetConfigError, TrtUnavailable, OSError,
+            ValueError)
 
 
 def run_build(args: argparse.Namespace) -> int:
