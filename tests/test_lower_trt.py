@@ -295,10 +295,10 @@ def test_reference_backend_batched_equals_alone_across_ring_wraps(engine):
     # float32 rounding order of standard ops (MatMul over a different batch shape): 1e-5.
     np.testing.assert_allclose(got_a, run_alone(be, a, 300), atol=1e-5)
     np.testing.assert_allclose(got_b, run_alone(be, b + [7], 300), atol=1e-5)
-    with pytest.raises(BackendError, match="engine takes 300"):
+    with pytest.raises(BackendError, match="exceed max_step_tokens 300"):
         be.step([StepRow(0, [1] * 301)])
     be.step([StepRow(0, [1] * 300)])
-    with pytest.raises(BackendError, match="exceed the context of 400"):
+    with pytest.raises(BackendError, match="exceed max_context 400"):
         be.step([StepRow(0, [1] * 101)])
     with pytest.raises(BackendError, match="twice"):
         be.step([StepRow(0, [1]), StepRow(0, [2])])

@@ -20,7 +20,8 @@ from onnx.reference import ReferenceEvaluator
 from gptoss_edge.compiler import opset, schemas
 from gptoss_edge.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS
-from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, target_config
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
+                                                validate_rows)
 
 IO = opset.ENGINE_IO
 TARGETS = ("tensorrt",)   # graphs made of standard ops + our op set
@@ -86,9 +87,7 @@ class ReferenceBackend:
         self._caches = [None] * self._info.max_slots
 
     def step(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
-        if not rows:
-            raise BackendError("step needs at least one row")
-        self._check_rows(rows)
+        validate_rows(rows, self._info, self._lengths)
         results: list[np.ndarray] = []
         for start in range(0, len(rows), self._max_batch):        # engine batch limit
             results += self._run(rows[start:start + self._max_batch])
@@ -110,26 +109,6 @@ class ReferenceBackend:
     def _check_slot(self, slot: int) -> None:
         if not isinstance(slot, int) or not 0 <= slot < self._info.max_slots:
             raise BackendError(f"slot {slot!r} outside [0, {self._info.max_slots})")
-
-    def _check_rows(self, rows: Sequence[StepRow]) -> None:
-        seen = set()
-        for r in rows:
-            self._check_slot(r.slot)
-            if r.slot in seen:
-                raise BackendError(f"slot {r.slot} appears twice in one step")
-            seen.add(r.slot)
-            n = len(r.token_ids)
-            if n == 0:
-                raise BackendError(f"slot {r.slot}: a step row needs at least one token")
-            if n > self._info.max_step_tokens:
-                raise BackendError(f"slot {r.slot}: {n} tokens in one step, the engine takes "
-                                   f"{self._info.max_step_tokens} (split the prompt)")
-            if self._lengths[r.slot] + n > self._info.max_context:
-                raise BackendError(f"slot {r.slot}: {self._lengths[r.slot]} + {n} tokens exceed the "
-                                   f"context of {self._info.max_context}")
-            bad = [t for t in r.token_ids if not 0 <= int(t) < self._cfg.vocab_size]
-            if bad:
-                raise BackendError(f"slot {r.slot}: token id {bad[0]} outside [0, {self._cfg.vocab_size})")
 
     def _run(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
         if self._eval is None:
