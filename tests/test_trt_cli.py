@@ -126,3 +126,12 @@ def test_selftest_default_engine_holds_the_selftest_case(tmp_path, monkeypatch):
     got, tokens = selftest.run_parity_case(ref, ids, 2)
     assert [g.shape[0] for g in got] == [n + 2 for n in selftest.PROMPT_LENGTHS] and all(len(t) == 2 for t in tokens)
     ref.close()
+
+
+@without_tensorrt
+def test_serve_build_engine_fails_in_one_line_and_skips_other_targets(engine, tiny_engine, tmp_path):
+    from gptoss_edge.compiler.trt_build import ensure_plan
+    assert ensure_plan(tiny_engine, log=lambda s: None) is False          # onnxruntime engine: nothing to build
+    r = cli("serve", str(engine), "--build-engine", "--listen", f"unix:{tmp_path / 's.sock'}")
+    line = one_error_line(r, "error: build-engine: TensorRT is not installed")
+    assert r.returncode == 2 and not (tmp_path / "s.sock").exists() and "--backend reference" in line
