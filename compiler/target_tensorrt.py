@@ -19,7 +19,7 @@ from gptoss_edge.compiler import lower_trt, opset, plan
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph
 from gptoss_edge.kv_layout import KvLayout
-from gptoss_edge.target_config import PluginRef, TensorRTConfig
+from gptoss_edge.target_config import KV_DTYPES, PluginRef, TensorRTConfig
 
 MODEL_FILE = "model.onnx"
 
@@ -32,7 +32,7 @@ def _dense_mode(dense: str) -> str:
 def kv_layout(cfg, precision: str) -> KvLayout:
     """Cache dtype follows the precision; window layers are 128-slot rings, full layers sized by
     the `kv_capacity` dimension of the bindings."""
-    return KvLayout.of(cfg, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision])
+    return KvLayout.of(cfg, KV_DTYPES[precision])
 
 
 def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:

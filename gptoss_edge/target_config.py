@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from gptoss_edge.kv_layout import KvLayout, KvLayoutError
 
 PROFILE_DIMS = ("batch", "seq", "kv_capacity", "ring")   # optimization-profile dims, see lower_trt.profiles
+KV_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}   # TensorRT precision -> KV cache dtype
 
 
 class TargetConfigError(ValueError):
@@ -180,18 +181,22 @@ class TensorRTConfig:
         if engine_file != (plan.file if plan else None):
             raise TargetConfigError(f"{where}.engine_file {engine_file!r} disagrees with plan "
                                     f"{plan.file if plan else None!r}")
-        return cls(model_file=_str(doc, "model_file", where),
-                   precision=_str(doc, "precision", where, cls.PRECISIONS),
-                   dense=_str(doc, "dense", where, ("16bit", "4bit")),
-                   dense_format=_str(doc, "dense_format", where, ("mxfp4", "int4"), optional=True),
-                   experts=_str(doc, "experts", where, ("mxfp4",)),
-                   max_batch=_int(doc, "max_batch", where, 1), max_context=_int(doc, "max_context", where, 1),
-                   max_step_tokens=_int(doc, "max_step_tokens", where, 1),
-                   max_positions=_int(doc, "max_positions", where, 1),
-                   profiles=_profiles(_get(doc, "profiles", where), f"{where}.profiles"),
-                   plugins=_plugins(_get(doc, "plugins", where), f"{where}.plugins"),
-                   opset=dict(_get(doc, "opset", where)), kv_layout=_kv_layout(doc, where),
-                   weight_bytes=_int(doc, "weight_bytes", where), plan=plan)
+        tc = cls(model_file=_str(doc, "model_file", where),
+                 precision=_str(doc, "precision", where, cls.PRECISIONS),
+                 dense=_str(doc, "dense", where, ("16bit", "4bit")),
+                 dense_format=_str(doc, "dense_format", where, ("mxfp4", "int4"), optional=True),
+                 experts=_str(doc, "experts", where, ("mxfp4",)),
+                 max_batch=_int(doc, "max_batch", where, 1), max_context=_int(doc, "max_context", where, 1),
+                 max_step_tokens=_int(doc, "max_step_tokens", where, 1),
+                 max_positions=_int(doc, "max_positions", where, 1),
+                 profiles=_profiles(_get(doc, "profiles", where), f"{where}.profiles"),
+                 plugins=_plugins(_get(doc, "plugins", where), f"{where}.plugins"),
+                 opset=dict(_get(doc, "opset", where)), kv_layout=_kv_layout(doc, where),
+                 weight_bytes=_int(doc, "weight_bytes", where), plan=plan)
+        if tc.kv_layout.dtype != KV_DTYPES[tc.precision]:
+            raise TargetConfigError(f"{where}.kv_layout.dtype {tc.kv_layout.dtype!r} disagrees with precision "
+                                    f"{tc.precision!r} (the cache bindings are {KV_DTYPES[tc.precision]})")
+        return tc
 
 
 def _profiles(doc: Any, where: str) -> dict[str, tuple[int, int, int]]:

@@ -62,6 +62,7 @@ def test_onnxruntime_config_round_trips_and_keeps_its_formats():
     (lambda d: d["plugins"][0].pop("namespace"), "target_config.plugins[0]: missing field 'namespace'"),
     (lambda d: d.update(surprise=1), "unknown field(s) 'surprise'"),
     (lambda d: d.update(engine_file="engine.plan"), "engine_file 'engine.plan' disagrees with plan None"),
+    (lambda d: d["kv_layout"].update(dtype="float32"), "kv_layout.dtype 'float32' disagrees with precision 'fp16'"),
 ])
 def test_tensorrt_config_errors_name_the_field(edit, message):
     doc = trt_config().to_manifest()

@@ -51,6 +51,8 @@ from gptoss_edge.runtime.engine.trt_buffers import contiguous_runs, device_plan,
 
 IO = opset.ENGINE_IO
 STAGING = 64 << 20          # pinned staging buffer for loading weights outside the plan
+TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
+              "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}   # tensorrt.DataType member -> binding dtype
 
 
 def require_plan(m, tc):
@@ -142,12 +144,19 @@ class TrtBackend:
         cuda.synchronize(self.stream)
 
     def _check_io(self, trt, plan) -> None:
+        """The plan's I/O tensors are the manifest's bindings (+ the streamed weights), with the
+        dtypes the buffers are sized for."""
+        where, again = self.manifest.path, f"run `gptoss-edge build-engine {self.manifest.path}` again"
         names = {self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)}
-        want = {b["name"] for side in ("inputs", "outputs") for b in self.manifest.bindings[side]} | set(plan.streamed_weights)
+        dtypes = {b["name"]: b["dtype"] for side in ("inputs", "outputs") for b in self.manifest.bindings[side]}
+        want = set(dtypes) | set(plan.streamed_weights)
         if names != want:
-            diff = sorted(names ^ want)[:3]
-            raise BackendError(f"{self.manifest.path}: the plan's I/O tensors differ from the manifest ({', '.join(diff)} ...); "
-                               f"run `gptoss-edge build-engine {self.manifest.path}` again")
+            raise BackendError(f"{where}: the plan's I/O tensors differ from the manifest "
+                               f"({', '.join(sorted(names ^ want)[:3])} ...); {again}")
+        for name, dtype in dtypes.items():
+            got = TRT_DTYPES.get(getattr(self._engine.get_tensor_dtype(name), "name", ""))
+            if got is not None and got != dtype:
+                raise BackendError(f"{where}: {name!r} is {got} in the plan, {dtype} in the manifest; {again}")
 
     def _alloc(self, nbytes: int, zero: bool = False) -> int:
         ptr = self.cuda.malloc(nbytes)
