@@ -195,6 +195,8 @@ class TrtBackend:
                     self.cuda.synchronize(self.stream)          # the staging buffer is reused
                     done += n
             self._set_address(name, dev)
+        self._pinned.remove(staging)                            # pinned memory is DRAM on Jetson
+        self.cuda.free_host(staging)
 
     # ---- protocol ---------------------------------------------------------------------------
     @property
