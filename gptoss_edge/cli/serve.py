@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="", help="unix:PATH (default: $XDG_RUNTIME_DIR or /tmp "
                    "gptoss-edge-UID.sock) or HOST:PORT")
+    p.add_argument("--http", default="", metavar="HOST:PORT",
+                   help="also serve the OpenAI-compatible HTTP API (/v1/chat/completions, "
+                        "/v1/models) here, with the same token and TLS files (port 0: any)")
     p.add_argument("--name", default=None, help="model name clients use (default: from manifest)")
     p.add_argument("--max-memory", default=None,
                    help="KV cache budget, e.g. 2GiB: as many --max-context slots as fit "
@@ -106,7 +109,8 @@ def server_options(args: argparse.Namespace, name: str):
         listen=args.listen, model_name=args.name or name,
         max_queue=args.max_queue, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
-        max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace)
+        max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace,
+        http=getattr(args, "http", ""))
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -132,15 +136,20 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(backend, tokenizer, options) -> int:
     from gptoss_edge.runtime.frontends.grpc_server import Server
 
-    server = await Server.start(backend, tokenizer, options)
+    try:
+        server = await Server.start(backend, tokenizer, options)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))
     sched = server.model.scheduler
     metrics = f", metrics http://{options.metrics_host}:{server.metrics_port}/metrics" \
         if server.metrics_port else ""
+    http = f", OpenAI HTTP {server.http.address}/v1" if server.http else ""
     print(f"serving {options.model_name!r} ({backend.info.target}) on {server.address}: "
-          f"{sched.slots.total} KV slots x {backend.info.max_context} tokens{metrics}",
+          f"{sched.slots.total} KV slots x {backend.info.max_context} tokens{metrics}{http}",
           flush=True)
     await server.wait_closed()
     backend.close()
