@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="", help="unix:PATH (default: $XDG_RUNTIME_DIR or /tmp "
                    "gptoss-edge-UID.sock) or HOST:PORT")
+    p.add_argument("--http", default="", metavar="HOST:PORT",
+                   help="also serve the OpenAI-compatible HTTP API (/v1/chat/completions, "
+                        "/v1/models) here, with the same token and TLS files (port 0: any)")
     p.add_argument("--name", default=None, help="model name clients use (default: from manifest)")
     p.add_argument("--max-memory", default=None,
                    help="KV cache budget, e.g. 2GiB: as many --max-context slots as fit "
@@ -71,6 +74,9 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                         "requests get RESOURCE_EXHAUSTED")
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
+    p.add_argument("--build-engine", action="store_true",
+                   help="tensorrt engines: first build engine.plan when the engine has none for this "
+                        "GPU, TensorRT and plugin library (kept in the engine dir; see build-engine)")
     p.add_argument("--no-prefix-reuse", action="store_true",
                    help="prefill every prompt in full (default: a request continues from the KV "
                         "a slot holds for the prefix it shares, e.g. the previous chat turn)")
@@ -88,6 +94,10 @@ def add_engine_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slots", type=int, default=8, help="most concurrent sequences")
     p.add_argument("--max-context", type=int, default=4096, help="tokens per sequence")
     p.add_argument("--max-step-tokens", type=int, default=256, help="prefill chunk size")
+    from gptoss_edge.runtime.engine.opener import BACKEND_CHOICES
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto: by the engine's target (tensorrt engines need TensorRT; "
+                        "reference runs them on CPU, exact and slow)")
 
 
 def engine_limits(args: argparse.Namespace):
@@ -113,7 +123,7 @@ def server_options(args: argparse.Namespace, name: str):
         max_queue=args.max_queue, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
         max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace,
-        prefix_reuse=not args.no_prefix_reuse)
+        http=getattr(args, "http", ""), prefix_reuse=not getattr(args, "no_prefix_reuse", False))
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -124,7 +134,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         parse_listen(args.listen)              # a bad address fails before the engine loads
-        engine = open_engine(args.engine_dir, engine_limits(args))
+        engine_limits(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.build_engine and args.engine_dir is not None:
+        from gptoss_edge.compiler.trt_build import ensure_plan
+        try:
+            ensure_plan(args.engine_dir)
+        except (RuntimeError, ValueError, OSError) as e:
+            print(f"error: build-engine: {e}", file=sys.stderr)
+            return 2
+    try:
+        engine = open_engine(args.engine_dir, engine_limits(args), backend=args.backend)
         options = server_options(args, engine.name)
     except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -147,8 +169,9 @@ async def _serve(backend, tokenizer, options) -> int:
     sched = server.model.scheduler
     metrics = f", metrics http://{options.metrics_host}:{server.metrics_port}/metrics" \
         if server.metrics_port else ""
+    http = f", OpenAI HTTP {server.http.address}/v1" if server.http else ""
     print(f"serving {options.model_name!r} ({backend.info.target}) on {server.address}: "
-          f"{sched.slots.total} KV slots x {backend.info.max_context} tokens{metrics}",
+          f"{sched.slots.total} KV slots x {backend.info.max_context} tokens{metrics}{http}",
           flush=True)
     await server.wait_closed()
     backend.close()

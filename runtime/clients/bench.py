@@ -135,7 +135,7 @@ async def bench_main(args) -> int:
         check_positive(args, "prompt_tokens", "gen_tokens")
         limits = engine_limits(args)
         engine = open_engine(args.engine_dir, dataclasses.replace(
-            limits, max_slots=max(limits.max_slots, max(levels))))
+            limits, max_slots=max(limits.max_slots, max(levels))), backend=args.backend)
     except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

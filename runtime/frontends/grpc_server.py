@@ -16,18 +16,17 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gptoss_edge.kserve import grpc_service_pb2 as kpb
-from gptoss_edge.kserve import grpc_service_pb2_grpc
+from gptoss_edge.runtime.api.service import ModelService
 from gptoss_edge.runtime.engine.backend import Backend
 from gptoss_edge.runtime.engine.kv import slots_for_budget
 from gptoss_edge.runtime.frontends.metrics import ServerMetrics
 from gptoss_edge.runtime.engine.scheduler import Scheduler
+from gptoss_edge.runtime.frontends.grpc_handlers import add_servicer
 from gptoss_edge.runtime.frontends.kserve_service import KServeService
 from gptoss_edge.runtime.frontends.llm_service import LLMService
-from gptoss_edge.runtime.frontends.served_model import ServedModel
-from gptoss_edge.runtime.frontends.memory import map_big_blocks
+from gptoss_edge.runtime.api.memory import map_big_blocks
 from gptoss_edge.runtime.frontends.listen import SocketClaim, check_tcp_free
 from gptoss_edge.v1 import llm_pb2 as pb
-from gptoss_edge.v1 import llm_pb2_grpc
 
 LLM_SERVICE = pb.DESCRIPTOR.services_by_name["LLM"].full_name
 KSERVE_SERVICE = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -52,6 +51,7 @@ class ServeOptions:
     auth_token: str | None = None          # clients send `authorization: Bearer <token>`
     max_message_bytes: int = 4 * 2**20     # larger requests are refused (RESOURCE_EXHAUSTED)
     drain_grace_s: float = 30.0
+    http: str = ""                         # "HOST:PORT": OpenAI-compatible HTTP too; "" = off
     prefix_reuse: bool = True              # continue requests from cached prefixes (multi-turn)
 
 
@@ -110,12 +110,13 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class Server:
     """One served model behind one gRPC server. Create with `await Server.start(...)`."""
 
-    def __init__(self, model: ServedModel, options: ServeOptions):
+    def __init__(self, model: ModelService, options: ServeOptions):
         self.model = model
         self.options = options
         self.health = HealthServicer()
         self.address = ""                  # what a client dials: unix:PATH or HOST:PORT
         self.metrics_port: int | None = None
+        self.http = None                   # http_server.HttpFrontend when options.http is set
         self._grpc: grpc.aio.Server | None = None
         self._socket: SocketClaim | None = None     # the Unix socket path this server owns
         self._drained = asyncio.Event()
@@ -129,7 +130,7 @@ class Server:
         scheduler = Scheduler(backend, slots, options.max_queue, metrics,
                               sample_vocab=tokenizer.vocab_size if tokenizer else None,
                               prefix_reuse=options.prefix_reuse)
-        model = ServedModel(options.model_name, backend, tokenizer, scheduler, metrics)
+        model = ModelService(options.model_name, backend, tokenizer, scheduler, metrics)
         server = cls(model, options)
         try:
             await server._bind_and_start()
@@ -140,6 +141,8 @@ class Server:
 
     async def _abandon(self) -> None:
         """Undo a start that failed half way (port in use, bad TLS files...)."""
+        if self.http is not None:
+            await self.http.stop(force=True)
         if self._grpc is not None:
             await self._grpc.stop(grace=None)
         await self.model.scheduler.close()
@@ -158,9 +161,9 @@ class Server:
             ("grpc.max_receive_message_length", o.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        llm_pb2_grpc.add_LLMServicer_to_server(LLMService(self.model), self._grpc)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeService(self.model), self._grpc)
+        add_servicer(self._grpc, pb.DESCRIPTOR.services_by_name["LLM"], LLMService(self.model))
+        add_servicer(self._grpc, kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                     KServeService(self.model))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             [LLM_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], self._grpc)
@@ -191,6 +194,11 @@ class Server:
             self._socket.publish()
         for service in ("", LLM_SERVICE, KSERVE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if o.http:                          # a failure here is undone by start()'s _abandon
+            from gptoss_edge.runtime.frontends.http_server import HttpFrontend
+            self.http = await HttpFrontend.start(
+                self.model, o.http, token=o.auth_token, tls_cert=o.tls_cert,
+                tls_key=o.tls_key, max_body=o.max_message_bytes)
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Stop taking work, let in-flight requests finish (up to the grace), then stop."""
@@ -206,6 +214,8 @@ class Server:
             await asyncio.wait_for(self.model.scheduler.wait_idle(), grace)
         except asyncio.TimeoutError:
             self.model.scheduler.abort_all()   # streams end with finish reason CANCELLED
+        if self.http is not None:
+            await self.http.stop()
         await self._grpc.stop(grace=5.0)      # handlers send their last messages
         await self.model.scheduler.close()
         self._release_socket()
@@ -219,6 +229,8 @@ class Server:
         if not self._draining:
             self._draining = True
             self.model.draining = True
+            if self.http is not None:
+                await self.http.stop(force=True)
             await self._grpc.stop(grace=None)
             await self.model.scheduler.close()
             self._release_socket()

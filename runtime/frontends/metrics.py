@@ -29,7 +29,7 @@ class ServerMetrics:
         self.prompt = Counter("gptoss_edge_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.requests = Counter("gptoss_edge_requests", "Finished requests by reason",
                                 ["reason"], registry=r)
-        self.rejected = Counter("gptoss_edge_rejected_requests", "Requests refused, by gRPC code",
+        self.rejected = Counter("gptoss_edge_rejected_requests", "Requests refused, by error kind (gRPC code names)",
                                 ["code"], registry=r)
         self.kv_slots_used = Gauge("gptoss_edge_kv_slots_used", "KV slots held by requests",
                                    registry=r)
