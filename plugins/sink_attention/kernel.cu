@@ -63,8 +63,10 @@ __global__ void rope_keys_kernel(AttnShape sh, AttnTensors t, T* k_rot)
     bool const ok = pos < sh.P;
     float const c = ok ? t.cos[static_cast<size_t>(pos) * half + i] : nan_f();
     float const sn = ok ? t.sin[static_cast<size_t>(pos) * half + i] : nan_f();
-    k_rot[base + i] = from_float<T>(x1 * c - x2 * sn);
-    k_rot[base + i + half] = from_float<T>(x2 * c + x1 * sn);
+    // Each product and sum rounded once (no FMA contraction): the stored keys are reproducible
+    // bit for bit on the host, which the GPU check relies on (plugins/gpucheck/refs.py kernel_keys).
+    k_rot[base + i] = from_float<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn)));
+    k_rot[base + i + half] = from_float<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn)));
 }
 
 // grid (KVH, B*S, splits), block kThreads. One block: the G = H/KVH query heads of kv head
