@@ -127,8 +127,9 @@ def test_cases_respect_the_op_contract():
         assert c.H % c.KVH == 0 and c.D in (16, 32, 64, 128), c
         if c.window:
             assert c.C == c.window, c  # ring cache
-        else:
-            assert all(p + n <= c.C for p, n in zip(c.past, c.new)), c
+        rows_ok = [p >= 0 and (c.window or p + n <= c.C) for p, n in zip(c.past, c.new)]
+        assert [b for b, ok in enumerate(rows_ok) if not ok] == list(c.bad_rows), c  # bad rows are declared
+    assert any(c.bad_rows for c in cases.ATTN_CASES) and any(g.nan_rows for g in cases.GEMM_CASES)
     names = [c.name for c in cases.MOE_CASES] + [c.name for c in cases.ATTN_CASES]
     assert any("120b" in n for n in names) and any("512" in n for n in names)
     assert any(c.tokens > 512 for c in cases.MOE_CASES)  # crosses the launcher's token chunk
@@ -160,7 +161,7 @@ def test_built_library_answers_host_side_through_ctypes(kernel_library):
     assert k.lib.gpe_moe_mxfp4(*moe_args) == -3  # GPE_ERR_NULL_POINTER
     assert k.lib.gpe_moe_mxfp4(*(moe_args[:2] + [0] + moe_args[3:])) == 0  # zero tokens: nothing to do
     bad_dtype = [7] + moe_args[1:]
-    bad_dtype[10:21] = [1] * 11  # non-null pointers, never dereferenced: the dtype is checked on the host
+    bad_dtype[10:21] = [1 << 40] * 11  # non-null 16-byte aligned pointers, never dereferenced: the dtype is checked on the host
     bad_dtype[21] = 1 << 40
     assert k.lib.gpe_moe_mxfp4(*bad_dtype) == -1  # GPE_ERR_BAD_DTYPE
     small_ws = list(bad_dtype)
@@ -169,5 +170,21 @@ def test_built_library_answers_host_side_through_ctypes(kernel_library):
     assert k.lib.gpe_gemm_4bit(1, 0, 0, 3, 100, 8, *[null] * 6) == -2  # K % 32 != 0
     assert k.lib.gpe_gemm_4bit(1, 5, 0, 3, 64, 8, *[null] * 6) == -5  # unknown format
     assert b"workspace" in k.lib.gpe_status_string(-4)
+    P = 1 << 40  # 16-byte aligned, never dereferenced: each call below returns before any launch
+    assert k.lib.gpe_gemm_4bit(2, 1, 3, 3, 64, 8, P, P, P, None, P, None) == -5  # int4 kept off the MMA path
+    assert k.lib.gpe_gemm_4bit(2, 0, 1, 3, 64, 8, P + 8, P, P, None, P, None) == -6  # GPE_ERR_MISALIGNED input
+    assert k.lib.gpe_gemm_4bit(2, 0, 1, 3, 64, 8, P, P + 4, P, None, P, None) == -6  # misaligned weight blocks
+    assert k.lib.gpe_gemm_4bit(2, 1, 1, 3, 64, 8, P, P, P + 1, None, P, None) == -6  # odd fp16 scales address
+    moe_ok = [2, 1, 4, 32, 4, 2880, 2880, 7.0, 1.702, 1.0] + [P] * 11 + [1 << 40, None]
+    moe_bad = list(moe_ok)
+    moe_bad[10] = P + 2  # hidden
+    assert k.lib.gpe_moe_mxfp4(*moe_bad) == -6
+    attn_ws = k.size("gpe_sink_attention_workspace_size", 1, 1, 4, 2, 16, 0)
+    attn = [2, 1, 1, 4, 2, 16, 8, 0, 0.25, 16, 0] + [P] * 14 + [attn_ws, None]
+    for port in (13, 17, 18, 24):  # value, past_key, past_value, workspace
+        bad = list(attn)
+        bad[port] = P + 8
+        assert k.lib.gpe_sink_attention(*bad) == -6, port
+    assert b"aligned" in k.lib.gpe_status_string(-6)
     with pytest.raises(RuntimeError, match="null"):
         k.call("gpe_gemm_4bit", 1, 0, 0, 3, 64, 8, None, None, None, None, None, None)

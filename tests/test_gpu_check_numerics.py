@@ -68,7 +68,11 @@ def _passes(got: np.ndarray, ref: np.ndarray, dtype: str) -> dict:
 
 
 def _inputs(case):
-    return cases.attention_inputs(case, np.random.default_rng(0))[1:]
+    """(reference inputs, (sinks, cos, sin, past_len, new_len)); rows that break the contract on
+    purpose (case.bad_rows: the kernel writes NaN there) bring no tokens, as Runner gives them."""
+    _, ref_in, (sinks, cos, sin, pl, nl) = cases.attention_inputs(case, np.random.default_rng(0))
+    nl = np.where(np.isin(np.arange(len(nl)), case.bad_rows), 0, nl).astype(np.int32)
+    return ref_in, (sinks, cos, sin, pl, nl)
 
 
 @pytest.mark.parametrize("case", cases.ATTN_CASES, ids=lambda c: c.name)
@@ -115,3 +119,73 @@ def test_references_without_the_kernel_key_store_fail():
     print("unrounded reference fails:", unrounded)
     assert f64_rounded, "a float64 RoPE rounded to bf16 passed every case: kernel_keys would be unneeded"
     print("float64-RoPE reference rounded to bf16 fails:", f64_rounded)
+
+
+# ---- W4 GEMM on tensor cores: the weight operand is value * block scale rounded to T ----------
+
+def _mma_operand(w: np.ndarray, dtype: str) -> np.ndarray:
+    """w4_gemm_mma.cuh stores each dequantized weight in the MMA operand type T."""
+    return data.round_to(w, dtype).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+def test_mxfp4_weights_are_exact_mma_operands(dtype):
+    """Every E2M1 value x every E8M0 scale the cases use (and fp16's exact range 104..140)."""
+    blocks = np.arange(256, dtype=np.uint8).reshape(1, 16, 16).repeat(37, 0)  # every byte
+    scales = np.repeat(np.arange(104, 141, dtype=np.uint8)[:, None], 16, 1)
+    w = fallback_ref.dequant(blocks, scales)
+    assert np.array_equal(_mma_operand(w, dtype), w)
+
+
+def test_int4_weights_rounded_to_an_mma_operand_would_fail():
+    """Why int4 is kept off the MMA path: q * fp16 scale rounded to bf16 before the MMA misses
+    the reference by more than gpu_check's tolerance on the 2880-wide case."""
+    c = next(g for g in cases.GEMM_CASES if g.fmt == "int4" and g.K == 2880)
+    assert "mma" not in c.paths and all("mma" not in g.paths for g in cases.GEMM_CASES if g.fmt == "int4")
+    r = np.random.default_rng(0)
+    blocks, scales = data.int4_weights(r, 256, c.K)
+    x = data.device_array(r.standard_normal((c.M, c.K)), "bfloat16")[1].astype(np.float64)
+    w = fallback_ref.dequant(blocks, scales, "int4")
+    want = x @ w.T
+    got = data.round_to(x @ _mma_operand(w, "bfloat16").T, "bfloat16")
+    assert not data.compare(got, want, "bfloat16", cases.RTOL_ULPS, cases.atol_frac("gemm", "mma", "bfloat16"))["ok"]
+
+
+def _emulate_moe_mma(x, w: dict, k: int, dtype: str) -> np.ndarray:
+    """moe_mxfp4 on GPE_PATH_MMA: fp32-exact routing/GEMMs (as the reference), but the SwiGLU
+    outputs are stored in T before the down GEMM (w4_mma_kernel's A operand), output in T."""
+    logits = x.astype(np.float32) @ w["rw"].T + w["rb"]
+    experts = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    sel = np.take_along_axis(logits, experts, -1).astype(np.float64)
+    p = np.exp(sel - sel[:, :1])
+    p /= p.sum(-1, keepdims=True)
+    out = np.zeros(x.shape, np.float64)
+    for e in np.unique(experts):
+        rows, slot = np.nonzero(experts == e)
+        gu = x[rows].astype(np.float64) @ fallback_ref.dequant(w["gub"][e], w["gus"][e]).T + w["gubias"][e]
+        g, lin = np.minimum(gu[:, 0::2], 7.0), np.clip(gu[:, 1::2], -7.0, 7.0)
+        act = data.round_to(g / (1 + np.exp(-1.702 * g)) * (lin + 1.0), dtype).astype(np.float64)
+        y = act @ fallback_ref.dequant(w["dnb"][e], w["dns"][e]).T + w["dnbias"][e]
+        np.add.at(out, rows, p[rows, slot][:, None] * y)
+    return data.round_to(out, dtype)
+
+
+@pytest.mark.parametrize("name", ("odd t=33 bf16", "120b t=8 bf16"))
+def test_moe_mma_tolerance_covers_the_rounded_swiglu(name):
+    """cases.atol_frac('moe', 'mma', T) (4 unit roundoffs of the output scale) covers rounding
+    the SwiGLU outputs to T before the down GEMM; the default 2e-4 would not for bf16."""
+    c = next(m for m in cases.MOE_CASES if m.name == name)
+    r = np.random.default_rng(0)
+    E = min(c.E, 8)  # the experts the tokens can reach; fewer keeps the float64 dequant small
+    w = {"rw": (r.standard_normal((E, c.H)) / np.sqrt(c.H)).astype(np.float32),
+         "rb": (0.1 * r.standard_normal(E)).astype(np.float32),
+         "gubias": (0.1 * r.standard_normal((E, 2 * c.I))).astype(np.float32),
+         "dnbias": (0.1 * r.standard_normal((E, c.H))).astype(np.float32)}
+    w["gub"], w["gus"] = data.mxfp4_weights(r, (E, 2 * c.I), c.H)
+    w["dnb"], w["dns"] = data.mxfp4_weights(r, (E, c.H), c.I)
+    x = data.device_array(r.standard_normal((c.tokens, c.H)), c.dtype)[1]
+    ref = fallback_ref.moe_mxfp4(x, w["rw"], w["rb"], w["gub"], w["gus"], w["gubias"], w["dnb"], w["dns"],
+                                 w["dnbias"], top_k=c.k)
+    got = _emulate_moe_mma(x, w, c.k, c.dtype)
+    assert data.compare(got, ref, c.dtype, cases.RTOL_ULPS, cases.atol_frac("moe", "mma", c.dtype))["ok"]
+    assert not data.compare(got, ref, c.dtype, cases.RTOL_ULPS, cases.ATOL_FRAC)["ok"]

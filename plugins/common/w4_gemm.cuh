@@ -11,6 +11,7 @@
 // Weights: blocks [G, N, K/32, 16] uint8 (byte j: elements 2j low / 2j+1 high nibble),
 //          scales [G, N, K/32] (uint8 E8M0 for mxfp4, fp16 for int4), bias [G, N] fp32 or null.
 #pragma once
+#include "cuda_check.h"
 #include "numeric.cuh"
 
 namespace gpe
@@ -66,6 +67,7 @@ constexpr int kGemvWarps = 4;   // warps per block, each one row pair
 constexpr int kGemvRows = 8;    // activation rows per pass over the weights
 constexpr int kGemvUnroll = 4;  // blocks per lane loaded before decoding (K <= 4096 in one shot)
 constexpr int kTileM = 64, kTileN = 64, kTileThreads = 256;
+constexpr int kMaxGridY = 65535; // CUDA's limit on gridDim.y (and z)
 
 __device__ __forceinline__ int map_row(int const* map, int r) { return map ? __ldg(map + r) : r; }
 
@@ -310,21 +312,16 @@ __global__ void __launch_bounds__(kTileThreads) w4_tiled_kernel(W4Problem p, TIn
     }
 }
 
-// Host-side launch of either path. grid_y: group slots (GEMV) or tile slots (tiled), an upper
-// bound when groups are device-resident.
+// Host-side launch of either path; returns the launch status. grid_y: group slots (GEMV) or
+// tile slots (tiled), an upper bound when groups are device-resident (<= kMaxGridY).
 template <typename TIn, typename TOut, W4Format F, Epilogue EP>
-inline void launch_w4(W4Problem const& p, TIn const* x, TOut* y, bool gemv, int grid_y, cudaStream_t stream)
+inline cudaError_t launch_w4(W4Problem const& p, TIn const* x, TOut* y, bool gemv, int grid_y, cudaStream_t stream)
 {
     if (gemv)
-    {
-        dim3 grid((p.N / 2 + p.N % 2 + kGemvWarps - 1) / kGemvWarps, grid_y);
-        w4_gemv_kernel<TIn, TOut, F, EP><<<grid, 32 * kGemvWarps, 0, stream>>>(p, x, y);
-    }
-    else
-    {
-        dim3 grid((p.N + kTileN - 1) / kTileN, grid_y);
-        w4_tiled_kernel<TIn, TOut, F, EP><<<grid, kTileThreads, 0, stream>>>(p, x, y);
-    }
+        return launch(w4_gemv_kernel<TIn, TOut, F, EP>, dim3((p.N / 2 + p.N % 2 + kGemvWarps - 1) / kGemvWarps, grid_y),
+            dim3(32 * kGemvWarps), stream, p, x, y);
+    return launch(w4_tiled_kernel<TIn, TOut, F, EP>, dim3((p.N + kTileN - 1) / kTileN, grid_y), dim3(kTileThreads),
+        stream, p, x, y);
 }
 
 } // namespace gpe
