@@ -6,6 +6,7 @@ conversion matches torch, and its cases respect the op contract. Nothing here ru
 from __future__ import annotations
 
 import ctypes
+import json
 import re
 import shutil
 import sys
@@ -17,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins"))
 
-from gpucheck import cases, cuda_rt, data, fallback_ref  # noqa: E402
+from gpucheck import build, cases, cuda_rt, data, fallback_ref  # noqa: E402
 
 from gptoss_edge.compiler import opset, reference_kernels  # noqa: E402
 
@@ -143,8 +144,8 @@ def kernel_library(tmp_path_factory):
     sys.path.insert(0, str(ROOT / "plugins"))
     import gpu_check
 
-    cudart = cuda_rt.find_cudart(gpu_check.cuda_home(nvcc))
-    lib = cuda_rt.build_library(ROOT, tmp_path_factory.mktemp("gpucheck"), nvcc, str(Path(cudart).parent), "sm_89")
+    cudart = build.find_cudart(gpu_check.cuda_home(nvcc))
+    lib = build.build_library(ROOT, tmp_path_factory.mktemp("gpucheck"), nvcc, str(Path(cudart).parent), "sm_89")
     return cuda_rt.Kernels(str(lib))
 
 
@@ -188,3 +189,67 @@ def test_built_library_answers_host_side_through_ctypes(kernel_library):
     assert b"aligned" in k.lib.gpe_status_string(-6)
     with pytest.raises(RuntimeError, match="null"):
         k.call("gpe_gemm_4bit", 1, 0, 0, 3, 64, 8, None, None, None, None, None, None)
+
+
+# ---- the script on a bare machine ------------------------------------------------------------
+GPU_CHECK = ROOT / "plugins" / "gpu_check.py"
+
+
+def run_gpu_check(python: str, *args: str, timeout: int = 600):
+    import subprocess
+
+    return subprocess.run([python, str(GPU_CHECK), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def python_without_numpy() -> str | None:
+    import subprocess
+
+    for cand in ("/usr/bin/python3", shutil.which("python3")):
+        if cand and subprocess.run([cand, "-c", "import numpy"], capture_output=True).returncode != 0:
+            return cand
+    return None
+
+
+def test_first_line_says_what_it_needs_and_found(tmp_path):
+    proc = run_gpu_check(sys.executable, str(tmp_path / "res"), "--build-dir", str(tmp_path / "build"))
+    first = proc.stdout.splitlines()[0]
+    for word in ("needs", "numpy", "nvcc", "driver", "GPU", "cudart", "TensorRT libs", "TensorRT python"):
+        assert word in first, first
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # no GPU here: one clear line, exit 2
+    meta = json.loads((tmp_path / "res" / "results.json").read_text())["meta"]
+    assert meta["env"]["python"] == sys.version.split()[0] and meta["error"]
+
+
+def test_missing_numpy_is_one_clear_line(tmp_path):
+    py = python_without_numpy()
+    if py is None:
+        pytest.skip("every python3 here has numpy")
+    proc = run_gpu_check(py, str(tmp_path / "res"), "--build-dir", str(tmp_path / "build"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "numpy MISSING" in proc.stdout.splitlines()[0] and "Traceback" not in proc.stderr
+    assert "numpy is missing" in proc.stdout.splitlines()[-1]
+
+
+def test_build_dir_never_inside_results(tmp_path):
+    proc = run_gpu_check(sys.executable, str(tmp_path), "--build-dir", str(tmp_path / "build"))
+    assert proc.returncode == 2 and "must not be inside" in proc.stdout
+
+
+def test_prebuilt_library_is_carried_with_its_cudart_and_refused_when_stale(tmp_path):
+    """--build-only (no numpy needed) leaves library + libcudart + build.json; a run with no nvcc
+    (--use-prebuilt stands in for that here) takes it; a changed kernel source makes it stale."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not found")
+    py = python_without_numpy() or sys.executable
+    bdir = tmp_path / "build"
+    proc = run_gpu_check(py, "--build-only", "--arch", "sm_90", "--build-dir", str(bdir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (bdir / build.LIB_NAME).exists() and build.cudart_beside(bdir / build.LIB_NAME)
+    assert json.loads((bdir / "build.json").read_text())["arch"] == "sm_90"
+    assert build.stale_reason(bdir / build.LIB_NAME, ROOT) is None
+    proc = run_gpu_check(sys.executable, str(tmp_path / "res"), "--build-dir", str(bdir), "--use-prebuilt")
+    assert f"prebuilt library: using {bdir / build.LIB_NAME}" in proc.stdout and proc.returncode == 2  # no GPU here
+    info = json.loads((bdir / "build.json").read_text())
+    (bdir / "build.json").write_text(json.dumps({**info, "sources_sha256": "0" * 64}))
+    proc = run_gpu_check(sys.executable, str(tmp_path / "res"), "--build-dir", str(bdir), "--use-prebuilt")
+    assert proc.returncode == 2 and "stale" in proc.stdout
