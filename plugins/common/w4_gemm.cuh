@@ -152,21 +152,30 @@ __global__ void __launch_bounds__(32 * kGemvWarps) w4_gemv_kernel(W4Problem p, T
                 int const kb = kb0 + lane + 32 * u;
                 if (kb >= kb_count)
                     break;
-                float wa[32], wb[32];
-                decode32<F>(raw0[u], s0[u], wa);
-                decode32<F>(raw1[u], s1[u], wb);
+                uint32_t const word0[4] = {raw0[u].x, raw0[u].y, raw0[u].z, raw0[u].w};
+                uint32_t const word1[4] = {raw1[u].x, raw1[u].y, raw1[u].z, raw1[u].w};
+                // One 4-byte word (8 weights) of each row decoded at a time, not the whole
+                // 32-element block: 16 live decoded floats instead of 64 keeps the kernel
+                // within its registers (no spills). Per row the FMAs keep the order i = 0..31.
 #pragma unroll
-                for (int r = 0; r < kGemvRows; ++r)
+                for (int j = 0; j < 4; ++j)
                 {
-                    if (r >= nr)
-                        break;
-                    float xv[32];
-                    load32(x + static_cast<size_t>(xrow[r]) * p.K + kb * 32, xv);
+                    float wa[8], wb[8];
+                    decode8<F>(word0[j], s0[u], wa);
+                    decode8<F>(word1[j], s1[u], wb);
 #pragma unroll
-                    for (int i = 0; i < 32; ++i)
+                    for (int r = 0; r < kGemvRows; ++r)
                     {
-                        acc0[r] = fmaf(wa[i], xv[i], acc0[r]);
-                        acc1[r] = fmaf(wb[i], xv[i], acc1[r]);
+                        if (r >= nr)
+                            break;
+                        float xv[8];
+                        load8(x + static_cast<size_t>(xrow[r]) * p.K + kb * 32 + j * 8, xv);
+#pragma unroll
+                        for (int i = 0; i < 8; ++i)
+                        {
+                            acc0[r] = fmaf(wa[i], xv[i], acc0[r]);
+                            acc1[r] = fmaf(wb[i], xv[i], acc1[r]);
+                        }
                     }
                 }
             }

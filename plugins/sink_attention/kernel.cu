@@ -19,6 +19,7 @@ constexpr int kChunk = 32;         // keys per shared-memory chunk (one per lane
 constexpr int kMaxGroup = 16;      // query heads per kv head
 constexpr int kMaxSplits = 64;
 constexpr int kTargetBlocks = 256; // automatic split aims at this many attention blocks
+constexpr int kMinSplitKeys = 64;  // ... but gives each split at least this many of the keys a row can see
 
 struct AttnShape
 {
@@ -41,7 +42,17 @@ int auto_splits(int rows, int kvh) // rows = B*S
     return blocks >= kTargetBlocks ? 1 : min(kMaxSplits / 2, (kTargetBlocks + blocks - 1) / blocks);
 }
 
-int splits_for(int rows, int kvh, int forced) { return forced > 0 ? forced : auto_splits(rows, kvh); }
+// max_keys: keys a query row can see at most (window for a ring, else the capacity C). A
+// 128-key window split 32 ways gave 4-key splits, each paying a full pass of barriers and a
+// partial write for almost no work; the launcher passes it, the workspace sizing (an upper
+// bound) does not.
+int splits_for(int rows, int kvh, int forced, int max_keys = INT_MAX)
+{
+    if (forced > 0)
+        return forced;
+    int const by_keys = max_keys / kMinSplitKeys + (max_keys % kMinSplitKeys != 0);
+    return max(1, min(auto_splits(rows, kvh), by_keys));
+}
 
 // Workspace: rope'd new keys [B, S, KVH, D] (stored as fp32-sized slots of T), then split
 // partials [splits, B*S, H, D + 2] (acc..., m, l) when splits > 1.
@@ -370,7 +381,7 @@ GPE_API int gpe_sink_attention(int dtype, int batch, int seq, int num_heads, int
     AttnShape const sh{batch, seq, num_heads, num_kv_heads, head_dim, cache_capacity, window, max_positions, scale};
     AttnTensors const t{query, key, value, sinks, rope_cos, rope_sin, past_key, past_value, past_len, new_len, output,
         present_key, present_value};
-    int const splits = splits_for(batch * seq, num_kv_heads, num_splits);
+    int const splits = splits_for(batch * seq, num_kv_heads, num_splits, window > 0 ? window : cache_capacity);
     auto const s = static_cast<cudaStream_t>(stream);
     return dispatch_dtype(dtype, [&](auto tag) -> int { return run_dim<decltype(tag)>(sh, t, splits, workspace, s); });
 }
