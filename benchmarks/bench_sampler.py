@@ -10,7 +10,7 @@ import timeit
 
 import numpy as np
 
-from gptoss_edge.runtime.sampler import SamplingParams, Sampler
+from gptoss_edge.runtime.engine.sampler import SamplingParams, Sampler
 
 VOCAB = 201088
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from gptoss_edge.compiler.checkpoint import open_checkpoint
-from gptoss_edge.compiler.cli_checkpoint import ProgressBar
+from gptoss_edge.cli.checkpoint import ProgressBar
 from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.synthetic import checkpoint_bytes, write_checkpoint
 

@@ -92,8 +92,8 @@ def phase_compile(a: argparse.Namespace) -> dict:
 def phase_serve(a: argparse.Namespace) -> dict:
     import numpy as np
 
-    from gptoss_edge.runtime.backend import StepRow
-    from gptoss_edge.runtime.ort_backend import OrtBackend
+    from gptoss_edge.runtime.engine.backend import StepRow
+    from gptoss_edge.runtime.engine.ort_backend import OrtBackend
     anon = AnonPeak()
     t0 = time.monotonic()
     be = OrtBackend(a.engine, max_slots=1, max_context=a.prefill + a.decode + 1,
@@ -145,7 +145,7 @@ def bytes_per_token(engine: Path) -> dict:
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    from gptoss_edge.compiler.engine_dir import load_manifest
+    from gptoss_edge.engine_dir import load_manifest
     m = load_manifest(engine, verify=False)
     model = onnx.load(str(m.file(m.target_config.get("model_file", "model.onnx"))), load_external_data=False)
     size = {}

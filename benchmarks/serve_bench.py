@@ -26,8 +26,8 @@ from pathlib import Path
 from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
 from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.synthetic import write_checkpoint
-from gptoss_edge.runtime.bench import (format_row, random_prompts, run_direct, run_server_streams)
-from gptoss_edge.runtime.ort_backend import OrtBackend
+from gptoss_edge.runtime.clients.bench import (format_row, random_prompts, run_direct, run_server_streams)
+from gptoss_edge.runtime.engine.ort_backend import OrtBackend
 
 
 def rss_mib(pid: int | str = "self") -> float:

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from gptoss_edge.compiler import lower_ort
+from gptoss_edge.compiler import lower_ort, target_tensorrt
 from gptoss_edge.compiler.opset import ENGINE_IO as IO
 from gptoss_edge.compiler.config import ModelConfig
-from gptoss_edge.compiler.engine_dir import EngineDirWriter, EngineManifest
+from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.engine_dir import EngineDirWriter, EngineManifest
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph
 from gptoss_edge.compiler.graph.model import build_model
@@ -89,24 +90,11 @@ TargetFn = Callable[[Graph, WeightSource, CompileOptions, EngineDirWriter, Bar],
 
 
 # ---- ONNX Runtime target -----------------------------------------------------------------------
-def kv_bytes_per_token(cfg: ModelConfig, itemsize: int = 4) -> int:
-    """KV bytes one more token costs (key + value of the full-attention layers)."""
-    full = sum(not cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
-    return full * 2 * cfg.kv_size * itemsize
-
-
-def kv_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
-    """One slot's KV cache in ONNX Runtime: full layers hold every token, sliding layers a
-    window-sized buffer (sliding_window_cache)."""
-    sliding = sum(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
-    return kv_bytes_per_token(cfg, itemsize) * tokens + sliding * 2 * cfg.kv_size * itemsize * cfg.sliding_window
-
-
 def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, str, int]:
     """(experts, dense, reason, weight bytes): the given formats, or for the ones left open the
     most exact whose weights + one slot's KV cache (budget_context tokens) fit max_memory_gib.
     Preference: experts float > int8 > int4 with float dense, then the same with 4-bit dense."""
-    kv = kv_bytes(cfg, opts.budget_context)
+    kv = KvLayout.of(cfg).slot_bytes(opts.budget_context)
     budget = opts.max_memory_gib * GiB
     dense_modes = [opts.dense] if opts.dense else list(lower_ort.DENSE_MODES)
     expert_modes = [opts.experts] if opts.experts else list(lower_ort.EXPERT_MODES)
@@ -140,12 +128,6 @@ def default_embedding(ckpt: WeightSource) -> str:
     return "bf16" if raw("model.embed_tokens.weight")[1] == "BF16" else "float"
 
 
-def bindings(g: Graph) -> dict[str, Any]:
-    def vi(v):
-        return {"name": v.name, "dtype": onnx_io.onnx_dtype_name(v.elem_type), "shape": list(v.shape)}
-    return {"inputs": [vi(v) for v in g.inputs], "outputs": [vi(v) for v in g.outputs]}
-
-
 def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w: EngineDirWriter,
                        bar: Bar) -> dict[str, Any]:
     cfg = ckpt.config
@@ -160,34 +142,17 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
         "experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
         "activations": opts.activations,
         "max_positions": positions,
-        "bindings": bindings(lowered),      # moved to the manifest's top level by the driver
-        "kv_layout": {"dtype": "float32", "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
-                      "capacity": {IO.past_key(i): (cfg.sliding_window if cfg.is_sliding(i) else "context")
-                                   for i in range(cfg.num_hidden_layers)},
-                      "sliding": "window-sized buffer, ONNX Runtime's sliding_window_cache layout "
-                                 "(most recent positions compacted at row 0; not a ring)",
-                      "bytes_per_token": kv_bytes_per_token(cfg)},
+        "bindings": onnx_io.bindings(lowered),      # moved to the manifest's top level by the driver
+        "kv_layout": KvLayout.of(cfg).to_manifest(),   # window layers: sliding_window_cache buffers
         "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "env": session_env(opts)},
     }
 
 
-def expert_choice_only(choose) -> Callable[..., tuple[str, str, str, int]]:
-    """Adapt a target whose formats choice covers the experts only: (graph, cfg, options) ->
-    (format, reason, {format: weight bytes}); its dense format is the one asked for (float)."""
-    def choose_formats_(graph: Graph, cfg: ModelConfig, opts: CompileOptions):
-        opts = dataclasses.replace(opts, dense=opts.dense or "float")
-        experts, reason, sizes = choose(graph, cfg, opts)
-        return experts, opts.dense, reason, sizes[experts]
-    return choose_formats_
-
-
-TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime}
+TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime,
+                                 "tensorrt": target_tensorrt.target_tensorrt}
 # How each target picks its formats: (graph, cfg, options) -> (experts, dense, reason, weight bytes).
-FORMAT_CHOICE = {"onnxruntime": choose_formats}
-
-from gptoss_edge.compiler import target_tensorrt  # noqa: E402  (imports nothing from this module)
-TARGETS["tensorrt"] = target_tensorrt.target_tensorrt
-FORMAT_CHOICE["tensorrt"] = expert_choice_only(target_tensorrt.choose_experts)
+FORMAT_CHOICE = {"onnxruntime": choose_formats,
+                 "tensorrt": target_tensorrt.choose_formats}
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -211,7 +176,7 @@ def compile_checkpoint(checkpoint: str | Path | WeightSource, out_dir: str | Pat
         target_config = TARGETS[options.target](graph, ckpt, options, w, bar)
         manifest = w.finish({
             "target": options.target, "model_config": cfg, "tokenizer": engine_tokenizer(ckpt, w),
-            "bindings": target_config.pop("bindings", None) or bindings(graph),
+            "bindings": target_config.pop("bindings", None) or onnx_io.bindings(graph),
             "target_config": target_config,
         })
     return CompileSummary(

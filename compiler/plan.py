@@ -1,8 +1,5 @@
 """Memory plan: what an engine of a given config needs on the device, by kind, before building it.
 
-    gptoss-edge plan CHECKPOINT_OR_PRESET --target tensorrt|onnxruntime --context N --batch B
-                     [--dense 4bit|16bit] [--dense-format mxfp4|int4] [--experts ...]
-
 Bytes per parameter follow what each lowering stores (GB = 1e9 bytes, like the checkpoint sizes):
   MXFP4 block of 32: 16 bytes of nibbles + 1 byte E8M0 scale = 17/32 B/param (checkpoint bytes);
   Gemm4bit int4: 16 bytes + float16 scale = 18/32; ONNX Runtime QMoE/MatMulNBits: float32 scales
@@ -10,7 +7,7 @@ Bytes per parameter follow what each lowering stores (GB = 1e9 bytes, like the c
   sinks, RoPE tables) and RMSNorm weights (computed in float32) take 4 B; the rest the activation
   precision (tensorrt fp16/bf16: 2 B, ONNX Runtime CPU: float32).
 KV cache: 2 (K,V) x kv_heads x head_dim x bytes per token per layer; TensorRT window layers keep
-  a `window`-slot ring, ONNX Runtime's GroupQueryAttention keeps every layer at full length.
+  a `window`-slot ring, and so do ONNX Runtime engines (window-sized GroupQueryAttention buffers).
 Activations of one step (T = batch x chunk tokens, chunk = prefill chunk):
   T x [3 x hidden x 4 (float32 residual stream, normed copy, block output)
        + (2 x q_size + 2 x kv_size) x p (q, k, v, attention output)
@@ -23,13 +20,11 @@ Runtime overhead (assumed, stated): TensorRT workspace cap 256 MiB + CUDA contex
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 from pathlib import Path
 
 from gptoss_edge.compiler.config import PRESETS, ModelConfig, load_config, preset
+from gptoss_edge.kv_layout import KvLayout
 
 GB = 1e9
 TARGETS = ("tensorrt", "onnxruntime")
@@ -127,23 +122,14 @@ def _weights(cfg, target, p, dense, dense_format, experts) -> list[Item]:
     ]
 
 
-def kv_bytes_per_token(cfg: ModelConfig, target: str, p: int) -> tuple[int, int]:
-    """(bytes per token on full-length layers, bytes per ring layer slot) across all layers."""
-    per_layer = 2 * cfg.kv_size * p
-    if target == "onnxruntime":
-        return per_layer * cfg.num_hidden_layers, 0
-    rings = sum(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
-    return per_layer * (cfg.num_hidden_layers - rings), per_layer * rings
-
-
-def _kv(cfg, target, p, context, batch) -> list[Item]:
-    full, ring = kv_bytes_per_token(cfg, target, p)
-    items = [Item("kv_cache", "full-attention layers", batch * context * full,
-                  f"{full / 1024:.0f} KiB/token x {context} x batch {batch}")]
-    if ring:
-        slots = min(cfg.sliding_window, context)
-        items.append(Item("kv_cache", "window layers (rings)", batch * slots * ring,
-                          f"{slots}-slot rings, {ring / 1024:.0f} KiB/slot x batch {batch}"))
+def _kv(cfg, p, context, batch) -> list[Item]:
+    kv = KvLayout.of(cfg, "float32" if p == 4 else "float16")
+    items = [Item("kv_cache", "full-attention layers", batch * context * kv.full_bytes_per_token,
+                  f"{kv.full_bytes_per_token / 1024:.0f} KiB/token x {context} x batch {batch}")]
+    if kv.ring_layers:
+        slots = kv.ring_slots
+        items.append(Item("kv_cache", "window layers (rings)", batch * slots * kv.ring_bytes_per_slot,
+                          f"{slots}-slot rings, {kv.ring_bytes_per_slot / 1024:.0f} KiB/slot x batch {batch}"))
     return items
 
 
@@ -180,12 +166,18 @@ def memory_plan(cfg: ModelConfig, *, target: str, context: int, batch: int, dens
     experts = experts or ("mxfp4" if target == "tensorrt" else "int4")
     if target == "onnxruntime" and dense == "4bit":
         dense_format = "int4"
-    items = (_weights(cfg, target, p, dense, dense_format, experts) + _kv(cfg, target, p, context, batch)
+    items = (_weights(cfg, target, p, dense, dense_format, experts) + _kv(cfg, p, context, batch)
              + _activations(cfg, target, p, context, batch, chunk)
              + [Item("overhead", "runtime + workspace", OVERHEAD[target], "assumed, see compiler/plan.py")])
     options = dict(precision=precision, dense=dense, dense_format=dense_format if dense == "4bit" else None,
                    experts=experts, chunk=chunk)
     return Plan(model or "custom", target, context, batch, options, tuple(items), budget_gb * GB)
+
+
+def default_dense(cfg: ModelConfig, **kw) -> str:
+    """The dense format a plan uses when none is asked for: 16-bit (the activation precision)
+    when that fits the budget, else 4-bit blocks (what a 16 GB device needs for gpt-oss-20b)."""
+    return "16bit" if memory_plan(cfg, dense="16bit", **kw).fits else "4bit"
 
 
 def max_context(cfg: ModelConfig, **kw) -> int:
@@ -238,40 +230,3 @@ def resolve_model(arg: str) -> tuple[ModelConfig, str]:
     if p.is_dir() and not (p / "config.json").exists() and (p / "original" / "config.json").exists():
         p = p / "original"
     return load_config(p), p.name if p.is_dir() else p.parent.name
-
-
-def register(subparsers) -> None:
-    sp = subparsers.add_parser("plan", help="memory plan of an engine (weights, KV cache, activations); "
-                               "exit status 1 when it does not fit the budget",
-                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("model", help="checkpoint directory, config.json, or preset (" + ", ".join(PRESETS) + ")")
-    sp.add_argument("--target", choices=TARGETS, default="tensorrt")
-    sp.add_argument("--context", type=int, default=8192, help="tokens per sequence (prompt + generated)")
-    sp.add_argument("--batch", type=int, default=1, help="sequences held at once")
-    sp.add_argument("--dense", choices=("4bit", "16bit"), default="16bit",
-                    help="q/k/v/o and lm_head: 4-bit blocks or the activation precision")
-    sp.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4")
-    sp.add_argument("--experts", help="tensorrt: mxfp4; onnxruntime: float|int8|int4 (default int4)")
-    sp.add_argument("--precision", choices=tuple(PRECISION_BYTES), help="default: tensorrt fp16, onnxruntime fp32")
-    sp.add_argument("--chunk", type=int, default=512, help="prefill tokens per row per step")
-    sp.add_argument("--budget-gb", type=float, default=14.0, help="usable device memory (16 GB device: ~14)")
-    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
-    sp.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    try:
-        cfg, name = resolve_model(args.model)
-        kw = dict(target=args.target, batch=args.batch, dense=args.dense, dense_format=args.dense_format,
-                  experts=args.experts, precision=args.precision, chunk=args.chunk, budget_gb=args.budget_gb,
-                  model=name)
-        plan = memory_plan(cfg, context=args.context, **kw)
-        best = max_context(cfg, **kw)
-    except (PlanError, ValueError) as e:
-        print(f"gptoss-edge plan: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({**plan_to_dict(plan), "max_context": best}, indent=2))
-    else:
-        print(format_plan(plan, best))
-    return 0 if plan.fits else 1

@@ -19,7 +19,6 @@ Peak memory: one source tensor at a time (fp32) plus its encoded form.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -119,23 +118,3 @@ def quantize_checkpoint(in_dir: Path, out_dir: Path) -> dict:
     for f in copied:
         shutil.copyfile(in_dir / f, out_dir / f)
     return {"out": str(out_dir), "tensors": len(specs), "copied": copied}
-
-
-# ---- CLI -------------------------------------------------------------------------------------
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "quantize", help="MXFP4-quantize the experts of an HF gpt-oss checkpoint (released layout)",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("in_dir", type=Path, help="unquantized checkpoint (config.json + *.safetensors)")
-    p.add_argument("out_dir", type=Path, help="new directory for the released-layout checkpoint")
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    try:
-        info = quantize_checkpoint(args.in_dir, args.out_dir)
-    except QuantizeError as e:
-        raise SystemExit(f"gptoss-edge quantize: {e}") from None
-    print(f"wrote {info['out']}")
-    return 0

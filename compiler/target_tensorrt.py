@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptoss_edge.compiler import lower_trt, opset
+from gptoss_edge.compiler import lower_trt, opset, plan
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph
+from gptoss_edge.kv_layout import KvLayout
 
 MODEL_FILE = "model.onnx"
 
@@ -26,20 +27,14 @@ def _dense_mode(dense: str) -> str:
 
 
 def kv_layout(cfg, precision: str) -> dict[str, Any]:
-    itemsize = 4 if precision == "fp32" else 2
-    rings = [i for i in range(cfg.num_hidden_layers) if cfg.is_sliding(i)]
-    full = [i for i in range(cfg.num_hidden_layers) if not cfg.is_sliding(i)]
-    return {"dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision],
-            "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
-            "ring_layers": rings, "ring_slots": cfg.sliding_window, "full_layers": full,
-            "full_capacity_dim": "kv_capacity",
-            "bytes_per_token": len(full) * 2 * cfg.kv_size * itemsize,
-            "bytes_per_ring": len(rings) * 2 * cfg.kv_size * itemsize * cfg.sliding_window}
+    """Cache dtype follows the precision; window layers are 128-slot rings, full layers sized by
+    the `kv_capacity` dimension of the bindings."""
+    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+    return {**KvLayout.of(cfg, dtype).to_manifest(), "full_capacity_dim": "kv_capacity"}
 
 
 def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
     """TargetFn of compiler/compile.py (opts: its CompileOptions)."""
-    from gptoss_edge.compiler.compile import bindings
     cfg = ckpt.config
     dense = _dense_mode(opts.dense)
     lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format,
@@ -65,16 +60,32 @@ def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
         "kv_layout": kv_layout(cfg, opts.precision),
         "weight_bytes": lowered.total_weight_bytes(),
         "engine_file": None,
-        "bindings": bindings(lowered),
+        "bindings": onnx_io.bindings(lowered),
     }
 
 
-def choose_experts(graph: Graph, cfg, opts) -> tuple[str, str, dict[str, int]]:
-    """TensorRT keeps the checkpoint's MXFP4 experts (decoded in registers by the plugin)."""
+def choose_formats(graph: Graph, cfg, opts) -> tuple[str, str, str, int]:
+    """(experts, dense, reason, weight bytes). Experts: the checkpoint's MXFP4 (decoded in registers
+    by the MoeMxfp4 plugin). Dense (q/k/v/o, lm_head): as asked, else `plan.default_dense`: 16-bit
+    when the whole memory plan (weights, KV and activations at budget_context tokens x max_batch,
+    runtime overhead) fits --max-memory, else 4-bit Gemm4bit blocks (what a 16 GB device needs for
+    gpt-oss-20b). `gptoss-edge plan` applies the same rule."""
     if opts.experts not in (None, "mxfp4"):
         raise ValueError(f"--experts {opts.experts}: the tensorrt target keeps the checkpoint's MXFP4 "
                          f"experts (the MoeMxfp4 plugin); --experts is an onnxruntime option")
-    dense = _dense_mode(opts.dense)
-    lowered = lower_trt.lower(graph, precision=opts.precision, dense=dense, dense_format=opts.dense_format)
-    return "mxfp4", "the MoeMxfp4 plugin reads the checkpoint's MXFP4 bytes", \
-        {"mxfp4": lowered.total_weight_bytes()}
+    reason = "asked for"
+    dense = _dense_mode(opts.dense) if opts.dense else None
+    if dense is None:
+        kw = dict(target="tensorrt", context=opts.budget_context, batch=opts.max_batch,
+                  precision=opts.precision, dense_format=opts.dense_format,
+                  chunk=min(opts.max_step_tokens, opts.budget_context),
+                  budget_gb=opts.max_memory_gib * 2**30 / 1e9)
+        dense = plan.default_dense(cfg, **kw)
+        total = plan.memory_plan(cfg, dense=dense, **kw).total()
+        verdict = "fits" if total <= opts.max_memory_gib * 2**30 else "exceeds"
+        reason = (f"memory plan {total / 2**30:.2f} GiB at {opts.budget_context} tokens {verdict} "
+                  f"--max-memory {opts.max_memory_gib:g} GiB"
+                  + (" (16-bit dense layers do not fit)" if dense == "4bit" else ""))
+    size = lower_trt.lower(graph, precision=opts.precision, dense=dense,
+                           dense_format=opts.dense_format).total_weight_bytes()
+    return "mxfp4", dense, reason, size

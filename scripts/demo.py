@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gptoss_edge.models import default_model_dir
-from gptoss_edge.runtime.client import llm_stub, open_channel
+from gptoss_edge.runtime.clients.dial import llm_stub, open_channel, private_socket
 from gptoss_edge.v1 import llm_pb2 as pb
 
 QUESTION = "What does json.dumps do?"
@@ -130,8 +129,11 @@ async def conversation(address: str) -> None:
 
 
 def main() -> int:
-    sock = Path(tempfile.mkdtemp(prefix="gptoss-edge-demo-")) / "serve.sock"
-    address = f"unix:{sock}"
+    with private_socket("gptoss-edge-demo-") as address:
+        return run_demo(address)
+
+
+def run_demo(address: str) -> int:
     print(f"starting: gptoss-edge serve --listen {address}  (compiles the default model once)")
     server = subprocess.Popen([sys.executable, "-m", "gptoss_edge.cli", "serve", "--listen", address],
                               stdout=sys.stdout, stderr=sys.stderr)

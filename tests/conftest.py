@@ -29,7 +29,7 @@ def oracle_case(tiny_checkpoint) -> oracles.OracleCase:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """The harmony-aware byte-level BPE that `make-checkpoint --preset tiny` writes."""
-    from gptoss_edge.runtime.tokenizer import load_tokenizer, make_tiny_tokenizer
+    from gptoss_edge.runtime.tokens.tokenizer import load_tokenizer, make_tiny_tokenizer
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     make_tiny_tokenizer(512).save(str(path))
@@ -56,5 +56,5 @@ def tiny_engine(tmp_path_factory, tiny_tokenizer):
 
 def ort_backend(engine, **limits):
     """OrtBackend with one intra-op thread (CI has 2 shared cores; more threads only contend)."""
-    from gptoss_edge.runtime.ort_backend import OrtBackend
+    from gptoss_edge.runtime.engine.ort_backend import OrtBackend
     return OrtBackend(engine, threads=1, **limits)

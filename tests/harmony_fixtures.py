@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from gptoss_edge.runtime.tokenizer import load_tokenizer, write_tiny_tokenizer
-from gptoss_edge.runtime.tokenizer_o200k import packaged_vocab_path, read_verified_vocab
+from gptoss_edge.runtime.tokens.tokenizer import load_tokenizer, write_tiny_tokenizer
+from gptoss_edge.runtime.tokens.o200k import packaged_vocab_path, read_verified_vocab
 
 
 @pytest.fixture(scope="session")

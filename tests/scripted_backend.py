@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from gptoss_edge.compiler.config import preset
-from gptoss_edge.runtime.backend import BackendError, BackendInfo, StepRow
+from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow
 
 
 def harmony_ids(tokenizer, text: str) -> list[int]:
@@ -34,7 +35,8 @@ class ScriptedBackend:
         self.tokenizer = tokenizer
         self.scripts = {k: harmony_ids(tokenizer, v) for k, v in scripts.items()}
         cfg = dataclasses.replace(preset("tiny"), vocab_size=tokenizer.vocab_size)
-        self._info = BackendInfo(cfg, "scripted", max_slots, max_context, max_step_tokens, 1024)
+        self._info = BackendInfo(cfg, "scripted", max_slots, max_context, max_step_tokens,
+                                 KvLayout.of(cfg))
         self._history: dict[int, list[int]] = {}
         self._emitted: dict[int, int] = {}
         self.step_delay = step_delay

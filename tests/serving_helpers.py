@@ -8,7 +8,7 @@ import threading
 
 import grpc
 
-from gptoss_edge.runtime.server import Server, ServeOptions
+from gptoss_edge.runtime.frontends.grpc_server import Server, ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gptoss_edge.runtime.server import ServeOptions
+from gptoss_edge.runtime.frontends.grpc_server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 from scripted_backend import ScriptedBackend
@@ -118,3 +119,12 @@ def test_bench_cli_reports_figures(tiny_engine):
     rows = [line for line in out.stdout.splitlines() if line.startswith("server")]
     assert len(rows) == 2 and "c=2" in rows[1] and "tokens=8" in rows[1]
     assert "peak RSS" in out.stdout
+
+
+def test_private_socket_folder_is_removed():
+    from gptoss_edge.runtime.clients.dial import private_socket
+    with private_socket("gptoss-edge-test-") as address:
+        folder = Path(address.removeprefix("unix:")).parent
+        assert address.startswith("unix:") and folder.is_dir()
+        (folder / "s.sock").write_text("")           # what a server leaves behind
+    assert not folder.exists()

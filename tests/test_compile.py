@@ -8,7 +8,8 @@ import pytest
 
 from gptoss_edge import cli
 from gptoss_edge.compiler import opset
-from gptoss_edge.compiler.compile import CompileOptions, choose_formats, compile_checkpoint, kv_bytes_per_token
+from gptoss_edge.compiler.compile import CompileOptions, choose_formats, compile_checkpoint
+from gptoss_edge.kv_layout import KvLayout
 from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.graph.model import build_model
 from gptoss_edge.compiler.progress import Bar
@@ -39,8 +40,21 @@ def test_gpt_oss_20b_fits_14_gib_with_int4_experts_and_4bit_dense():
     experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
                                                   CompileOptions(embedding="bf16", max_memory_gib=14))
     assert (experts, dense) == ("int4", "4bit")
-    assert size + 4096 * kv_bytes_per_token(cfg) <= 14 * GiB
+    assert size + KvLayout.of(cfg).slot_bytes(4096) <= 14 * GiB
     assert "fit --max-memory 14" in reason
+
+
+@pytest.mark.parametrize("budget_gib,dense", [(14, "4bit"), (64, "16bit")])
+def test_tensorrt_default_dense_is_the_most_exact_that_fits(budget_gib, dense):
+    """gpt-oss-20b fp16: with 16-bit dense layers the memory plan at 4k context is ~15.5 GB
+    (13.76 GB checkpoint bytes + logits/activations + runtime overhead), over a 14 GiB device
+    budget; with 4-bit dense layers it fits. Same rule as `gptoss-edge plan`."""
+    from gptoss_edge.compiler import target_tensorrt
+    cfg = preset("gpt-oss-20b")
+    experts, got, reason, size = target_tensorrt.choose_formats(
+        build_model(ConfigOnly(cfg)), cfg, CompileOptions(target="tensorrt", max_memory_gib=budget_gib))
+    assert (experts, got) == ("mxfp4", dense) and f"fits --max-memory {budget_gib}" in reason
+    assert size + KvLayout.of(cfg, "float16").slot_bytes(4096) <= budget_gib * GiB
 
 
 def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -62,7 +76,13 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
     assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]}
     tc = m["target_config"]
     assert (tc["experts"], tc["dense"], tc["embedding"], tc["max_positions"]) == ("float", "float", "bf16", 512)
-    assert tc["kv_layout"]["bytes_per_token"] == kv_bytes_per_token(cfg)
+    # One more token grows only the caches whose capacity is not fixed by the graph: K and V of
+    # the full-attention layers (1 and 3; the window layers keep 128 rows), each token one
+    # [num_kv_heads, head_dim] float32 row of each: 4 x 2 x 16 x 4 = 512 bytes.
+    growing = [b["name"] for b in m["bindings"]["inputs"]
+               if b["name"].startswith(("past_key.", "past_value.")) and not isinstance(b["shape"][2], int)]
+    assert sorted(growing) == ["past_key.1", "past_key.3", "past_value.1", "past_value.3"]
+    assert tc["kv_layout"]["full_bytes_per_token"] == len(growing) * cfg.num_key_value_heads * cfg.head_dim * 4 == 512
     assert set(m["files"]) == {"model.onnx", "model.onnx.data"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
 
@@ -84,10 +104,10 @@ def test_checkpoint_tokenizer_travels_into_the_engine(tmp_path):
     """A checkpoint with its own tokenizer.json (small models, the embedded default model) gets
     it copied into the engine, hashed by the manifest and named in it; the runtime loads it."""
     from gptoss_edge.compiler.config import preset
-    from gptoss_edge.compiler.engine_dir import load_manifest
+    from gptoss_edge.engine_dir import load_manifest
     from gptoss_edge.compiler.synthetic import write_checkpoint
-    from gptoss_edge.runtime.engine_dir import open_tokenizer
-    from gptoss_edge.runtime.tokenizer import write_tiny_tokenizer
+    from gptoss_edge.runtime.engine.opener import open_tokenizer
+    from gptoss_edge.runtime.tokens.tokenizer import write_tiny_tokenizer
 
     ckpt = write_checkpoint(tmp_path / "ckpt", preset("tiny"), "hf", 3)
     write_tiny_tokenizer(ckpt, 512)

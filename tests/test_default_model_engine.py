@@ -14,8 +14,8 @@ import pytest
 from tiny_model_support import REPO, default_model_dir
 
 from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
-from gptoss_edge.runtime.backend import StepRow
-from gptoss_edge.runtime.generate import generate
+from gptoss_edge.runtime.engine.backend import StepRow
+from gptoss_edge.runtime.engine.generate import generate
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_edge.compiler import engine_dir as ed
+from gptoss_edge import engine_dir as ed
 from gptoss_edge.compiler.config import preset
 from gptoss_edge.compiler.opset import OPSET_VERSION
 
@@ -119,7 +119,7 @@ def test_killed_compile_leaves_old_engine_and_next_writer_cleans_up(tmp_path):
     write_engine(tmp_path / "e", payload=b"old")
     script = textwrap.dedent(f"""
         import os
-        from gptoss_edge.compiler.engine_dir import EngineDirWriter
+        from gptoss_edge.engine_dir import EngineDirWriter
         w = EngineDirWriter({str(tmp_path / 'e')!r}, progress=None).__enter__()
         w.path("model.onnx").write_bytes(b"partial")
         os._exit(9)   # killed mid-compile: no cleanup runs

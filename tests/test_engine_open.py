@@ -9,15 +9,18 @@ import types
 import pytest
 
 from gptoss_edge.compiler.config import preset
-from gptoss_edge.compiler.engine_dir import EngineDirError
+from gptoss_edge.engine_dir import EngineDirError
 from gptoss_edge.compiler.synthetic import write_checkpoint
-from gptoss_edge.runtime import engine_dir as ed
+from gptoss_edge.runtime.engine import opener as ed
 
 
 def test_open_engine_sizes_slots_from_memory_budget(tiny_engine):
-    from gptoss_edge.compiler.compile import kv_bytes
-    from gptoss_edge.compiler.engine_dir import load_manifest
-    per_slot = kv_bytes(load_manifest(tiny_engine, verify=False).config, 256)
+    from gptoss_edge.engine_dir import load_manifest
+    cfg = load_manifest(tiny_engine, verify=False).config
+    # float32 K+V per token per layer; full layers x 256 tokens + window layers x a fixed window
+    layer = 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    full = sum(not cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
+    per_slot = layer * (full * 256 + (cfg.num_hidden_layers - full) * cfg.sliding_window)
     limits = ed.EngineLimits(max_slots=8, max_context=256, max_step_tokens=32,
                              max_memory=3 * per_slot + 100)
     engine = ed.open_engine(tiny_engine, limits)

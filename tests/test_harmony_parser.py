@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from harmony_fixtures import encode_script, harmony_encoding, o200k, tiny  # noqa: F401
 
-from gptoss_edge.runtime.harmony import (CommentaryDelta, FinalDelta, HarmonyError,
+from gptoss_edge.runtime.chat.harmony import (CommentaryDelta, FinalDelta, HarmonyError,
                                          HarmonyStreamParser, ReasoningDelta, Stop, ToolCallDelta,
                                          parse_completed, stop_token_ids)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from harmony_fixtures import harmony_encoding, o200k, tiny  # noqa: F401  (pytest fixtures)
 
-from gptoss_edge.runtime.harmony import Message, Tool, render_chat
+from gptoss_edge.runtime.chat.harmony import Message, Tool, render_chat
 
 oh = pytest.importorskip("openai_harmony")
 R = oh.Role

@@ -15,13 +15,13 @@ from onnx.reference import ReferenceEvaluator
 from gptoss_edge import cli
 from gptoss_edge.compiler import dense4bit, lower_trt, opset, schemas
 from gptoss_edge.compiler.config import preset
-from gptoss_edge.compiler.engine_dir import load_manifest
+from gptoss_edge.engine_dir import load_manifest
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.model import build_model
 from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS, dequant_int4, dequant_mxfp4, gemm_4bit
-from gptoss_edge.runtime.backend import BackendError, StepRow
-from gptoss_edge.runtime.generate import generate
-from gptoss_edge.runtime.reference_backend import ReferenceBackend
+from gptoss_edge.runtime.engine.backend import BackendError, StepRow
+from gptoss_edge.runtime.engine.generate import generate
+from gptoss_edge.runtime.engine.reference_backend import ReferenceBackend
 
 CFG = preset("tiny")
 IO = opset.ENGINE_IO

@@ -11,10 +11,10 @@ import pytest
 
 from gptoss_edge import cli
 from gptoss_edge.compiler.config import preset
-from gptoss_edge.compiler.engine_dir import EngineDirError
-from gptoss_edge.runtime.backend import BackendError, StepRow
-from gptoss_edge.runtime.generate import generate
-from gptoss_edge.runtime.ort_backend import OrtBackend
+from gptoss_edge.engine_dir import EngineDirError
+from gptoss_edge.runtime.engine.backend import BackendError, StepRow
+from gptoss_edge.runtime.engine.generate import generate
+from gptoss_edge.runtime.engine.ort_backend import OrtBackend
 
 CFG = preset("tiny")
 
@@ -138,7 +138,7 @@ def test_generate_cli_end_to_end(engine, tmp_path):
 
 
 def test_session_env_applies_only_while_the_session_is_created(monkeypatch):
-    from gptoss_edge.runtime.ort_backend import session_env
+    from gptoss_edge.runtime.engine.ort_backend import session_env
     import os
     monkeypatch.setenv("GPTOSS_EDGE_TEST_KEEP", "1")
     with session_env({"GPTOSS_EDGE_TEST_KEEP": "2", "GPTOSS_EDGE_TEST_NEW": "x"}):

@@ -10,8 +10,8 @@ import torch
 import oracles
 from gptoss_edge import cli
 from gptoss_edge.compiler import mxfp4
-from gptoss_edge.runtime.backend import StepRow
-from gptoss_edge.runtime.ort_backend import OrtBackend
+from gptoss_edge.runtime.engine.backend import StepRow
+from gptoss_edge.runtime.engine.ort_backend import OrtBackend
 
 DENSE = ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -25,14 +25,16 @@ def test_20b_checkpoint_accounting_matches_release():
 
 def test_kv_cache_24_kib_per_token_with_rings():
     cfg = preset("gpt-oss-20b")
-    full, ring = P.kv_bytes_per_token(cfg, "tensorrt", 2)
-    assert full == 24 * KIB and ring == 24 * KIB          # 12 full + 12 window layers, fp16
     small = P.memory_plan(cfg, target="tensorrt", context=4096, batch=1)
     large = P.memory_plan(cfg, target="tensorrt", context=8192, batch=1)
     rings = [i.bytes for p in (small, large) for i in p.items if "rings" in i.kind]
     assert rings[0] == rings[1] == 128 * 24 * KIB          # rings do not grow with the context
-    ort_full, ort_ring = P.kv_bytes_per_token(cfg, "onnxruntime", 4)
-    assert (ort_full, ort_ring) == (24 * 2 * 512 * 4, 0)   # GQA keeps every layer at full length
+    full = [i.bytes for i in large.items if i.kind == "full-attention layers"]
+    assert full == [8192 * 24 * KIB]                       # 12 full layers x K,V x 8 x 64 x fp16
+    # ONNX Runtime (float32) keeps window-sized buffers too: twice the fp16 bytes, same shape.
+    ort = P.memory_plan(cfg, target="onnxruntime", context=8192, batch=1)
+    kv = {i.kind: i.bytes for i in ort.items if i.section == "kv_cache"}
+    assert kv == {"full-attention layers": 8192 * 48 * KIB, "window layers (rings)": 128 * 48 * KIB}
 
 
 def test_20b_fits_16gb_device_with_8k_context_and_4bit_dense():

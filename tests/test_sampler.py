@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from gptoss_edge.runtime.sampler import (SamplingParams, Sampler, StopStringMatcher, candidates,
+from gptoss_edge.runtime.engine.sampler import (SamplingParams, Sampler, StopStringMatcher, candidates,
                                          draw)
 
 

@@ -5,16 +5,17 @@ import asyncio
 import pytest
 
 from gptoss_edge.compiler.config import preset
-from gptoss_edge.runtime.backend import BackendInfo
-from gptoss_edge.runtime.kv import SlotPool, parse_bytes, slots_for_budget
-from gptoss_edge.runtime.sampler import Sampler, SamplingParams
-from gptoss_edge.runtime.scheduler import Overloaded, Scheduler, SchedulerClosed, SeqRequest
+from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.runtime.engine.backend import BackendInfo
+from gptoss_edge.runtime.engine.kv import SlotPool, parse_bytes, slots_for_budget
+from gptoss_edge.runtime.engine.sampler import Sampler, SamplingParams
+from gptoss_edge.runtime.engine.scheduler import Overloaded, Scheduler, SchedulerClosed, SeqRequest
 from conftest import ort_backend
 
 
 def info(**kw) -> BackendInfo:
     base = dict(config=preset("tiny"), target="t", max_slots=16, max_context=1000,
-                max_step_tokens=64, kv_bytes_per_token=1024)
+                max_step_tokens=64, kv_layout=KvLayout.of(preset("tiny")))
     return BackendInfo(**{**base, **kw})
 
 
@@ -29,7 +30,9 @@ def test_parse_bytes():
 
 def test_slots_from_memory_budget():
     assert slots_for_budget(info(), None) == 16
-    assert slots_for_budget(info(), 3 * 1024 * 1000) == 3        # 1024 B/token x 1000 tokens
+    slot = KvLayout.of(preset("tiny")).slot_bytes(1000)           # one slot at max_context 1000
+    assert slots_for_budget(info(), 3 * slot) == 3
+    assert slots_for_budget(info(), 3 * slot - 1) == 2
     assert slots_for_budget(info(), 10**12) == 16                 # capped by the engine
     with pytest.raises(ValueError, match="holds no KV slot"):
         slots_for_budget(info(), 1000)

@@ -8,7 +8,7 @@ import json
 import grpc
 import pytest
 
-from gptoss_edge.runtime.server import ServeOptions
+from gptoss_edge.runtime.frontends.grpc_server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 from scripted_backend import ScriptedBackend, harmony_ids

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gptoss_edge.runtime.server import ServeOptions
+from gptoss_edge.runtime.frontends.grpc_server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 from conftest import ort_backend

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from gptoss_edge.runtime.server import ServeOptions
+from gptoss_edge.runtime.frontends.grpc_server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 from conftest import ort_backend

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase)
 
-from gptoss_edge.runtime.client import open_channel
-from gptoss_edge.runtime.server import ServeOptions
+from gptoss_edge.runtime.clients.dial import open_channel
+from gptoss_edge.runtime.frontends.grpc_server import ServeOptions
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
 from conftest import ort_backend

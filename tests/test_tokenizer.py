@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from harmony_fixtures import harmony_encoding, o200k, tiny  # noqa: F401  (pytest fixtures)
 
-from gptoss_edge.runtime.tokenizer import (HARMONY_SPECIALS, IncrementalDecoder, TokenizerError,
+from gptoss_edge.runtime.tokens.tokenizer import (HARMONY_SPECIALS, IncrementalDecoder, TokenizerError,
                                            load_tokenizer, make_tiny_tokenizer)
-from gptoss_edge.runtime.tokenizer_o200k import (O200K_SHA256, packaged_vocab_path,
+from gptoss_edge.runtime.tokens.o200k import (O200K_SHA256, packaged_vocab_path,
                                                  read_verified_vocab)
 
 TEXTS = [
@@ -143,7 +143,7 @@ def test_tiny_tokenizer_is_deterministic_and_small(tiny):
     first, second = make_tiny_tokenizer(512), make_tiny_tokenizer(512)
     assert first.to_str() == second.to_str()
     # and across processes (hash seeds differ), as `make-checkpoint --preset tiny` needs
-    code = ("import hashlib; from gptoss_edge.runtime.tokenizer import make_tiny_tokenizer; "
+    code = ("import hashlib; from gptoss_edge.runtime.tokens.tokenizer import make_tiny_tokenizer; "
             "print(hashlib.sha256(make_tiny_tokenizer(512).to_str().encode()).hexdigest())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "123"})
@@ -189,7 +189,7 @@ def test_hf_path_equals_tiktoken_path_on_o200k(tmp_path, o200k):
     # and bytes through our HF loader as through tiktoken. ~15 s: the conversion derives 199998
     # merges.
     converter = pytest.importorskip("transformers.convert_slow_tokenizer").TikTokenConverter
-    from gptoss_edge.runtime.tokenizer_o200k import O200K_PATTERN
+    from gptoss_edge.runtime.tokens.o200k import O200K_PATTERN
     vocab = tmp_path / "o200k_base.tiktoken"
     vocab.write_bytes(read_verified_vocab(packaged_vocab_path()))
     names = [name for name, _ in sorted(o200k.special_tokens().items(), key=lambda kv: kv[1])]

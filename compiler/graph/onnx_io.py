@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -109,3 +109,10 @@ def _pad_to(f, align: int) -> int:
 def onnx_dtype_name(elem_type: int) -> str:
     """TensorProto enum -> the op set's dtype names ("float32", "int64", ...)."""
     return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+
+
+def bindings(g: Graph) -> dict[str, Any]:
+    """The graph's inputs and outputs as the manifest records them: name, dtype, symbolic shape."""
+    def vi(v):
+        return {"name": v.name, "dtype": onnx_dtype_name(v.elem_type), "shape": list(v.shape)}
+    return {"inputs": [vi(v) for v in g.inputs], "outputs": [vi(v) for v in g.outputs]}

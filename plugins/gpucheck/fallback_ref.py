@@ -28,7 +28,8 @@ def dequant(blocks: np.ndarray, scales: np.ndarray, fmt: str = "mxfp4") -> np.nd
 def moe_mxfp4(hidden, router_weight, router_bias, gu_blocks, gu_scales, gu_bias, dn_blocks, dn_scales, dn_bias,
               *, top_k, swiglu_limit=7.0, swiglu_alpha=1.702, swiglu_linear_offset=1.0, **_):
     x = hidden.astype(np.float64)
-    logits = hidden.astype(np.float32) @ router_weight.T.astype(np.float32) + router_bias.astype(np.float32)
+    # exact logits rounded once to float32, as reference_kernels.router_logits (BLAS-order free)
+    logits = (x @ router_weight.T.astype(np.float64) + router_bias.astype(np.float64)).astype(np.float32)
     experts = np.argsort(-logits, axis=-1, kind="stable")[:, :top_k]
     sel = np.take_along_axis(logits, experts, -1).astype(np.float64)
     w = np.exp(sel - sel[:, :1])

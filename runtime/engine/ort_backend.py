@@ -1,0 +1,184 @@
+"""OrtBackend: the Backend protocol on an ONNX Runtime engine directory (CPU).
+
+KV cache: the backend owns, per layer, key and value arrays [max_slots, kv_heads, capacity,
+head_dim] float32. Full-attention layers: capacity = max_context, plus max_step_tokens of slack
+when max_slots > 1 (rows are right-padded to the longest row of a step and GroupQueryAttention
+needs past_len + padded step <= capacity). Sliding layers: the window (the engine's binding
+shape; ONNX Runtime keeps the most recent positions there and evicts itself). Zero pages cost
+nothing until touched. GroupQueryAttention writes in place: past_* and present_* are bound to
+the same memory, no cache is ever copied.
+
+A step over several slots runs the contiguous slot range [lowest, highest] as one right-padded
+batch: each stepping row brings its tokens (past_len = tokens cached, new_len = valid tokens); a
+slot of the range that is not in the step rides along idle (new_len 0: its cache is left as it
+is, its outputs are dropped). Padded positions never enter a cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from gptoss_edge.compiler import opset
+from gptoss_edge.engine_dir import load_manifest
+from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, kv_layout_of
+
+IO = opset.ENGINE_IO
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return so
+
+
+@contextlib.contextmanager
+def session_env(env: dict[str, str]):
+    """Set the engine's session environment (read by ONNX Runtime while it creates the session,
+    e.g. ORT_QMOE_CPU_QNBIT_GEMM) and restore the process environment afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class OrtBackend:
+    def __init__(self, engine_dir: str | Path, max_slots: int = 4, max_context: int = 4096,
+                 max_step_tokens: int = 256, threads: int | None = None, verify: bool | str = True):
+        self.manifest = load_manifest(engine_dir, verify=verify)
+        m = self.manifest
+        if m.target != "onnxruntime":
+            raise BackendError(f"{m.path}: engine target is {m.target!r}, OrtBackend runs 'onnxruntime'")
+        cfg = m.config
+        positions = int(m.target_config.get("max_positions", cfg.max_position_embeddings))
+        if max_slots < 1 or max_context < 1 or max_step_tokens < 1:
+            raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
+        # Rows are right-padded to the longest row of a step, so a full-attention buffer needs
+        # max_step_tokens of slack (and RoPE rows for it); one slot never pads.
+        slack = max_step_tokens if max_slots > 1 else 0
+        if max_context + slack > positions:
+            raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
+                               f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
+        with session_env(m.target_config.get("session", {}).get("env", {})):
+            self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
+                                                session_options(threads), providers=["CPUExecutionProvider"])
+        self.cfg = cfg
+        self.kv = kv_layout_of(m)
+        caps = [self.kv.capacity(i, max_context + slack) for i in range(cfg.num_hidden_layers)]
+        self._check_ring_bindings()
+        shapes = [(max_slots, cfg.num_key_value_heads, c, cfg.head_dim) for c in caps]
+        self._keys = [np.zeros(shape, np.float32) for shape in shapes]
+        self._values = [np.zeros(shape, np.float32) for shape in shapes]
+        self._lengths = [0] * max_slots
+        self._info = BackendInfo(config=cfg, target="onnxruntime", max_slots=max_slots,
+                                 max_context=max_context, max_step_tokens=max_step_tokens,
+                                 kv_layout=self.kv)
+
+    # ---- protocol ---------------------------------------------------------------------------
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def slot_length(self, slot: int) -> int:
+        return self._lengths[self._check_slot(slot)]
+
+    def release(self, slot: int) -> None:
+        self._lengths[self._check_slot(slot)] = 0     # stale cache rows are never read again
+
+    def close(self) -> None:
+        self.session = None
+        self._keys = self._values = []
+
+    def step(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
+        self._validate(rows)
+        lo, hi = min(r.slot for r in rows), max(r.slot for r in rows) + 1
+        s = max(len(r.token_ids) for r in rows)
+        ids = np.zeros((hi - lo, s), np.int64)
+        # idle rows: new_len 0; past_len >= 1 because the op needs >= 1 token per row (an empty
+        # idle slot claims one cached token that nothing reads)
+        past = np.array([max(self._lengths[i], 1) for i in range(lo, hi)], np.int32)
+        new = np.zeros(hi - lo, np.int32)
+        for r in rows:
+            ids[r.slot - lo, :len(r.token_ids)] = r.token_ids
+            past[r.slot - lo] = self._lengths[r.slot]
+            new[r.slot - lo] = len(r.token_ids)
+        logits = np.empty((hi - lo, s, self.cfg.vocab_size), np.float32)
+        self._run(ids, past, new, lo, hi, logits)
+        out = []
+        for r in rows:
+            n = len(r.token_ids)
+            self._lengths[r.slot] += n
+            row = logits[r.slot - lo]
+            out.append(row[:n].copy() if r.all_logits else row[n - 1].copy())
+        return out
+
+    # ---- internals --------------------------------------------------------------------------
+    def _run(self, ids, past, new, lo: int, hi: int, logits) -> None:
+        if self.session is None:
+            raise BackendError("backend is closed")
+        io = self.session.io_binding()
+        io.bind_cpu_input(IO.INPUT_IDS, ids)
+        io.bind_cpu_input(IO.PAST_LEN, past)
+        io.bind_cpu_input(IO.NEW_LEN, new)
+        for layer, (k, v) in enumerate(zip(self._keys, self._values)):
+            for name_in, name_out, buf in ((IO.past_key(layer), IO.present_key(layer), k[lo:hi]),
+                                           (IO.past_value(layer), IO.present_value(layer), v[lo:hi])):
+                ov = ort.OrtValue.ortvalue_from_numpy(buf)        # a view of the slots' rows
+                io.bind_ortvalue_input(name_in, ov)
+                io.bind_ortvalue_output(name_out, ov)             # in place: present == past
+        io.bind_output(IO.LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.session.run_with_iobinding(io)
+
+    def _check_ring_bindings(self) -> None:
+        """The graph's fixed cache dims (window layers) must be the kv_layout's ring size."""
+        dims = {b.get("name"): b["shape"][2] for b in self.manifest.bindings.get("inputs", [])
+                if isinstance(b, dict) and len(b.get("shape", ())) == 4}
+        for i in range(self.cfg.num_hidden_layers):
+            name = IO.past_key(i)
+            if name not in dims:
+                raise BackendError(f"{self.manifest.path}: manifest has no binding {name!r}")
+            want = self.kv.ring_slots if i in self.kv.ring_layers else None
+            if (dims[name] if isinstance(dims[name], int) else None) != want:
+                raise BackendError(f"{self.manifest.path}: binding {name!r} capacity {dims[name]!r} "
+                                   f"disagrees with kv_layout ({want or 'sized by the runtime'})")
+
+    def _check_slot(self, slot: int) -> int:
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self._info.max_slots:
+            raise BackendError(f"slot {slot!r} out of range [0, {self._info.max_slots})")
+        return int(slot)
+
+    def _validate(self, rows: Sequence[StepRow]) -> None:
+        if not rows:
+            raise BackendError("step needs at least one row")
+        seen = set()
+        for r in rows:
+            slot = self._check_slot(r.slot)
+            if slot in seen:
+                raise BackendError(f"slot {slot} appears twice in one step")
+            seen.add(slot)
+            n = len(r.token_ids)
+            if n == 0:
+                raise BackendError(f"slot {slot}: a step row needs at least one token")
+            if n > self._info.max_step_tokens:
+                raise BackendError(f"slot {slot}: {n} tokens in one step exceed max_step_tokens "
+                                   f"{self._info.max_step_tokens} (split the prompt)")
+            if self._lengths[slot] + n > self._info.max_context:
+                raise BackendError(f"slot {slot}: {self._lengths[slot]} + {n} tokens exceed max_context "
+                                   f"{self._info.max_context}")
+            bad = [t for t in r.token_ids if not 0 <= int(t) < self.cfg.vocab_size]
+            if bad:
+                raise BackendError(f"slot {slot}: token id {bad[0]} outside the vocabulary "
+                                   f"[0, {self.cfg.vocab_size})")
