@@ -253,3 +253,18 @@ def test_prebuilt_library_is_carried_with_its_cudart_and_refused_when_stale(tmp_
     (bdir / "build.json").write_text(json.dumps({**info, "sources_sha256": "0" * 64}))
     proc = run_gpu_check(sys.executable, str(tmp_path / "res"), "--build-dir", str(bdir), "--use-prebuilt")
     assert proc.returncode == 2 and "stale" in proc.stdout
+
+
+def test_reference_kernels_import_from_a_bare_checkout():
+    """On the GPU machine nothing is installed: the repository root on sys.path is enough (no
+    site-packages .pth / editable finder here: python -S, numpy and onnx from the path only)."""
+    import subprocess
+    import sysconfig
+
+    code = ("import sys; sys.path += [sys.argv[1]]; sys.path.insert(0, sys.argv[2]); from pathlib import Path; "
+            "from gpucheck.refs import Reference; r = Reference(Path(sys.argv[3])); "
+            "assert r.error is None, r.error; print(r.rk.__file__)")
+    proc = subprocess.run([sys.executable, "-S", "-c", code, sysconfig.get_paths()["purelib"],
+                           str(ROOT / "plugins"), str(ROOT)], capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).resolve() == (ROOT / "compiler" / "reference_kernels.py").resolve()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,10 @@ from .data import SWIGLU, round_to
 
 
 def import_reference_kernels(root: Path):
-    """gptoss_edge.compiler.reference_kernels, installed or straight from the source tree."""
-    try:
-        return importlib.import_module("gptoss_edge.compiler.reference_kernels")
-    except ImportError:
-        pass
-    for name, folder in (("gptoss_edge", root / "gptoss_edge"), ("gptoss_edge.compiler", root / "compiler")):
-        if name not in sys.modules:
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [str(folder)]
-            sys.modules[name] = pkg
+    """gptoss_edge.compiler.reference_kernels: installed, or from the checkout at `root` (its
+    gptoss_edge/compiler links to compiler/, so the repository root on sys.path suffices)."""
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
     return importlib.import_module("gptoss_edge.compiler.reference_kernels")
 
 
