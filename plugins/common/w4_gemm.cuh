@@ -1,13 +1,12 @@
 // Shared W4A16 kernels: y = epilogue(x @ W^T + bias) with W in 4-bit blocks of 32 along K.
 // Used by Gemm4bit (one group, identity row maps) and by MoeMxfp4 (one group per expert,
-// gathered rows). Two paths:
+// gathered rows). Two paths here (the tensor-core tiled variant: w4_gemm_mma.cuh):
 //   * GEMV (few rows): one warp per output-row pair; each lane owns whole 16-byte blocks
 //     (128-bit loads, all of a row's blocks issued before decoding), decodes them in registers
-//     and multiplies with up to kGemvRows activation rows; only the group's own weight bytes
-//     are read.
+//     a word at a time and multiplies with up to kGemvRows activation rows per pass; only the
+//     group's own weight bytes are read (more rows: another pass, the bytes then mostly in L2).
 //   * tiled SIMT (many rows): 64x64 output tiles, K stepped one 32-wide block at a time, the
 //     weight block dequantized into shared memory, 4x4 fp32 micro-tiles per thread.
-//     (No tensor-core mma yet: a later, measured step.)
 // Weights: blocks [G, N, K/32, 16] uint8 (byte j: elements 2j low / 2j+1 high nibble),
 //          scales [G, N, K/32] (uint8 E8M0 for mxfp4, fp16 for int4), bias [G, N] fp32 or null.
 #pragma once
