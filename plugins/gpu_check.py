@@ -76,6 +76,12 @@ def run_cases(runner, records: list, quick: bool, cases_mod) -> None:
                 detail = r.get("error") or (f"max_err={r['max_abs_err']:.3g} (scale {r['ref_max_abs']:.3g}) "
                                             f"bad={r['n_bad']}/{r['n']} nan={r['n_nan']}")
                 log(f"{status} {op:13s} {c.name} [{r['path']}] {detail} ({time.perf_counter() - t0:.1f} s)")
+            lost = runner.cuda.context_error()
+            if lost:  # a kernel fault is sticky: every later call would fail with it, so stop here
+                log(f"CUDA context lost after {op} {c.name} ({lost}): remaining cases not run")
+                records.append({"op": op, "case": "(remaining cases)", "path": "-", "ok": False,
+                                "error": f"not run: CUDA context lost after '{c.name}': {lost}"})
+                return
 
 
 def run_benchmarks(cuda, kernels, bench_records: list) -> None:
@@ -251,9 +257,13 @@ def run_all(args, out: Path, lib: Path, cudart: str, meta: dict, t_start: float)
     records, bench = [], []
     try:
         run_cases(cases_mod.Runner(cuda, kernels, ref), records, args.quick, cases_mod)
-        cuda.free_all()
-        if not args.skip_bench:
-            run_benchmarks(cuda, kernels, bench)
+        lost = cuda.context_error()
+        if lost:
+            log(f"benchmarks skipped: the CUDA context is unusable ({lost})")
+        else:
+            cuda.free_all()
+            if not args.skip_bench:
+                run_benchmarks(cuda, kernels, bench)
     finally:
         meta["seconds"] = time.perf_counter() - t_start
         write_results(out, meta, records, bench)

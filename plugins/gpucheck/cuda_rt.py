@@ -97,6 +97,11 @@ class Cuda:
         self.check(self.lib.cudaDeviceSynchronize(), f"cudaDeviceSynchronize ({what})")
         self.check(self.lib.cudaGetLastError(), f"cudaGetLastError ({what})")
 
+    def context_error(self) -> str | None:
+        """Text of a sticky error (a kernel fault leaves the context unusable), else None."""
+        rc = self.lib.cudaDeviceSynchronize()
+        return None if rc == 0 else f"CUDA error {rc} ({self.lib.cudaGetErrorString(rc).decode()})"
+
     def attribute(self, attr: int) -> int:
         v = c_int()
         self.check(self.lib.cudaDeviceGetAttribute(ctypes.byref(v), attr, 0), f"cudaDeviceGetAttribute({attr})")
