@@ -84,7 +84,9 @@ def run_cases(runner, records: list, quick: bool, cases_mod) -> None:
                 return
 
 
-def run_benchmarks(cuda, kernels, bench_records: list) -> None:
+def run_benchmarks(cuda, kernels, bench_records: list, fp16_peak_tflops: float | None) -> None:
+    """fp16_peak_tflops: the GPU's dense fp16 tensor peak (fp32 accumulate), from its data sheet;
+    CUDA does not report it, so it is given on the command line to rate the GEMMs against."""
     from gpucheck.bench import Bench
 
     b = Bench(cuda, kernels)
@@ -103,10 +105,13 @@ def run_benchmarks(cuda, kernels, bench_records: list) -> None:
     for step in steps:
         try:
             for r in step():
+                if fp16_peak_tflops and "TFLOP_per_s" in r:
+                    r["fraction_of_fp16_peak"] = r["TFLOP_per_s"] / fp16_peak_tflops
                 bench_records.append(r)
                 frac = f" = {r['fraction_of_peak']:.0%} of peak" if "fraction_of_peak" in r else ""
                 bw = f"{r['effective_GB_per_s']:.0f} GB/s{frac}" if "effective_GB_per_s" in r else ""
                 tf = f", {r['TFLOP_per_s']:.2f} TFLOP/s" if "TFLOP_per_s" in r else ""
+                tf += f" = {r['fraction_of_fp16_peak']:.1%} of fp16 peak" if "fraction_of_fp16_peak" in r else ""
                 log(f"bench {r['bench']} [{r.get('path', '')}]: {r['ms'] * 1e3:.1f} us, {bw}{tf}")
         except Exception as e:  # noqa: BLE001
             bench_records.append({"bench": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
@@ -115,8 +120,9 @@ def run_benchmarks(cuda, kernels, bench_records: list) -> None:
 
 def write_results(out: Path, meta: dict, records: list, bench: list) -> None:
     (out / "results.json").write_text(json.dumps({"meta": meta, "cases": records, "bench": bench}, indent=1))
-    lines = [f"# gptoss-edge kernels on {meta['gpu']}", "",
-             f"reference: {meta['reference']}; CUDA runtime/driver {meta['cuda']}; total {meta['seconds']:.0f} s", "",
+    lines = [f"# gptoss-edge kernels on {meta['gpu']}", "", env_mod.summary(meta["env"]), "",
+             f"reference: {meta['reference']}; attention: {meta['attention_reference']}; CUDA runtime/driver "
+             f"{meta['cuda']}; total {meta['seconds']:.0f} s", "",
              "| op | case | path | ok | max abs err | output scale | bad / n |", "|---|---|---|---|---|---|---|"]
     for r in records:
         if "error" in r:
@@ -124,16 +130,17 @@ def write_results(out: Path, meta: dict, records: list, bench: list) -> None:
         else:
             lines.append(f"| {r['op']} | {r['case']} | {r['path']} | {'yes' if r['ok'] else '**NO**'} | "
                          f"{r['max_abs_err']:.3g} | {r['ref_max_abs']:.3g} | {r['n_bad']} / {r['n']} |")
-    lines += ["", "| benchmark | path | time | GB/s | fraction of peak | TFLOP/s |", "|---|---|---|---|---|---|"]
+    lines += ["", "| benchmark | path | time | GB/s | fraction of copy peak | TFLOP/s | of fp16 peak |",
+              "|---|---|---|---|---|---|---|"]
     for r in bench:
         if "error" in r:
-            lines.append(f"| error | | {r['error'][:100]} | | | |")
+            lines.append(f"| error | | {r['error'][:100]} | | | | |")
             continue
         gbs = r.get("effective_GB_per_s", r.get("GB_per_s"))
-        frac = r.get("fraction_of_peak")
-        tf = r.get("TFLOP_per_s")
+        frac, tf, tf_frac = r.get("fraction_of_peak"), r.get("TFLOP_per_s"), r.get("fraction_of_fp16_peak")
         lines.append(f"| {r['bench']} | {r.get('path', '')} | {r['ms'] * 1e3:.1f} us | {gbs:.0f} | "
-                     f"{'' if frac is None else f'{frac:.0%}'} | {'' if tf is None else f'{tf:.2f}'} |")
+                     f"{'' if frac is None else f'{frac:.0%}'} | {'' if tf is None else f'{tf:.2f}'} | "
+                     f"{'' if tf_frac is None else f'{tf_frac:.1%}'} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -175,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cudart", help="libcudart.so to load (default: beside the library, else the toolkit's)")
     ap.add_argument("--quick", action="store_true", help="skip the 120b and 512-token correctness cases")
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--fp16-peak-tflops", type=float, help="the GPU's dense fp16 tensor peak (data sheet; "
+                    "e.g. 989 for H100 SXM) to rate the GEMM benchmarks against")
     ap.add_argument("--fallback-reference", action="store_true", help="use gpucheck/fallback_ref.py")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -263,7 +272,7 @@ def run_all(args, out: Path, lib: Path, cudart: str, meta: dict, t_start: float)
         else:
             cuda.free_all()
             if not args.skip_bench:
-                run_benchmarks(cuda, kernels, bench)
+                run_benchmarks(cuda, kernels, bench, args.fp16_peak_tflops)
     finally:
         meta["seconds"] = time.perf_counter() - t_start
         write_results(out, meta, records, bench)

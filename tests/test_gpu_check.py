@@ -268,3 +268,23 @@ def test_reference_kernels_import_from_a_bare_checkout():
                            str(ROOT / "plugins"), str(ROOT)], capture_output=True, text=True, cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()).resolve() == (ROOT / "compiler" / "reference_kernels.py").resolve()
+
+
+def test_results_files_are_written_for_every_record_kind(tmp_path):
+    """The writer gpu_check calls at the end (also after a failure): every record shape it can
+    get (a compared case, an errored case, benchmarks with and without a fraction) renders."""
+    sys.path.insert(0, str(ROOT / "plugins"))
+    import gpu_check
+    from gpucheck import env
+
+    meta = {"env": env.probe(None, None), "gpu": "test GPU", "cuda": {"runtime": 13000, "driver": 13000},
+            "reference": "r", "attention_reference": "a", "seconds": 1.0}
+    ok = {"op": "Gemm4bit", "case": "c", "path": "gemv", **data.compare(np.ones(3), np.ones(3), "float32", 4, 0)}
+    err = {"op": "MoeMxfp4", "case": "d", "path": "-", "ok": False, "error": "RuntimeError: x"}
+    bench = [{"bench": "copy", "ms": 1.0, "GB_per_s": 100.0},
+             {"bench": "gemm", "path": "mma", "ms": 2.0, "effective_GB_per_s": 50.0, "fraction_of_peak": 0.5,
+              "TFLOP_per_s": 10.0, "fraction_of_fp16_peak": 0.01}, {"bench": "error", "error": "E"}]
+    gpu_check.write_results(tmp_path, meta, [ok, err], bench)
+    md = (tmp_path / "results.md").read_text()
+    assert "| Gemm4bit | c | gemv | yes |" in md and "**ERROR**" in md and "1.0%" in md and "needs" in md
+    assert json.loads((tmp_path / "results.json").read_text())["cases"][1]["error"] == "RuntimeError: x"
