@@ -241,6 +241,9 @@ def main(argv=None) -> int:
             return 0
     else:
         log(f"using prebuilt {lib} (cudart {cudart})")
+    too_old = env_mod.driver_too_old(env)
+    if too_old:
+        return fail(out, 2, f"gpu_check: {too_old}", meta)
     return run_all(args, out, lib, cudart, meta, t_start)
 
 

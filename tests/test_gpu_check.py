@@ -288,3 +288,11 @@ def test_results_files_are_written_for_every_record_kind(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| Gemm4bit | c | gemv | yes |" in md and "**ERROR**" in md and "1.0%" in md and "needs" in md
     assert json.loads((tmp_path / "results.json").read_text())["cases"][1]["error"] == "RuntimeError: x"
+
+
+def test_a_runtime_newer_than_the_driver_is_named():
+    from gpucheck import env
+
+    assert "CUDA 12.4" in env.driver_too_old({"driver_cuda": 12040, "cudart_version": 13000})
+    assert env.driver_too_old({"driver_cuda": 13000, "cudart_version": 13020}) is None  # minor compatibility
+    assert env.driver_too_old({"driver_cuda": None, "cudart_version": 13000}) is None  # no driver: said elsewhere

@@ -52,7 +52,8 @@ def driver_and_gpu() -> dict:
     rc = cu.cuInit(0)
     ver = c_int()
     cu.cuDriverGetVersion(ctypes.byref(ver))
-    info = {"driver": f"CUDA {_version(ver.value)}" + _smi_driver(), "gpu": None, "why": None}
+    info = {"driver": f"CUDA {_version(ver.value)}" + _smi_driver(), "driver_cuda": ver.value, "gpu": None,
+            "why": None}
     if rc != 0:
         info["why"] = f"cuInit failed with CUresult {rc}"
         return info
@@ -84,16 +85,33 @@ def _smi_driver() -> str:
     return f", driver {out[0]}" if out else ""
 
 
-def cudart_info(path: str | None) -> str | None:
+def cudart_version(path: str | None) -> int | None:
+    """cudaRuntimeGetVersion of the libcudart at path (1000*major + 10*minor), None if unloadable."""
     if not path:
         return None
     try:
         rt = ctypes.CDLL(path)
-    except OSError as e:
-        return f"{path} (not loadable: {e})"
+    except OSError:
+        return None
     v = ctypes.c_int()
     rt.cudaRuntimeGetVersion(ctypes.byref(v))
-    return f"{_version(v.value)} ({path})"
+    return v.value
+
+
+def cudart_info(path: str | None) -> str | None:
+    if not path:
+        return None
+    v = cudart_version(path)
+    return f"{path} (not loadable)" if v is None else f"{_version(v)} ({path})"
+
+
+def driver_too_old(env: dict) -> str | None:
+    """Why the runtime cannot run on this driver (a CUDA major newer than the driver's), else None."""
+    drv, rt = env.get("driver_cuda"), env.get("cudart_version")
+    if drv and rt and rt // 1000 > drv // 1000:
+        return (f"the driver supports CUDA {_version(drv)}, the library's runtime is CUDA {_version(rt)}: build "
+                f"the library with a CUDA {drv // 1000}.x toolkit (or nvcc on this machine)")
+    return None
 
 
 def tensorrt_libs() -> str | None:
@@ -122,8 +140,9 @@ def tensorrt_python() -> str | None:
 def probe(nvcc: str | None, cudart: str | None) -> dict:
     dg = driver_and_gpu()
     return {"python": sys.version.split()[0], "numpy": numpy_version(), "nvcc": nvcc_info(nvcc),
-            "driver": dg["driver"], "gpu": dg["gpu"], "gpu_sm": dg.get("sm"), "gpu_why": dg["why"],
-            "cudart": cudart_info(cudart), "tensorrt_libs": tensorrt_libs(), "tensorrt_python": tensorrt_python()}
+            "driver": dg["driver"], "driver_cuda": dg.get("driver_cuda"), "gpu": dg["gpu"], "gpu_sm": dg.get("sm"),
+            "gpu_why": dg["why"], "cudart": cudart_info(cudart), "cudart_version": cudart_version(cudart),
+            "tensorrt_libs": tensorrt_libs(), "tensorrt_python": tensorrt_python()}
 
 
 def summary(env: dict) -> str:
