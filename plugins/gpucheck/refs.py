@@ -1,6 +1,7 @@
-"""The numpy reference the GPU results are compared with: the project's
+"""The numpy references the GPU results are compared with. MoE and Gemm4bit: the project's
 gptoss_edge.compiler.reference_kernels when importable (preferred), else fallback_ref (this
-folder's own formulas from the op-set docs; a CPU test proves they agree)."""
+folder's own formulas from the op-set docs; a CPU test proves they agree). SinkAttention:
+fallback_ref given the kernel's own key store (see Reference.attention)."""
 from __future__ import annotations
 
 import importlib
