@@ -307,6 +307,33 @@ def manifest_document(fields: Mapping[str, Any], files: Mapping[str, FileEntry])
     }
 
 
+def add_files(engine_dir: str | Path, new_files: Mapping[str, Path], target_config: Mapping[str, Any],
+              progress: Progress | None = stderr_progress) -> EngineManifest:
+    """Put finished files (written beside the engine dir, same filesystem) into an existing engine
+    dir and rewrite its manifest with their hashes and a new target_config (build-engine: the plan
+    and its timing cache). Each file and the manifest are renamed into place atomically; a crash
+    between those renames leaves a file the manifest does not list (or lists with another hash),
+    which load_manifest refuses until the step is run again: a half-finished update is never served."""
+    m = load_manifest(engine_dir, verify="none", progress=progress)
+    doc = json.loads((m.path / MANIFEST_NAME).read_text())
+    files = dict(m.files)
+    for name, src in new_files.items():
+        files[_check_name(name)] = hash_file(Path(src), name=name, progress=progress, fsync=True)
+    fields = {k: doc[k] for k in ("target", "model_config", "tokenizer", "bindings")}
+    new_doc = manifest_document({**fields, "target_config": target_config}, files)
+    tmp = m.path.parent / f".{m.path.name}.manifest.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(new_doc, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for name, src in new_files.items():
+        os.replace(src, m.path / name)
+    os.replace(tmp, m.path / MANIFEST_NAME)
+    _fsync_dir(m.path)
+    return parse_manifest(m.path, new_doc)
+
+
 # ---- loading ---------------------------------------------------------------------------------
 
 def _field(doc: Mapping[str, Any], key: str, kind: type, where: Path) -> Any:

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="reference: onnx.reference + numpy kernels (slow, exact; TensorRT-target dirs); "
-                        "auto: by the engine's target")
+                        "auto: by the engine's target (tensorrt engines need TensorRT)")
     p.add_argument("--json", action="store_true", help='print {"token_ids": [...]} ')
     p.set_defaults(func=run)
 

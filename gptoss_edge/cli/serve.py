@@ -70,12 +70,19 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                         "requests get RESOURCE_EXHAUSTED")
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
+    p.add_argument("--build-engine", action="store_true",
+                   help="tensorrt engines: first build engine.plan when the engine has none for this "
+                        "GPU, TensorRT and plugin library (kept in the engine dir; see build-engine)")
 
 
 def add_engine_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slots", type=int, default=8, help="most concurrent sequences")
     p.add_argument("--max-context", type=int, default=4096, help="tokens per sequence")
     p.add_argument("--max-step-tokens", type=int, default=256, help="prefill chunk size")
+    from gptoss_edge.runtime.engine.opener import BACKEND_CHOICES
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto: by the engine's target (tensorrt engines need TensorRT; "
+                        "reference runs them on CPU, exact and slow)")
 
 
 def engine_limits(args: argparse.Namespace):
@@ -106,8 +113,15 @@ def run_serve(args: argparse.Namespace) -> int:
     from gptoss_edge.engine_dir import EngineDirError
     from gptoss_edge.runtime.engine.opener import open_engine
 
+    if args.build_engine and args.engine_dir is not None:
+        from gptoss_edge.compiler.trt_build import ensure_plan
+        try:
+            ensure_plan(args.engine_dir)
+        except (RuntimeError, ValueError, OSError) as e:
+            print(f"error: build-engine: {e}", file=sys.stderr)
+            return 2
     try:
-        engine = open_engine(args.engine_dir, engine_limits(args))
+        engine = open_engine(args.engine_dir, engine_limits(args), backend=args.backend)
         options = server_options(args, engine.name)
     except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)

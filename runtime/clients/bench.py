@@ -122,7 +122,7 @@ async def bench_main(args) -> int:
         levels = [int(c) for c in args.concurrency.split(",")]
         limits = engine_limits(args)
         engine = open_engine(args.engine_dir, dataclasses.replace(
-            limits, max_slots=max(limits.max_slots, max(levels))))
+            limits, max_slots=max(limits.max_slots, max(levels))), backend=args.backend)
     except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

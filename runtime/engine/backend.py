@@ -13,17 +13,23 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from gptoss_edge.compiler.config import ModelConfig
-from gptoss_edge.kv_layout import KvLayout, KvLayoutError
+from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.target_config import TargetConfigError, target_config_of
+
+
+def target_config(manifest):
+    """The manifest's typed target_config (gptoss_edge/target_config.py); BackendError naming the
+    field when it cannot be read."""
+    try:
+        return target_config_of(manifest)
+    except TargetConfigError as e:
+        raise BackendError(f"{e}; the engine was written by another gptoss-edge: compile it again") from None
 
 
 def kv_layout_of(manifest) -> KvLayout:
     """The KV layout an engine manifest records (compile writes it; every backend sizes its cache
     from it)."""
-    try:
-        return KvLayout.from_manifest(manifest.target_config["kv_layout"])
-    except (KeyError, KvLayoutError) as e:
-        raise BackendError(f"{manifest.path}/manifest.json: no usable kv_layout ({e}); the engine was "
-                           f"written by an older gptoss-edge: compile it again") from None
+    return target_config(manifest).kv_layout
 
 
 class BackendError(RuntimeError):
@@ -68,3 +74,29 @@ class Backend(Protocol):
         """Forget the slot's cache; the slot may be reused immediately."""
 
     def close(self) -> None: ...
+
+
+def validate_rows(rows: Sequence[StepRow], info: BackendInfo, lengths: Sequence[int]) -> None:
+    """The checks every backend makes on a step: BackendError naming the slot and the limit."""
+    if not rows:
+        raise BackendError("step needs at least one row")
+    seen = set()
+    for r in rows:
+        if not isinstance(r.slot, (int, np.integer)) or not 0 <= r.slot < info.max_slots:
+            raise BackendError(f"slot {r.slot!r} out of range [0, {info.max_slots})")
+        if r.slot in seen:
+            raise BackendError(f"slot {r.slot} appears twice in one step")
+        seen.add(r.slot)
+        n = len(r.token_ids)
+        if n == 0:
+            raise BackendError(f"slot {r.slot}: a step row needs at least one token")
+        if n > info.max_step_tokens:
+            raise BackendError(f"slot {r.slot}: {n} tokens in one step exceed max_step_tokens "
+                               f"{info.max_step_tokens} (split the prompt)")
+        if lengths[r.slot] + n > info.max_context:
+            raise BackendError(f"slot {r.slot}: {lengths[r.slot]} + {n} tokens exceed max_context "
+                               f"{info.max_context}")
+        bad = [t for t in r.token_ids if not 0 <= int(t) < info.config.vocab_size]
+        if bad:
+            raise BackendError(f"slot {r.slot}: token id {bad[0]} outside the vocabulary "
+                               f"[0, {info.config.vocab_size})")

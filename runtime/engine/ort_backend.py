@@ -25,7 +25,8 @@ import onnxruntime as ort
 
 from gptoss_edge.compiler import opset
 from gptoss_edge.engine_dir import load_manifest
-from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, kv_layout_of
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
+                                                validate_rows)
 
 IO = opset.ENGINE_IO
 
@@ -63,7 +64,8 @@ class OrtBackend:
         if m.target != "onnxruntime":
             raise BackendError(f"{m.path}: engine target is {m.target!r}, OrtBackend runs 'onnxruntime'")
         cfg = m.config
-        positions = int(m.target_config.get("max_positions", cfg.max_position_embeddings))
+        tc = target_config(m)
+        positions = tc.max_positions
         if max_slots < 1 or max_context < 1 or max_step_tokens < 1:
             raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
         # Rows are right-padded to the longest row of a step, so a full-attention buffer needs
@@ -72,11 +74,11 @@ class OrtBackend:
         if max_context + slack > positions:
             raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
                                f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
-        with session_env(m.target_config.get("session", {}).get("env", {})):
-            self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
+        with session_env(tc.session_env):
+            self.session = ort.InferenceSession(str(m.file(tc.model_file)),
                                                 session_options(threads), providers=["CPUExecutionProvider"])
         self.cfg = cfg
-        self.kv = kv_layout_of(m)
+        self.kv = tc.kv_layout
         caps = [self.kv.capacity(i, max_context + slack) for i in range(cfg.num_hidden_layers)]
         self._check_ring_bindings()
         shapes = [(max_slots, cfg.num_key_value_heads, c, cfg.head_dim) for c in caps]
@@ -161,24 +163,4 @@ class OrtBackend:
         return int(slot)
 
     def _validate(self, rows: Sequence[StepRow]) -> None:
-        if not rows:
-            raise BackendError("step needs at least one row")
-        seen = set()
-        for r in rows:
-            slot = self._check_slot(r.slot)
-            if slot in seen:
-                raise BackendError(f"slot {slot} appears twice in one step")
-            seen.add(slot)
-            n = len(r.token_ids)
-            if n == 0:
-                raise BackendError(f"slot {slot}: a step row needs at least one token")
-            if n > self._info.max_step_tokens:
-                raise BackendError(f"slot {slot}: {n} tokens in one step exceed max_step_tokens "
-                                   f"{self._info.max_step_tokens} (split the prompt)")
-            if self._lengths[slot] + n > self._info.max_context:
-                raise BackendError(f"slot {slot}: {self._lengths[slot]} + {n} tokens exceed max_context "
-                                   f"{self._info.max_context}")
-            bad = [t for t in r.token_ids if not 0 <= int(t) < self.cfg.vocab_size]
-            if bad:
-                raise BackendError(f"slot {slot}: token id {bad[0]} outside the vocabulary "
-                                   f"[0, {self.cfg.vocab_size})")
+        validate_rows(rows, self._info, self._lengths)
