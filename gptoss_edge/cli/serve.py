@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compiled engine dir (default: the embedded default model)")
     b.add_argument("--concurrency", default="1,4,8",
                    help="comma-separated numbers of concurrent streams to measure")
-    b.add_argument("--prompt-tokens", type=int, default=64, help="prompt length of each stream")
+    b.add_argument("--prompt-tokens", type=int, default=64,
+                   help="prompt length of each stream")
     b.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per stream")
     b.add_argument("--max-memory", default=None, help="KV cache budget, e.g. 2GiB")
     add_engine_limits(b)
@@ -76,6 +77,17 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--build-engine", action="store_true",
                    help="tensorrt engines: first build engine.plan when the engine has none for this "
                         "GPU, TensorRT and plugin library (kept in the engine dir; see build-engine)")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="prefill every prompt in full (default: a request continues from the KV "
+                        "a slot holds for the prefix it shares, e.g. the previous chat turn)")
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """ValueError naming the first flag among `names` whose value is below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def add_engine_limits(p: argparse.ArgumentParser) -> None:
@@ -92,6 +104,7 @@ def engine_limits(args: argparse.Namespace):
     from gptoss_edge.runtime.engine.opener import EngineLimits
     from gptoss_edge.runtime.engine.kv import parse_bytes
 
+    check_positive(args, "max_slots", "max_context", "max_step_tokens")
     return EngineLimits(max_slots=args.max_slots, max_context=args.max_context,
                         max_step_tokens=args.max_step_tokens,
                         max_memory=parse_bytes(args.max_memory) if args.max_memory else None)
@@ -110,13 +123,21 @@ def server_options(args: argparse.Namespace, name: str):
         max_queue=args.max_queue, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
         max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace,
-        http=getattr(args, "http", ""))
+        http=getattr(args, "http", ""), prefix_reuse=not getattr(args, "no_prefix_reuse", False))
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from gptoss_edge.engine_dir import EngineDirError
     from gptoss_edge.runtime.engine.opener import open_engine
 
+    from gptoss_edge.runtime.frontends.grpc_server import parse_listen
+
+    try:
+        parse_listen(args.listen)              # a bad address fails before the engine loads
+        engine_limits(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.build_engine and args.engine_dir is not None:
         from gptoss_edge.compiler.trt_build import ensure_plan
         try:
@@ -138,7 +159,8 @@ async def _serve(backend, tokenizer, options) -> int:
 
     try:
         server = await Server.start(backend, tokenizer, options)
-    except (OSError, ValueError) as e:
+    except (ValueError, OSError) as e:     # socket in use, port in use, TLS files
+        backend.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
     loop = asyncio.get_running_loop()

@@ -3,14 +3,17 @@ and the validation that turns neutral request parameters into a submitted sequen
 refusal is an ApiError raised before a KV slot is taken."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from gptoss_edge.runtime.api.errors import ApiError, ErrorKind, as_api_error, invalid
 from gptoss_edge.runtime.api.requests import ChatParams, GenerateParams, Sampling
 from gptoss_edge.runtime.api.runs import ChatRun, GenerateRun
 from gptoss_edge.runtime.chat import chat_turn
 from gptoss_edge.runtime.engine.backend import Backend
+from gptoss_edge.runtime.api.memory import BigRequestCollector
 from gptoss_edge.runtime.engine.sampler import Sampler, SamplingParams
 from gptoss_edge.runtime.engine.scheduler import Scheduler, SeqRequest
 
@@ -52,6 +55,15 @@ class ModelService:
     scheduler: Scheduler
     metrics: Any | None = None     # frontends.metrics.ServerMetrics
     draining: bool = False
+    # Tokenizing runs here, off the event loop (a 4 MB text takes seconds); one thread: texts
+    # queue instead of tokenizing side by side (each holds memory while it runs).
+    tokenize_pool: concurrent.futures.ThreadPoolExecutor = dataclasses.field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, "tokenize"))
+    big_requests: BigRequestCollector = dataclasses.field(default_factory=BigRequestCollector)
+
+    def __post_init__(self):
+        if self.tokenizer is not None:              # computed once, before the first request
+            self.tokenize_pool.submit(lambda: self.tokenizer.max_token_bytes)
 
     @property
     def info(self):
@@ -73,6 +85,26 @@ class ModelService:
             raise ApiError(ErrorKind.FAILED_PRECONDITION,
                            f"engine {self.name!r} has no tokenizer; send token ids")
         return self.tokenizer
+
+    def check_text_fits(self, field: str, text: str) -> None:
+        """Refuse, before tokenizing it, a text that cannot fit the context: it encodes to at
+        least ceil(characters / max_token_bytes) tokens (Tokenizer.min_tokens)."""
+        tok = self.need_tokenizer()
+        self.big_requests.saw(text)
+        need = tok.min_tokens(text)
+        if need > self.info.max_context:
+            raise invalid(f"{field}: {len(text)} characters are at least {need} tokens (this "
+                          f"tokenizer's ids hold at most {tok.max_token_bytes} bytes); the context "
+                          f"holds {self.info.max_context}")
+
+    async def off_loop(self, fn: Callable, *args):
+        """Run tokenizer work (encode, chat rendering) in the tokenize thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, fn, *args)
+
+    async def encode(self, field: str, text: str) -> list[int]:
+        """`text` -> ids, size-checked first, tokenized off the event loop."""
+        self.check_text_fits(field, text)
+        return await self.off_loop(self.need_tokenizer().encode, text)
 
     def check_prompt(self, prompt: list[int]) -> None:
         """Prompt must be non-empty, in the vocabulary, and fit the context."""
@@ -101,10 +133,10 @@ class ModelService:
         return err
 
     # ---- requests -----------------------------------------------------------------------------
-    def start_generate(self, p: GenerateParams) -> GenerateRun:
+    async def start_generate(self, p: GenerateParams) -> GenerateRun:
         self.check_accepting()
         self.check_name(p.model)
-        prompt = self._generate_prompt(p)
+        prompt = await self._generate_prompt(p)
         self.check_prompt(prompt)
         vocab = self.info.config.vocab_size
         bad = [t for t in p.stop_token_ids if not 0 <= t < vocab]
@@ -124,22 +156,23 @@ class ModelService:
         return GenerateRun(stream, len(prompt), p.logprobs or p.top_logprobs > 0, decoder,
                            p.stop)
 
-    def _generate_prompt(self, p: GenerateParams) -> list[int]:
+    async def _generate_prompt(self, p: GenerateParams) -> list[int]:
         if p.text is not None and p.token_ids is not None:
             raise invalid("prompt: set `text` or `tokens`, not both")
         if p.text is not None:
             if not p.text:
                 raise invalid("text: empty prompt")
-            return self.need_tokenizer().encode(p.text)
+            return await self.encode("text", p.text)
         if p.token_ids is not None:
             return list(p.token_ids)
         raise invalid("prompt: set `text` or `tokens`")
 
-    def start_chat(self, p: ChatParams) -> ChatRun:
+    async def start_chat(self, p: ChatParams) -> ChatRun:
         self.check_accepting()
         self.check_name(p.model)
         tok = self.need_tokenizer()
-        prompt = chat_turn.render_request(p, tok)
+        self.check_text_fits("messages", chat_turn.message_text(p))   # before rendering it
+        prompt = await self.off_loop(chat_turn.render_request, p, tok)
         self.check_prompt(prompt)
         max_new = self.max_new_tokens(len(prompt), p.max_tokens)
         sampler = make_sampler(p.sampling, max_new, p.stop, p.top_logprobs)
@@ -147,9 +180,9 @@ class ModelService:
         stream = self.scheduler.submit(SeqRequest(prompt, sampler, max_new, turn.stop_token_ids))
         return ChatRun(stream, len(prompt), p.logprobs or p.top_logprobs > 0, turn)
 
-    def tokenize(self, model: str, text: str) -> list[int]:
+    async def tokenize(self, model: str, text: str) -> list[int]:
         self.check_name(model)
-        return self.need_tokenizer().encode(text)
+        return await self.encode("text", text)
 
     def detokenize(self, model: str, token_ids) -> str:
         self.check_name(model)

@@ -36,6 +36,13 @@ def request_messages(params: ChatParams) -> list[harmony.Message]:
     return out
 
 
+def message_text(params: ChatParams) -> str:
+    """All the text of the messages that rendering tokenizes as it is (content, reasoning, tool
+    call arguments): the rendered prompt holds at least its tokens."""
+    return "".join(m.content + m.reasoning + "".join(c.arguments for c in m.tool_calls)
+                   for m in params.messages)
+
+
 def render_request(params: ChatParams, tokenizer) -> list[int]:
     """Validated prompt ids, ending with `<|start|>assistant`."""
     if params.reasoning_effort not in REASONING_EFFORTS:

@@ -4,6 +4,23 @@ reference evaluator too). The scheduler, `generate` and the gRPC server speak on
 Model of the KV cache: the backend owns `info.max_slots` independent sequence slots. A slot is
 filled by successive steps; each step appends tokens at the slot's current length. `release`
 empties a slot so another sequence may use it.
+
+Prefix reuse (optional; runtime/engine/prefix.py explains why window layers need it): a backend
+that has `save_prefix` and `truncate` lets the scheduler keep a finished sequence's KV in its
+slot and continue a later request from the longest prefix the two share. Contract:
+  * a step writes a slot's cache only at positions >= its length (never rewrites rows below);
+  * `save_prefix(slot)` remembers the slot's state at its current length L: everything that a
+    later step could have overwritten by then, i.e. the window layers' buffers (ring or
+    ONNX Runtime's compacted window). Saves are per slot, kept until `truncate` cuts below them
+    or `release`; at most `prefix.MAX_SAVED` per slot (SavedPrefixes decides which go);
+  * `truncate(slot, length)`, 0 <= length <= slot_length: the slot continues from the longest
+    length k <= `length` it can reproduce exactly, k = slot_length when length equals it, else
+    the longest saved prefix (window buffers copied back), else 0; returns k. Steps after it
+    must give the logits a fresh slot prefilled with the same k tokens would give, bit for bit
+    when chunked the same way (tests/test_prefix_reuse.py);
+  * `release(slot)` also forgets the slot's saved prefixes.
+`prefix.SavedPrefixes` + `prefix.truncation` hold the bookkeeping; a backend only copies its
+window buffers out and back (see OrtBackend, ReferenceBackend).
 """
 from __future__ import annotations
 
@@ -72,6 +89,10 @@ class Backend(Protocol):
 
     def release(self, slot: int) -> None:
         """Forget the slot's cache; the slot may be reused immediately."""
+
+    # optional, for prefix reuse (module docstring):
+    # def save_prefix(self, slot: int) -> None: ...
+    # def truncate(self, slot: int, length: int) -> int: ...
 
     def close(self) -> None: ...
 

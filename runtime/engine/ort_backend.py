@@ -27,6 +27,7 @@ from gptoss_edge.compiler import opset
 from gptoss_edge.engine_dir import load_manifest
 from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
                                                 validate_rows)
+from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 
 IO = opset.ENGINE_IO
 
@@ -85,6 +86,7 @@ class OrtBackend:
         self._keys = [np.zeros(shape, np.float32) for shape in shapes]
         self._values = [np.zeros(shape, np.float32) for shape in shapes]
         self._lengths = [0] * max_slots
+        self._saved = SavedPrefixes()                   # prefix reuse: window buffers per slot
         self._info = BackendInfo(config=cfg, target="onnxruntime", max_slots=max_slots,
                                  max_context=max_context, max_step_tokens=max_step_tokens,
                                  kv_layout=self.kv)
@@ -99,6 +101,26 @@ class OrtBackend:
 
     def release(self, slot: int) -> None:
         self._lengths[self._check_slot(slot)] = 0     # stale cache rows are never read again
+        self._saved.clear(slot)
+
+    def save_prefix(self, slot: int) -> None:
+        """Prefix reuse (backend.py): copy the slot's window-layer buffers at its length."""
+        s = self._check_slot(slot)
+        rows = [(self._keys[i][s].copy(), self._values[i][s].copy()) for i in self.kv.ring_layers]
+        self._saved.add(s, self._lengths[s], rows)
+
+    def truncate(self, slot: int, length: int) -> int:
+        """Prefix reuse (backend.py): continue from the longest exact prefix <= length."""
+        s = self._check_slot(slot)
+        try:
+            kept, rows = truncation(self._saved, s, length, self._lengths[s])
+        except ValueError as e:
+            raise BackendError(str(e)) from None
+        for i, (k, v) in zip(self.kv.ring_layers, rows or ()):
+            self._keys[i][s] = k
+            self._values[i][s] = v
+        self._lengths[s] = kept
+        return kept
 
     def close(self) -> None:
         self.session = None

@@ -22,6 +22,7 @@ from gptoss_edge.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS
 from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
                                                 validate_rows)
+from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 
 IO = opset.ENGINE_IO
 TARGETS = ("tensorrt",)   # graphs made of standard ops + our op set
@@ -67,6 +68,9 @@ class ReferenceBackend:
                             [(IO.past_value(i), IO.present_value(i)) for i in layers]
         self._lengths = [0] * self._info.max_slots
         self._caches: list[dict[str, np.ndarray] | None] = [None] * self._info.max_slots
+        ring = set(self._info.kv_layout.ring_layers)
+        self._ring_names = [n for i in sorted(ring) for n in (IO.past_key(i), IO.past_value(i))]
+        self._saved = SavedPrefixes()                   # prefix reuse: window rings per slot
 
     # ---- Backend protocol ------------------------------------------------------------------
     @property
@@ -81,6 +85,28 @@ class ReferenceBackend:
         self._check_slot(slot)
         self._lengths[slot] = 0
         self._caches[slot] = None
+        self._saved.clear(slot)
+
+    def save_prefix(self, slot: int) -> None:
+        """Prefix reuse (backend.py): copy the slot's window-layer rings at its length."""
+        self._check_slot(slot)
+        cache = self._caches[slot]
+        rings = {n: cache[n].copy() for n in self._ring_names} if cache is not None else {}
+        self._saved.add(slot, self._lengths[slot], rings)
+
+    def truncate(self, slot: int, length: int) -> int:
+        """Prefix reuse (backend.py): continue from the longest exact prefix <= length."""
+        self._check_slot(slot)
+        try:
+            kept, rings = truncation(self._saved, slot, length, self._lengths[slot])
+        except ValueError as e:
+            raise BackendError(str(e)) from None
+        if kept == 0:
+            self._caches[slot] = None
+        elif rings:
+            self._caches[slot].update({n: a.copy() for n, a in rings.items()})
+        self._lengths[slot] = kept
+        return kept
 
     def close(self) -> None:
         self._eval = None

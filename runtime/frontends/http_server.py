@@ -115,7 +115,7 @@ class ChatEndpoint:
         m = self.model
         try:
             params, options = wire.chat_request(await read_json(request, self.max_body))
-            run = m.start_chat(params)
+            run = await m.start_chat(params)
         except Exception as e:
             return error_response(m.rejected(e))
         completion = wire.Completion(m.name, m.tokenizer, params.logprobs or params.top_logprobs > 0)

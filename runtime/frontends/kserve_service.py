@@ -142,7 +142,7 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         to stream, else one with the whole text."""
         self._check_model(request.model_name)
         text, max_tokens, streaming = parse_inputs(request)
-        run = self.model.start_generate(GenerateParams(text=text, max_tokens=max_tokens))
+        run = await self.model.start_generate(GenerateParams(text=text, max_tokens=max_tokens))
         try:
             pieces, held = [], None
             async for e in run:

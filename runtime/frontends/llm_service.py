@@ -109,7 +109,7 @@ class LLMService(llm_pb2_grpc.LLMServicer):
 
     async def _stream(self, start, to_pb, context):
         try:
-            run = start()
+            run = await start()             # tokenizing runs off the event loop
         except Exception as e:
             await abort(context, self.model, e)
             return
@@ -131,7 +131,8 @@ class LLMService(llm_pb2_grpc.LLMServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context):
         try:
-            return pb.TokenizeResponse(token_ids=self.model.tokenize(request.model, request.text))
+            ids = await self.model.tokenize(request.model, request.text)
+            return pb.TokenizeResponse(token_ids=ids)
         except Exception as e:
             await abort(context, self.model, e)
 

@@ -66,5 +66,17 @@ class ServerMetrics:
 
     def serve_http(self, port: int, addr: str = "127.0.0.1") -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise OSError(f"--metrics-port {port} on {addr}: cannot listen there: "
+                          f"{e.strerror or e}") from None
+        self._http = server
         return server.server_port
+
+    def close_http(self) -> None:
+        """Stop the /metrics endpoint (if started) and free its port."""
+        server, self._http = getattr(self, "_http", None), None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
