@@ -107,7 +107,8 @@ def engine_limits(args: argparse.Namespace):
     check_positive(args, "max_slots", "max_context", "max_step_tokens")
     return EngineLimits(max_slots=args.max_slots, max_context=args.max_context,
                         max_step_tokens=args.max_step_tokens,
-                        max_memory=parse_bytes(args.max_memory) if args.max_memory else None)
+                        max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
+                        **({"saved_prefixes": 0} if getattr(args, "no_prefix_reuse", False) else {}))
 
 
 def server_options(args: argparse.Namespace, name: str):

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from gptoss_edge.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.runtime.engine.backend import Backend, BackendError, kv_layout_of
 from gptoss_edge.runtime.engine.kv import slots_in_budget
+from gptoss_edge.runtime.engine.prefix import MAX_SAVED
 
 
 class EngineOpenError(ValueError):
@@ -36,6 +37,7 @@ class EngineLimits:
     max_context: int = 4096        # tokens per sequence
     max_step_tokens: int = 256     # prefill chunk
     max_memory: int | None = None  # KV budget in bytes
+    saved_prefixes: int = MAX_SAVED  # window-buffer copies a slot keeps for prefix reuse (0: off)
 
 
 @dataclasses.dataclass
@@ -75,9 +77,11 @@ BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 def kv_slots(manifest: EngineManifest, limits: EngineLimits) -> int:
-    """Slots that fit the KV budget (each slot budgeted at the full context)."""
+    """Slots that fit the KV budget: each slot at its full context plus the window-buffer copies
+    its saved prefixes keep (runtime/engine/prefix.py)."""
     try:
-        per_slot = kv_layout_of(manifest).slot_bytes(limits.max_context)
+        kv = kv_layout_of(manifest)
+        per_slot = kv.slot_bytes(limits.max_context) + limits.saved_prefixes * kv.window_copy_bytes
         return slots_in_budget(per_slot, limits.max_context, limits.max_slots, limits.max_memory)
     except (ValueError, BackendError) as e:
         raise EngineOpenError(str(e)) from None
