@@ -92,7 +92,7 @@ async def _run(backend, prompt: list[int], max_new: int, sampler: Sampler,
     request = SeqRequest(prompt, sampler, max(1, min(wanted, room)),
                          frozenset() if keep_logits else stops)
     backend.release(0)                         # the one slot starts empty
-    scheduler = Scheduler(backend, num_slots=1, max_queue=1)
+    scheduler = Scheduler(backend, num_slots=1, max_queue=1, prefix_reuse=False)  # one request: nothing to reuse
     scheduler.start()
     tokens: list[int] = []
     try:
