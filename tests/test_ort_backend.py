@@ -140,6 +140,10 @@ def test_generate_cli_end_to_end(engine, tmp_path):
 def test_engine_that_needs_process_env_is_refused():
     # Engines of older versions asked for ONNX Runtime settings through the process environment;
     # the backend no longer touches os.environ and says how to get an equivalent engine.
+    from gptoss_edge.kv_layout import KvLayout
     from gptoss_edge.runtime.engine.ort_backend import session_options
+    from gptoss_edge.target_config import OnnxRuntimeConfig
+    tc = OnnxRuntimeConfig(model_file="model.onnx", max_positions=64, kv_layout=KvLayout.of(preset("tiny")),
+                           session_env={"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"})
     with pytest.raises(BackendError, match="recompile"):
-        session_options(1, {"session": {"env": {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}}})
+        session_options(1, tc)
