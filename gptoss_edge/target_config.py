@@ -227,7 +227,7 @@ class OnnxRuntimeConfig:
     model_file: str
     max_positions: int
     kv_layout: KvLayout
-    session_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # set while the session is made
+    session_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # older engines only: refused
     formats: Mapping[str, Any] = dataclasses.field(default_factory=dict)      # experts, dense, ... as written
     custom_ops: Mapping[str, str] | None = None   # our CPU kernel library + its activation mode (formats.py)
 
