@@ -15,7 +15,7 @@ the engine's ONNX initializers (experts x top_k/num_experts, dense weights in fu
 embedding row).
 
     python benchmarks/ort_20b.py [--checkpoint /tmp/gptoss-bench/gpt-oss-20b]
-                                 [--configs int4:4bit int8:4bit]   # EXPERTS:DENSE per engine
+                                 [--configs mxfp4:4bit int4:4bit]  # EXPERTS:DENSE per engine
 
 Engines are written under --work and deleted after measuring (--keep-engines keeps them); they
 take 10-30 GB of disk each. A serving phase whose weights cannot fit the free RAM is skipped
@@ -82,7 +82,8 @@ def phase_compile(a: argparse.Namespace) -> dict:
     anon = AnonPeak()
     t0 = time.monotonic()
     s = compile_checkpoint(a.checkpoint, a.engine, CompileOptions(
-        target="onnxruntime", experts=a.mode, dense=a.dense, max_positions=a.max_positions),
+        target="onnxruntime", experts=a.mode, dense=a.dense, max_positions=a.max_positions,
+        activations="int8" if a.mode == "int8" else "float"),      # int8 experts run int8 activations only
         show_progress=False)
     return {"seconds": time.monotonic() - t0, "peak_rss": peak_rss(), "peak_anon": anon.stop(),
             "experts": s.experts,
@@ -152,7 +153,10 @@ def bytes_per_token(engine: Path) -> dict:
     for t in model.graph.initializer:
         n = ExternalDataInfo(t).length if uses_external_data(t) else len(t.raw_data)
         size[t.name] = int(n or 0)
-    experts = {i for node in model.graph.node if node.op_type in ("MoE", "QMoE") for i in node.input[2:]}
+    # Expert tensors: MoE/QMoE inputs after (hidden, router logits); MoeMxfp4 after (hidden,
+    # router weight, router bias).
+    first = {"MoE": 2, "QMoE": 2, "MoeMxfp4": 3}
+    experts = {i for node in model.graph.node if node.op_type in first for i in node.input[first[node.op_type]:]}
     embed = {node.input[0] for node in model.graph.node if node.op_type == "Gather"} & set(size)
     cfg = m.config
     e = sum(size[n] for n in experts if n in size)
@@ -170,8 +174,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
     p.add_argument("--work", type=Path, default=Path("/tmp/gptoss-bench/engines"))
-    p.add_argument("--configs", nargs="+", default=["int4:4bit", "int8:4bit"],
-                   help="engines to measure, EXPERTS:DENSE (experts float|int8|int4, dense float|4bit)")
+    p.add_argument("--configs", nargs="+", default=["mxfp4:4bit", "int4:4bit"],
+                   help="engines to measure, EXPERTS:DENSE (experts mxfp4|float|int8|int4, dense float|4bit)")
     p.add_argument("--dense", default="float", help=argparse.SUPPRESS)
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--decode", type=int, default=128)
@@ -239,13 +243,14 @@ def main() -> int:
 
 
 def estimate_engine_bytes(cfg, experts: str, dense: str) -> int:
-    """Engine size from the config: experts at 1 (int8) / 0.5 (int4) / 4 (float) bytes per weight
-    plus float32 block-32 scales; q/k/v/o and lm_head float32 or 4-bit; embedding float32."""
+    """Engine size from the config and the format registry (compiler/formats.py): experts and
+    q/k/v/o + lm_head at their formats' bytes per weight; embedding float32 (upper bound)."""
+    from gptoss_edge.compiler import formats
     h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     expert_params = cfg.num_hidden_layers * cfg.num_local_experts * 3 * h * i
-    per_expert_weight = {"float": 4.0, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}[experts]
+    per_expert_weight = formats.expert(experts).bytes_per_param
     dense_params = cfg.num_hidden_layers * 2 * h * (cfg.q_size + cfg.kv_size) + v * h
-    per_dense_weight = 4.0 if dense == "float" else 0.5 + 4 / 32
+    per_dense_weight = formats.dense(dense).bytes_per_param
     return int(expert_params * per_expert_weight + dense_params * per_dense_weight + v * h * 4)
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from gptoss_edge.compiler import lower_ort, target_tensorrt
+from gptoss_edge.compiler import formats, lower_ort, target_tensorrt
 from gptoss_edge.compiler.opset import ENGINE_IO as IO
 from gptoss_edge.compiler.config import ModelConfig
 from gptoss_edge.kv_layout import KvLayout
@@ -51,13 +51,13 @@ class CompileOptions:
     experts: str | None = None       # None: chosen from max_memory_gib
     dense: str | None = None         # None: chosen from max_memory_gib (float if it fits)
     embedding: str | None = None     # "bf16" | "float"; None: bf16 when the checkpoint stores bf16
-    activations: str = "float"       # onnxruntime 4-bit GEMM inputs: float (exact) | int8 (faster)
+    activations: str = "float"       # onnxruntime quantized-GEMM inputs: float (exact) | int8 (faster)
     max_memory_gib: float = 14.0     # device memory budget for weights + KV cache
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
+    dense_format: str = "mxfp4"       # Gemm4bit blocks with --dense 4bit: mxfp4 | int4
     # TensorRT target only (see target_tensorrt.py):
     precision: str = "fp16"           # activation precision: fp16 | bf16 | fp32
-    dense_format: str = "mxfp4"       # Gemm4bit blocks with --dense 4bit: mxfp4 | int4
     max_batch: int = 1                # optimization profile: most sequences per step
     max_step_tokens: int = 512        # optimization profile: most tokens per row per step
 
@@ -91,16 +91,27 @@ TargetFn = Callable[[Graph, WeightSource, CompileOptions, EngineDirWriter, Bar],
 
 
 # ---- ONNX Runtime target -----------------------------------------------------------------------
+def expert_candidates(opts: CompileOptions) -> list[str]:
+    """Expert formats compile may choose, most exact first (formats.EXPERT_PREFERENCE): the one
+    asked for, else those that run with opts.activations and whose runtime needs are met here
+    (mxfp4 needs our CPU kernel library, built by `pip install`)."""
+    from gptoss_edge import cpu_kernels
+    if opts.experts:
+        return [opts.experts]
+    return [e for e in formats.EXPERT_PREFERENCE if opts.activations in formats.EXPERTS[e].activations
+            and (cpu_kernels.available() or not formats.EXPERTS[e].custom_ops)]
+
+
 def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, str, int]:
     """(experts, dense, reason, weight bytes): the given formats, or for the ones left open the
     most exact whose weights + one slot's KV cache (budget_context tokens) fit max_memory_gib.
-    Preference: experts float > int8 > int4 with float dense, then the same with 4-bit dense."""
+    Preference: expert_candidates() order with float dense, then the same with 4-bit dense."""
     kv = KvLayout.of(cfg).slot_bytes(opts.budget_context)
     budget = opts.max_memory_gib * GiB
-    dense_modes = [opts.dense] if opts.dense else list(lower_ort.DENSE_MODES)
-    expert_modes = [opts.experts] if opts.experts else list(lower_ort.EXPERT_MODES)
-    sizes = {(e, d): lower_ort.lower(graph, e, d, opts.embedding or "float").total_weight_bytes()
-             for d in dense_modes for e in expert_modes}
+    dense_modes = [opts.dense] if opts.dense else list(formats.DENSE_MODES)
+    sizes = {(e, d): lower_ort.lower(graph, e, d, opts.embedding or "float", opts.activations,
+                                     opts.dense_format).total_weight_bytes()
+             for d in dense_modes for e in expert_candidates(opts)}
     if opts.experts and opts.dense:
         return opts.experts, opts.dense, "asked for", sizes[opts.experts, opts.dense]
     for (e, d), size in sizes.items():      # most exact first
@@ -110,15 +121,6 @@ def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tupl
     (e, d), size = min(sizes.items(), key=lambda kv_: kv_[1])
     return e, d, (f"nothing fits --max-memory {opts.max_memory_gib:g} GiB; the smallest is "
                   f"{size / GiB:.2f} GiB"), size
-
-
-def session_env(opts: CompileOptions) -> dict[str, str]:
-    """Environment ONNX Runtime reads at session creation. int8 experts with float activations:
-    ORT_QMOE_CPU_QNBIT_GEMM=fp32 makes the CPU QMoE dequantize 8-bit experts and run them in
-    float32 (exact; without it ORT quantizes the activations to int8, see ORT_NOTES.md)."""
-    if opts.experts == "int8" and opts.activations == "float":
-        return {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}
-    return {}
 
 
 def default_embedding(ckpt: WeightSource) -> str:
@@ -132,8 +134,9 @@ def default_embedding(ckpt: WeightSource) -> str:
 def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w: EngineDirWriter,
                        bar: Bar) -> dict[str, Any]:
     cfg = ckpt.config
-    lowered = lower_ort.lower(graph, opts.experts or "float", opts.dense or "float", opts.embedding or "float",
-                              opts.activations)
+    experts, dense = opts.experts or "float", opts.dense or "float"
+    lowered = lower_ort.lower(graph, experts, dense, opts.embedding or "float", opts.activations,
+                              opts.dense_format, weights=ckpt)
     bar.start(len(lowered.initializers), lowered.total_weight_bytes())
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
@@ -141,9 +144,11 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
     tc = OnnxRuntimeConfig(
         model_file=MODEL_FILE, max_positions=positions,
         kv_layout=KvLayout.of(cfg),                # window layers: sliding_window_cache buffers
-        session_env=session_env(opts),
         formats={"experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
-                 "activations": opts.activations})
+                 "dense_format": opts.dense_format if dense == "4bit" else None,
+                 "activations": opts.activations},
+        custom_ops=formats.runtime_requirements(
+            [formats.expert(experts), formats.dense(dense, opts.dense_format)], opts.activations))
     # bindings: moved to the manifest's top level by the driver
     return {**tc.to_manifest(), "bindings": onnx_io.bindings(lowered)}
 

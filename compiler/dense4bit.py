@@ -13,12 +13,14 @@ temporaries (~0.4 GB for MXFP4), see quantize_lazy.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
+import onnx
 
 from gptoss_edge.compiler import mxfp4
-from gptoss_edge.compiler.graph.ir import Initializer, lazy
+from gptoss_edge.compiler.graph.ir import Graph, Initializer, lazy
 
 FORMATS = ("mxfp4", "int4")
 BLOCK = mxfp4.BLOCK
@@ -86,3 +88,40 @@ def quantize_lazy(name: str, w_t: Initializer, fmt: str,
     scale_dtype = np.uint8 if fmt == "mxfp4" else np.float16
     return (lazy(f"{name}_blocks", np.uint8, [n, k // BLOCK, 16], blocks, source=w_t.source),
             lazy(f"{name}_scales", scale_dtype, [n, k // BLOCK], scales, source=w_t.source))
+
+
+# ---- MatMul(x, W^T) [+ Add(b)] -> Gemm4bit, shared by the TensorRT and ONNX Runtime lowerings ----
+def is_dense(g: Graph, n: onnx.NodeProto) -> bool:
+    """A projection the lowerings may make 4-bit: MatMul by a 2-D initializer, K a multiple of 32."""
+    return (n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and n.input[1] in g.initializers
+            and len(g.initializers[n.input[1]].shape) == 2 and g.initializers[n.input[1]].shape[0] % BLOCK == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gemm4bitParts:
+    name: str                  # node name
+    x: str                     # input activation
+    blocks: Initializer
+    scales: Initializer
+    bias: str | None           # the absorbed Add's bias initializer
+    output: str
+    absorbed: set[str]         # names of the canonical nodes the Gemm4bit replaces (the Add)
+    attrs: dict
+
+
+def gemm4bit_parts(g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights=None) -> Gemm4bitParts:
+    """The Gemm4bit replacing MatMul node `n` (and its bias Add when it is the only consumer).
+    `weights` (the checkpoint) lets the quantizer read W row groups directly (bounded memory)."""
+    w_t = g.initializers[n.input[1]]
+    k, n_out = w_t.shape
+    read_rows = ((lambda i, j: weights.get(w_t.source, rows=(i, j))) if weights is not None and w_t.source
+                 else None)
+    blocks, scales = quantize_lazy(f"{n.name}/weight", w_t, fmt, read_rows)
+    uses = consumers.get(n.output[0], [])
+    bias, absorbed, y = None, set(), n.output[0]
+    if (len(uses) == 1 and uses[0].op_type == "Add" and uses[0].input[0] == n.output[0]
+            and uses[0].input[1] in g.initializers and g.initializers[uses[0].input[1]].shape == (n_out,)):
+        bias, absorbed, y = uses[0].input[1], {uses[0].name}, uses[0].output[0]
+    name = n.name.rsplit("/", 1)[0] + "/gemm4bit" if "/" in n.name else n.name
+    return Gemm4bitParts(name, n.input[0], blocks, scales, bias, y, absorbed,
+                         dict(format=fmt, in_features=k, out_features=n_out))

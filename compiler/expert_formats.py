@@ -3,7 +3,6 @@
   float_experts: MXFP4 [E, N, K/32, 16] + E8M0 scales -> float32 [E, N, K]   (MoE op, exact)
   int_experts:   MXFP4 -> QMoE int8 (uint8 q+128 [E, N, K], float32 scales [E, N, K/32]; exact)
                         or int4 (uint8 [E, N, K/2], nibble q+8, low nibble = even element; lossy)
-  int4_dense:    float32 W^T [K, N] -> MatMulNBits B [N, K/32, 16] + float32 scales [N, K/32]
   bf16_table:    float32 [V, H] -> bfloat16 (exact for values that came from bf16; checked)
 Peak memory: one expert's float32 matrix (20b gate_up: 5760 x 2880 x 4 B = 66 MB).
 """
@@ -13,7 +12,7 @@ import ml_dtypes
 import numpy as np
 
 from gptoss_edge.compiler import mxfp4
-from gptoss_edge.compiler.graph.ir import Initializer, lazy, rows_of_untransposed
+from gptoss_edge.compiler.graph.ir import Initializer, lazy
 
 BLOCK = mxfp4.BLOCK
 
@@ -75,23 +74,6 @@ def int_experts(name: str, blocks: Initializer, scales: Initializer, bits: int) 
     w_shape = [e, n, k if bits == 8 else k // 2]
     return (lazy(f"{name}_weight_q{bits}", np.uint8, w_shape, weights, source=blocks.source),
             lazy(f"{name}_scales_q{bits}", np.float32, [e, n, nb], qscales, source=scales.source))
-
-
-def int4_dense(name: str, w_t: Initializer, rows: int = 1024) -> tuple[Initializer, Initializer]:
-    """W^T [K, N] float32 -> MatMulNBits B [N, K/32, 16] uint8 and scales [N, K/32] float32."""
-    k, n = w_t.shape
-
-    def row_blocks():                          # W [N, K] row chunks (streamed, see ir.py)
-        for chunk in rows_of_untransposed(w_t):
-            for i in range(0, chunk.shape[0], rows):
-                yield np.ascontiguousarray(chunk[i:i + rows], dtype=np.float32)
-
-    def convert(w):
-        q, s = mxfp4.quantize_int4(w)
-        return _pack_u4(q).reshape(q.shape[0], -1, 16), s
-    weights, scales = _paired(convert, row_blocks)
-    return (lazy(f"{name}/weight_q4", np.uint8, [n, k // BLOCK, 16], weights, source=w_t.source),
-            lazy(f"{name}/scales_q4", np.float32, [n, k // BLOCK], scales, source=w_t.source))
 
 
 def bf16_table(name: str, table: Initializer) -> Initializer:

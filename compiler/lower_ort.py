@@ -1,4 +1,5 @@
-"""Lower the canonical graph (our op set) to ONNX Runtime contrib ops (com.microsoft).
+"""Lower the canonical graph (our op set) to ONNX Runtime: our ops where our CPU kernels run them,
+ONNX Runtime contrib ops (com.microsoft) elsewhere. Formats come from compiler/formats.py.
 
   SinkAttention -> GroupQueryAttention: RoPE from our cos/sin tables (do_rotary, half split),
                    sinks as head_sink, local_window_size = window (ORT attends to the current
@@ -8,15 +9,15 @@
                    keep the canonical window-sized buffer with sliding_window_cache=1 (ORT keeps
                    the most recent positions compacted at row 0 and evicts itself). Past and
                    present may be bound to the same buffer (in place).
-  MoeMxfp4      -> router MatMul + Add (float32) -> MoE (experts "float", dequantized, exact)
-                   or QMoE (experts "int8": block 32, lossless weights; float activations
-                   need ORT_QMOE_CPU_QNBIT_GEMM=fp32 at session creation (the engine's
-                   session env, compile.session_env), else ORT quantizes them to int8;
-                   "int4": block 32, lossy weights, float32 activations), gpt-oss SwiGLU
+  MoeMxfp4      -> kept (experts "mxfp4": our CPU kernel reads the checkpoint's MXFP4 blocks; the
+                   same node the TensorRT target runs), or router MatMul + Add (float32) ->
+                   MoE (experts "float", dequantized, exact) or QMoE (experts "int8": block 32,
+                   lossless weights, activations always quantized to int8 by ORT's CPU kernel;
+                   "int4": block 32, lossy weights, float32 or int8 activations), gpt-oss SwiGLU
                    (interleaved gate/linear rows, limit, alpha 1.702, beta 1), softmax over the
                    top-k selected logits (normalize_routing_weights=1).
-  MatMul(x, W^T initializer) [+ Add(bias)] -> MatMulNBits (dense "4bit", int4 block 32), or
-                   left as is (dense "float").
+  MatMul(x, W^T initializer) [+ Add(bias)] -> Gemm4bit (dense "4bit": MXFP4 or int4 blocks of
+                   32, compiler/dense4bit.py, our CPU kernel), or left as is (dense "float").
   Gather(embedding table)  -> Gather on a bfloat16 table + Cast to float32 (embedding "bf16":
                    exact for a checkpoint that stores it in bf16, as released; half the bytes).
 Expert weights are converted expert by expert (a 20b layer's dequantized gate_up is 2 GB of
@@ -28,37 +29,34 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from gptoss_edge.compiler import opset
+from gptoss_edge.compiler import dense4bit, formats, opset
 from gptoss_edge.compiler.graph.ir import Graph, consumers as graph_consumers, lazy
 from gptoss_edge.compiler.graph.ops import init_of
 from gptoss_edge.compiler import expert_formats as fmt
 
 MS = "com.microsoft"
-EXPERT_MODES = ("float", "int8", "int4")
-DENSE_MODES = ("float", "4bit")
+EXPERT_MODES = tuple(formats.EXPERTS)
+DENSE_MODES = formats.DENSE_MODES
 EMBEDDING_MODES = ("float", "bf16")
-# Activations of the quantized GEMMs (MatMulNBits, QMoE): "float" keeps them float32 (exact on
-# the stored weights; for int8 experts with the session env of compile.session_env), "int8" lets
-# MLAS quantize them per block of 32 (accuracy_level 4: int8 dot-product kernels, ~2x faster
-# decode on CPU, ~1% error per GEMM).
-ACTIVATION_MODES = ("float", "int8")
+# Activations of the quantized GEMMs (our kernels, QMoE): "float" keeps them float32 (exact on
+# the stored weights), "int8" quantizes them per block of 32 (our kernels: session config of the
+# custom-op library; QMoE: accuracy_level 4), faster, ~1% error per GEMM.
+ACTIVATION_MODES = formats.ACTIVATIONS
 IO = opset.ENGINE_IO
 LEN = "/lengths"
 
 
 def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str = "float",
-          activations: str = "float") -> Graph:
-    """A new graph for ONNX Runtime; `g` is left unchanged. Initializers stay lazy."""
-    if activations not in ACTIVATION_MODES:
-        raise ValueError(f"activations must be one of {', '.join(ACTIVATION_MODES)}, got {activations!r}")
+          activations: str = "float", dense_format: str = "mxfp4", weights=None) -> Graph:
+    """A new graph for ONNX Runtime; `g` is left unchanged. Initializers stay lazy. `weights`
+    (the checkpoint) lets 4-bit dense layers read W row groups directly."""
+    ef, df = formats.expert(experts), formats.dense(dense, dense_format)
+    formats.check_activations(ef, activations, "--experts")
+    formats.check_activations(df, activations, "--dense")
     accuracy = 4 if activations == "int8" else 0
     if embedding not in EMBEDDING_MODES:
         raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_MODES)}, got {embedding!r}")
-    if experts not in EXPERT_MODES:
-        raise ValueError(f"--experts must be one of {', '.join(EXPERT_MODES)}, got {experts!r}")
-    if dense not in DENSE_MODES:
-        raise ValueError(f"--dense must be one of {', '.join(DENSE_MODES)}, got {dense!r}")
-    out = Graph(g.name, opsets={"": g.opsets.get("", 21), MS: 1})
+    out = Graph(g.name, opsets={"": g.opsets.get("", 21), MS: 1, opset.DOMAIN: opset.OPSET_VERSION})
     out.metadata = dict(g.metadata)
     out.inputs = list(g.inputs)        # cache shapes stay canonical (window / kv_capacity)
     out.outputs = list(g.outputs)
@@ -72,16 +70,21 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
         if n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type:
             _lower_attention(out, n)
         elif n.domain == opset.DOMAIN and n.op_type == opset.MOE_MXFP4.op_type:
-            _lower_moe(out, g, n, experts, accuracy)
+            if ef.ort_op == opset.MOE_MXFP4.op_type:
+                out.nodes.append(n)           # our CPU kernel runs the canonical node
+            else:
+                _lower_moe(out, g, n, experts, accuracy)
         elif n.domain == opset.DOMAIN:
             raise ValueError(f"node {n.name}: no ONNX Runtime lowering for {n.op_type}")
         elif embedding == "bf16" and _is_embedding(g, n):
             _lower_embedding_bf16(out, g, n)
-        elif dense == "4bit" and _is_dense(g, n):
-            skip |= _lower_dense(out, g, n, consumers, accuracy)
+        elif dense == "4bit" and dense4bit.is_dense(g, n):
+            skip |= _lower_dense(out, g, n, consumers, dense_format, weights)
         else:
             out.nodes.append(n)
     _keep_used_initializers(out, g)
+    if not any(n.domain == opset.DOMAIN for n in out.nodes):
+        del out.opsets[opset.DOMAIN]
     return out
 
 
@@ -155,29 +158,13 @@ def _lower_moe(out: Graph, g: Graph, n: onnx.NodeProto, experts: str, accuracy: 
 
 
 # ---- dense 4-bit -------------------------------------------------------------------------------
-def _is_dense(g: Graph, n: onnx.NodeProto) -> bool:
-    return (n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and n.input[1] in g.initializers
-            and len(g.initializers[n.input[1]].shape) == 2)
-
-
-def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, accuracy: int) -> set[str]:
-    """MatMul(x, W^T) [+ Add(b)] -> MatMulNBits; returns the names of the nodes it absorbed."""
-    w_t = g.initializers[n.input[1]]
-    k, n_out = w_t.shape
-    if k % 32:
-        out.nodes.append(n)
-        return set()
-    uses = consumers.get(n.output[0], [])
-    bias, absorbed, y = "", set(), n.output[0]
-    if (len(uses) == 1 and uses[0].op_type == "Add" and uses[0].input[0] == n.output[0]
-            and uses[0].input[1] in g.initializers and g.initializers[uses[0].input[1]].shape == (n_out,)):
-        bias, absorbed, y = uses[0].input[1], {uses[0].name}, uses[0].output[0]
-    q, qs = fmt.int4_dense(n.name, w_t)
-    out.add_initializer(q)
-    out.add_initializer(qs)
-    out.node("MatMulNBits", [n.input[0], q.name, qs.name, "", "", bias], n.name, outputs=[y], domain=MS,
-             K=k, N=n_out, bits=4, block_size=32, accuracy_level=accuracy)
-    return absorbed
+def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, dense_format: str, weights) -> set[str]:
+    """MatMul(x, W^T) [+ Add(b)] -> our Gemm4bit; returns the names of the nodes it absorbed."""
+    p = dense4bit.gemm4bit_parts(g, n, consumers, dense_format, weights)
+    inputs = [p.x, out.add_initializer(p.blocks), out.add_initializer(p.scales)] + ([p.bias] if p.bias else [])
+    out.node(opset.GEMM_4BIT.op_type, inputs, p.name, outputs=[p.output], domain=opset.DOMAIN,
+             **opset.validate_attrs(opset.GEMM_4BIT, p.attrs))
+    return p.absorbed
 
 
 # ---- bf16 embedding table ----------------------------------------------------------------------

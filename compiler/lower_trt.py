@@ -64,7 +64,7 @@ def lower(g: Graph, *, precision: str = "fp16", dense: str = "16bit", dense_form
             continue
         if n.domain == opset.DOMAIN:
             out.nodes.append(_plugin_node(out, n))
-        elif dense == "4bit" and _is_dense(g, n):
+        elif dense == "4bit" and dense4bit.is_dense(g, n):
             absorbed |= _lower_dense(out, g, n, consumers, dense_format, weights)
         else:
             out.nodes.append(n)
@@ -116,31 +116,13 @@ def plugin_node(g: Graph, s: opset.OpSpec, name: str, inputs: list[str], outputs
 
 # ---- dense 4-bit -----------------------------------------------------------------------------
 
-def _is_dense(g: Graph, n: onnx.NodeProto) -> bool:
-    return (n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and n.input[1] in g.initializers
-            and len(g.initializers[n.input[1]].shape) == 2 and g.initializers[n.input[1]].shape[0] % 32 == 0)
-
-
 def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights) -> set[str]:
     """MatMul(x, W^T) [+ Add(b)] -> Gemm4bit; returns the names of the nodes it absorbed."""
-    w_t = g.initializers[n.input[1]]
-    k, n_out = w_t.shape
-    uses = consumers.get(n.output[0], [])
-    inputs = [n.input[0]]
-    absorbed, y = set(), n.output[0]
-    read_rows = ((lambda i, j: weights.get(w_t.source, rows=(i, j))) if weights is not None and w_t.source
-                 else None)
-    blocks, scales = dense4bit.quantize_lazy(f"{n.name}/weight", w_t, fmt, read_rows)
-    blocks = _as_int8(blocks)
-    scales = _as_int8(scales) if fmt == "mxfp4" else scales
-    inputs += [out.add_initializer(blocks), out.add_initializer(scales)]
-    if (len(uses) == 1 and uses[0].op_type == "Add" and uses[0].input[0] == n.output[0]
-            and uses[0].input[1] in g.initializers and g.initializers[uses[0].input[1]].shape == (n_out,)):
-        inputs.append(uses[0].input[1])
-        absorbed, y = {uses[0].name}, uses[0].output[0]
-    name = n.name.rsplit("/", 1)[0] + "/gemm4bit" if "/" in n.name else n.name
-    plugin_node(out, opset.GEMM_4BIT, name, inputs, [y], format=fmt, in_features=k, out_features=n_out)
-    return absorbed
+    p = dense4bit.gemm4bit_parts(g, n, consumers, fmt, weights)
+    inputs = [p.x, out.add_initializer(_as_int8(p.blocks)),
+              out.add_initializer(_as_int8(p.scales) if fmt == "mxfp4" else p.scales)]
+    plugin_node(out, opset.GEMM_4BIT, p.name, inputs + ([p.bias] if p.bias else []), [p.output], **p.attrs)
+    return p.absorbed
 
 
 # ---- precision -------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Bytes per parameter follow what each lowering stores (GB = 1e9 bytes, like the checkpoint sizes):
   MXFP4 block of 32: 16 bytes of nibbles + 1 byte E8M0 scale = 17/32 B/param (checkpoint bytes);
-  Gemm4bit int4: 16 bytes + float16 scale = 18/32; ONNX Runtime QMoE/MatMulNBits: float32 scales
-  (int8: 1 + 4/32, int4: 0.5 + 4/32); ports the op set types float32 (router, expert biases,
+  Gemm4bit int4: 16 bytes + float16 scale = 18/32; ONNX Runtime formats: compiler/formats.py
+  (QMoE int8: 1 + 4/32, int4: 0.5 + 4/32); ports the op set types float32 (router, expert biases,
   sinks, RoPE tables) and RMSNorm weights (computed in float32) take 4 B; the rest the activation
   precision (tensorrt fp16/bf16: 2 B, ONNX Runtime CPU: float32).
 KV cache: 2 (K,V) x kv_heads x head_dim x bytes per token per layer; TensorRT window layers keep
@@ -23,19 +23,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from gptoss_edge.compiler import formats
 from gptoss_edge.compiler.config import PRESETS, ModelConfig, load_config, preset
 from gptoss_edge.kv_layout import KvLayout
 
 GB = 1e9
 TARGETS = ("tensorrt", "onnxruntime")
 PRECISION_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
-MXFP4_B = 17 / 32
+MXFP4_B = formats.MXFP4_B
 TRT_WORKSPACE = 256 << 20
 OVERHEAD = {"tensorrt": TRT_WORKSPACE + 0.6 * GB, "onnxruntime": 0.3 * GB}
 EXPERT_BYTES = {"tensorrt": {"mxfp4": MXFP4_B},
-                "onnxruntime": {"float": 4.0, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}}
+                "onnxruntime": {name: f.bytes_per_param for name, f in formats.EXPERTS.items()}}
 DENSE_4BIT_BYTES = {"tensorrt": {"mxfp4": MXFP4_B, "int4": 18 / 32},
-                    "onnxruntime": {"int4": 0.5 + 4 / 32}}
+                    "onnxruntime": {fmt: formats.dense("4bit", fmt).bytes_per_param
+                                    for fmt in formats.DENSE_4BIT_FORMATS}}
 
 
 class PlanError(ValueError):
@@ -163,9 +165,7 @@ def memory_plan(cfg: ModelConfig, *, target: str, context: int, batch: int, dens
     if target == "onnxruntime" and precision != "fp32":
         raise PlanError("--precision: the ONNX Runtime CPU engine runs float32")
     p = PRECISION_BYTES[precision]
-    experts = experts or ("mxfp4" if target == "tensorrt" else "int4")
-    if target == "onnxruntime" and dense == "4bit":
-        dense_format = "int4"
+    experts = experts or "mxfp4"
     items = (_weights(cfg, target, p, dense, dense_format, experts) + _kv(cfg, p, context, batch)
              + _activations(cfg, target, p, context, batch, chunk)
              + [Item("overhead", "runtime + workspace", OVERHEAD[target], "assumed, see compiler/plan.py")])

@@ -227,15 +227,17 @@ class OnnxRuntimeConfig:
     model_file: str
     max_positions: int
     kv_layout: KvLayout
-    session_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # set while the session is made
+    session_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # older engines only: refused
     formats: Mapping[str, Any] = dataclasses.field(default_factory=dict)      # experts, dense, ... as written
+    custom_ops: Mapping[str, str] | None = None   # our CPU kernel library + its activation mode (formats.py)
 
     TARGET = "onnxruntime"
 
     def to_manifest(self) -> dict[str, Any]:
         return {"model_file": self.model_file, **dict(self.formats), "max_positions": self.max_positions,
                 "kv_layout": self.kv_layout.to_manifest(),
-                "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "env": dict(self.session_env)}}
+                "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "env": dict(self.session_env)},
+                "custom_ops": dict(self.custom_ops) if self.custom_ops else None}
 
     @classmethod
     def from_manifest(cls, doc: Any, where: str = "target_config") -> "OnnxRuntimeConfig":
@@ -243,9 +245,14 @@ class OnnxRuntimeConfig:
         env = _get(session, "env", f"{where}.session")
         if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
             raise TargetConfigError(f"{where}.session.env: must map names to strings, got {env!r}")
-        formats = {k: v for k, v in doc.items() if k not in ("model_file", "max_positions", "kv_layout", "session")}
+        ops = doc.get("custom_ops")
+        if ops is not None and (not isinstance(ops, Mapping) or not all(isinstance(v, str) for v in ops.values())):
+            raise TargetConfigError(f"{where}.custom_ops: must map names to strings or be null, got {ops!r}")
+        formats = {k: v for k, v in doc.items()
+                   if k not in ("model_file", "max_positions", "kv_layout", "session", "custom_ops")}
         return cls(model_file=_str(doc, "model_file", where), max_positions=_int(doc, "max_positions", where, 1),
-                   kv_layout=_kv_layout(doc, where), session_env=dict(env), formats=formats)
+                   kv_layout=_kv_layout(doc, where), session_env=dict(env), formats=formats,
+                   custom_ops=dict(ops) if ops else None)
 
 
 CONFIGS = {c.TARGET: c for c in (TensorRTConfig, OnnxRuntimeConfig)}

@@ -26,8 +26,10 @@ class ConfigOnly:
         raise AssertionError(f"choosing formats read {key}")
 
 
-@pytest.mark.parametrize("budget, want, says", [(14.0, ("float", "float"), "fit --max-memory 14 GiB"),
-                                               (0.001, ("int4", "4bit"), "nothing fits")])
+# mxfp4 experts (our CPU kernels, built with the package) are exact AND the smallest (17/32 bytes
+# per weight, below int4 QMoE's 20/32), so they win both the "most exact" and the "smallest" pick.
+@pytest.mark.parametrize("budget, want, says", [(14.0, ("mxfp4", "float"), "fit --max-memory 14 GiB"),
+                                               (0.001, ("mxfp4", "4bit"), "nothing fits")])
 def test_tiny_formats_follow_the_budget(budget, want, says):
     cfg = preset("tiny")
     experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
@@ -35,11 +37,11 @@ def test_tiny_formats_follow_the_budget(budget, want, says):
     assert (experts, dense) == want and says in reason
 
 
-def test_gpt_oss_20b_fits_14_gib_with_int4_experts_and_4bit_dense():
+def test_gpt_oss_20b_fits_14_gib_with_mxfp4_experts_and_4bit_dense():
     cfg = preset("gpt-oss-20b")
     experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
                                                   CompileOptions(embedding="bf16", max_memory_gib=14))
-    assert (experts, dense) == ("int4", "4bit")
+    assert (experts, dense) == ("mxfp4", "4bit")
     assert size + KvLayout.of(cfg).slot_bytes(4096) <= 14 * GiB
     assert "fit --max-memory 14" in reason
 
@@ -64,7 +66,7 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
                         lambda enabled, **kw: Bar(True, stream=bar_stream, **kw))   # as on a terminal
     assert cli.main(["compile", str(tiny_checkpoint.original), "-o", str(out), "--max-positions", "512"]) == 0
     summary = capsys.readouterr().err
-    for word in ("experts    float, dense float", "embedding  bf16", "model.onnx.data", "peak RSS", "time"):
+    for word in ("experts    mxfp4, dense float", "embedding  bf16", "model.onnx.data", "peak RSS", "time"):
         assert word in summary
     assert "100.0%" in bar_stream.getvalue() and "/lm_head/" in bar_stream.getvalue()
     m = json.loads((out / "manifest.json").read_text())
@@ -75,7 +77,9 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
     assert names[:3] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN] and IO.past_key(cfg.num_hidden_layers - 1) in names
     assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]}
     tc = m["target_config"]
-    assert (tc["experts"], tc["dense"], tc["embedding"], tc["max_positions"]) == ("float", "float", "bf16", 512)
+    assert (tc["experts"], tc["dense"], tc["embedding"], tc["max_positions"]) == ("mxfp4", "float", "bf16", 512)
+    # the default engine keeps MoeMxfp4 nodes: the runtime must load our CPU kernels, exact mode
+    assert tc["custom_ops"] == {"library": "gptoss_edge_cpu", "activations": "fp32"}
     # One more token grows only the caches whose capacity is not fixed by the graph: K and V of
     # the full-attention layers (1 and 3; the window layers keep 128 rows), each token one
     # [num_kv_heads, head_dim] float32 row of each: 4 x 2 x 16 x 4 = 512 bytes.
@@ -93,11 +97,26 @@ def test_compile_reports_bad_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
-def test_int8_experts_with_float_activations_set_the_fp32_qmoe_session_env():
-    from gptoss_edge.compiler.compile import session_env
-    assert session_env(CompileOptions(experts="int8")) == {"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"}
-    assert session_env(CompileOptions(experts="int8", activations="int8")) == {}
-    assert session_env(CompileOptions(experts="int4")) == {}
+def test_int8_experts_need_int8_activations(tiny_checkpoint, tmp_path, capsys):
+    # ONNX Runtime's CPU QMoE always quantizes the activations of 8-bit experts: asking for float
+    # activations is refused in one line that names the exact alternative.
+    out = tmp_path / "e"
+    assert cli.main(["compile", str(tiny_checkpoint.hf), "-o", str(out), "--experts", "int8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--experts int8 runs only with --activations int8" in err and "--experts mxfp4" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_formats_registry_bytes_match_the_lowered_graph():
+    from gptoss_edge.compiler import formats, lower_ort
+    cfg = preset("tiny")
+    g = build_model(ConfigOnly(cfg))
+    n_expert = cfg.num_hidden_layers * cfg.num_local_experts * 3 * cfg.intermediate_size * cfg.hidden_size
+    base = lower_ort.lower(g, "float").total_weight_bytes() - n_expert * 4
+    for name, f in formats.EXPERTS.items():
+        acts = f.activations[0]
+        got = lower_ort.lower(g, name, activations=acts).total_weight_bytes() - base
+        assert got == pytest.approx(n_expert * f.bytes_per_param, rel=1e-9), name
 
 
 def test_checkpoint_tokenizer_travels_into_the_engine(tmp_path):

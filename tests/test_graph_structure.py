@@ -62,15 +62,19 @@ def test_our_nodes_follow_the_op_set(graph):
 
 @pytest.mark.parametrize("experts", lower_ort.EXPERT_MODES)
 @pytest.mark.parametrize("dense", lower_ort.DENSE_MODES)
-def test_lowering_leaves_only_ort_ops(graph, experts, dense):
-    low = lower_ort.lower(graph, experts, dense)
+def test_lowering_leaves_ort_ops_and_our_kernels_ops(graph, experts, dense):
+    low = lower_ort.lower(graph, experts, dense, activations="int8" if experts == "int8" else "float")
     ops = Counter((n.domain or "", n.op_type) for n in low.nodes)
-    assert not any(d == opset.DOMAIN for d, _ in ops)
     layers = preset("tiny").num_hidden_layers
     assert ops[("com.microsoft", "GroupQueryAttention")] == layers
-    assert ops[("com.microsoft", "MoE" if experts == "float" else "QMoE")] == layers
-    # dense 4bit: q,k,v,o per layer + lm_head become MatMulNBits; the router stays float
-    assert ops[("com.microsoft", "MatMulNBits")] == (4 * layers + 1 if dense == "4bit" else 0)
+    moe = {"mxfp4": (opset.DOMAIN, "MoeMxfp4"), "float": ("com.microsoft", "MoE")}.get(
+        experts, ("com.microsoft", "QMoE"))
+    assert ops[moe] == layers
+    # dense 4bit: q,k,v,o per layer + lm_head become our Gemm4bit; the router stays float
+    assert ops[(opset.DOMAIN, "Gemm4bit")] == (4 * layers + 1 if dense == "4bit" else 0)
+    # nothing else of our op set survives (SinkAttention always becomes GroupQueryAttention)
+    assert sum(c for (d, _), c in ops.items() if d == opset.DOMAIN) == ops[(opset.DOMAIN, "Gemm4bit")] + (
+        layers if experts == "mxfp4" else 0)
     cfg = preset("tiny")
     caps = [v.shape[2] for v in low.inputs if v.name.startswith("past_key.")]
     assert caps == [cfg.sliding_window if cfg.is_sliding(i) else "kv_capacity" for i in range(layers)]
@@ -82,5 +86,5 @@ def test_lowering_leaves_only_ort_ops(graph, experts, dense):
 
 
 def test_weight_sizes_shrink_with_quantization(graph):
-    sizes = {m: lower_ort.lower(graph, m).total_weight_bytes() for m in lower_ort.EXPERT_MODES}
-    assert sizes["float"] > sizes["int8"] > sizes["int4"]
+    sizes = {m: lower_ort.lower(graph, m, activations="int8").total_weight_bytes() for m in lower_ort.EXPERT_MODES}
+    assert sizes["float"] > sizes["int8"] > sizes["int4"] > sizes["mxfp4"]

@@ -1,7 +1,8 @@
 """Each ONNX Runtime lowering against a direct numpy computation at tiny size.
 
 One-node canonical graphs (our op set) are lowered by compiler.lower_ort, written with
-external data and run on ONNX Runtime's CPU provider."""
+external data and run on ONNX Runtime's CPU provider (with our CPU kernel library when the
+lowered graph keeps our ops)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
+from gptoss_edge import cpu_kernels
+from gptoss_edge.compiler import dense4bit
 from gptoss_edge.compiler import expert_formats as fmt
-from gptoss_edge.compiler import lower_ort, mxfp4, opset
+from gptoss_edge.compiler import lower_ort, mxfp4, opset, reference_kernels
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph, from_array
 from gptoss_edge.compiler.graph.ops import our_node
@@ -19,10 +22,13 @@ IO = opset.ENGINE_IO
 E, H, I, TOPK = 4, 64, 32, 2
 
 
-def run_graph(g: Graph, tmp_path, feeds: dict, **lower_kw) -> list[np.ndarray]:
+def run_graph(g: Graph, tmp_path, feeds: dict, isa: str = "auto", **lower_kw) -> list[np.ndarray]:
     lowered = lower_ort.lower(g, **lower_kw)
     model, _ = onnx_io.save(lowered, tmp_path / "m.onnx")
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    if any(n.domain == opset.DOMAIN for n in lowered.nodes):
+        cpu_kernels.register(so, "int8" if lower_kw.get("activations") == "int8" else "fp32", isa)
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 
@@ -91,7 +97,7 @@ def test_moe_int8_weights_lossless_activation_error_bounded(moe_case, tmp_path):
     q, s = fmt._to_int(w["gate_up_blocks"], w["gate_up_scales"], 8)
     assert np.array_equal(q.astype(np.float32).reshape(*s.shape, 32) * s[..., None],
                           gate_up.reshape(*s.shape, 32))          # MXFP4 -> int8 is exact
-    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, experts="int8")
+    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, experts="int8", activations="int8")
     rel = np.abs(y - ref).max() / np.abs(ref).max()
     # ORT's CPU int8 QMoE quantizes activations to int8 (no fp32 kernel): each GEMM input is off
     # by <= 1/254 of its block max per element; two GEMMs -> ~1% of the output scale (measured
@@ -120,26 +126,33 @@ def test_moe_int4_matches_its_dequantized_weights(moe_case, tmp_path):
 
 
 # ---- dense 4 bit ----------------------------------------------------------------------------------
-def test_dense_4bit_matmulnbits(tmp_path):
-    rng = np.random.default_rng(3)
-    k, n = 96, 40
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
+def dense_graph(w: np.ndarray, b: np.ndarray) -> Graph:
+    n, k = w.shape
     g = canonical("dense")
     g.add_input("x", TensorProto.FLOAT, ["b", "s", k])
     g.add_output("y", TensorProto.FLOAT, ["b", "s", n])
     wt = g.add_initializer(from_array("/lin/weight_T", np.ascontiguousarray(w.T)))
     mm = g.op("MatMul", ["x", wt], "/lin/matmul")
     g.node("Add", [mm, g.add_initializer(from_array("/lin/bias", b))], "/lin/add_bias", outputs=["y"])
-    lowered = lower_ort.lower(g, dense="4bit")
-    assert [n_.op_type for n_ in lowered.nodes] == ["MatMulNBits"]
+    return g
+
+
+@pytest.mark.parametrize("dense_format", ["mxfp4", "int4"])
+def test_dense_4bit_is_our_gemm4bit_on_the_stated_blocks(tmp_path, dense_format):
+    rng = np.random.default_rng(3)
+    k, n = 96, 40
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    lowered = lower_ort.lower(dense_graph(w, b), dense="4bit", dense_format=dense_format)
+    assert [(n_.domain, n_.op_type) for n_ in lowered.nodes] == [(opset.DOMAIN, "Gemm4bit")]   # Add absorbed
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
-    (y,) = run_graph(g, tmp_path, {"x": x}, dense="4bit")
-    q, s = mxfp4.quantize_int4(w)
-    wq = fmt.dequant_int(fmt._pack_u4(q), s, 4)
-    ref = x @ wq.T + b
-    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()      # same weights: summation order only
-    assert np.abs(wq - w).max() <= np.abs(w).max() / 14 * (1 + 1e-6)  # within half a step of max/7
+    (y,) = run_graph(dense_graph(w, b), tmp_path, {"x": x}, dense="4bit", dense_format=dense_format)
+    blocks, scales = dense4bit.QUANTIZERS[dense_format](w)
+    ref = reference_kernels.gemm_4bit(x.astype(np.float64), blocks, scales, b, format=dense_format,
+                                      in_features=k, out_features=n)
+    # Same 4-bit weights (decoded exactly in fp32), float32 activations: only fp32 summation
+    # order differs, K = 96 terms: |err| <= 96 * 2^-24 * sum|x w| ~ 6e-6 relative; 1e-5 asserted.
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 # ---- bf16 embedding -------------------------------------------------------------------------------
@@ -178,4 +191,27 @@ def test_int8_activations_option_for_4bit_gemms(moe_case, tmp_path):
     # MLAS quantizes both expert GEMM inputs to int8 per block of 32 (as for int8 experts):
     # ~1% of the output scale (0.96% when probing); 3% as for int8 experts. It must differ from
     # the float-activation result, or the option did nothing.
+    assert 1e-6 < rel < 3e-2
+
+
+# ---- mxfp4 experts: our MoeMxfp4 kernel on the checkpoint's bytes ---------------------------------
+@pytest.mark.parametrize("isa", [i for i in cpu_kernels.ISAS if cpu_kernels.isa(i)])
+def test_moe_mxfp4_kept_and_exact_on_every_code_path(moe_case, tmp_path, isa):
+    w, x, _, _, ref = moe_case
+    lowered = lower_ort.lower(moe_graph(w), experts="mxfp4")
+    assert [(n.domain, n.op_type) for n in lowered.nodes] == [(opset.DOMAIN, "MoeMxfp4")]
+    assert lowered.initializers["/moe/gate_up_blocks"].dtype == np.uint8      # bytes as shipped
+    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, isa=isa, experts="mxfp4")
+    # MXFP4 values are exact in fp32; float32 activations: summation order only, as for the
+    # float experts above (K <= 64: ~1e-7 relative).
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("isa", [i for i in cpu_kernels.ISAS if cpu_kernels.isa(i)])
+def test_moe_mxfp4_int8_activations_error_bounded(moe_case, tmp_path, isa):
+    w, x, _, _, ref = moe_case
+    (y,) = run_graph(moe_graph(w), tmp_path, {"x": x}, isa=isa, experts="mxfp4", activations="int8")
+    rel = np.abs(y - ref).max() / np.abs(ref).max()
+    # Both expert GEMM inputs quantized per block of 32 to int8 (step 1/127 of the block max),
+    # as ORT's int8 QMoE above: ~1% of the output scale; same 3% bound, and it must differ.
     assert 1e-6 < rel < 3e-2

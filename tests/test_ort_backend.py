@@ -137,10 +137,13 @@ def test_generate_cli_end_to_end(engine, tmp_path):
     np.testing.assert_allclose(gen.logits, logits, atol=1e-5 * np.abs(logits).max(), rtol=0)
 
 
-def test_session_env_applies_only_while_the_session_is_created(monkeypatch):
-    from gptoss_edge.runtime.engine.ort_backend import session_env
-    import os
-    monkeypatch.setenv("GPTOSS_EDGE_TEST_KEEP", "1")
-    with session_env({"GPTOSS_EDGE_TEST_KEEP": "2", "GPTOSS_EDGE_TEST_NEW": "x"}):
-        assert os.environ["GPTOSS_EDGE_TEST_KEEP"] == "2" and os.environ["GPTOSS_EDGE_TEST_NEW"] == "x"
-    assert os.environ["GPTOSS_EDGE_TEST_KEEP"] == "1" and "GPTOSS_EDGE_TEST_NEW" not in os.environ
+def test_engine_that_needs_process_env_is_refused():
+    # Engines of older versions asked for ONNX Runtime settings through the process environment;
+    # the backend no longer touches os.environ and says how to get an equivalent engine.
+    from gptoss_edge.kv_layout import KvLayout
+    from gptoss_edge.runtime.engine.ort_backend import session_options
+    from gptoss_edge.target_config import OnnxRuntimeConfig
+    tc = OnnxRuntimeConfig(model_file="model.onnx", max_positions=64, kv_layout=KvLayout.of(preset("tiny")),
+                           session_env={"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"})
+    with pytest.raises(BackendError, match="recompile"):
+        session_options(1, tc)

@@ -49,17 +49,12 @@ class Tolerance:
 # measured, 1e-4 asserted). Measured here <= 1.9e-5 on logits of magnitude ~9; bound 2e-4.
 FLOAT = Tolerance("exact", 2e-4, 2e-4, 2e-4, 2e-4)
 
-# int8 experts, ONNX Runtime's default (`--activations float`): the compiler records
-# ORT_QMOE_CPU_QNBIT_GEMM=fp32 in the manifest's session env (compile.session_env; OrtBackend sets
-# it while creating the session), so ORT's CPU QMoE dequantizes the int8 weights and runs them in
-# fp32. The weights are a lossless copy of MXFP4 (mxfp4.to_int8_blocks), so the engine must match
-# the exact oracles like FLOAT does: the tight proof that the conversion and the QMoE layout are
-# exact.
-INT8 = FLOAT
-
-# int8 experts with `--activations int8`: no session env, so ORT's CPU QMoE runs 8-bit experts
-# through MLAS's int8-activation GEMM: the inputs of both expert GEMMs are quantized per block to
-# int8 (relative step 1/127 of the block maximum). Measured against the exact model: median
+# int8 experts (only with `--activations int8`; the process-wide switch ORT_QMOE_CPU_QNBIT_GEMM
+# that made them run fp32 is no longer used: --experts mxfp4 is the exact path): the weights are
+# a lossless copy of MXFP4 (mxfp4.to_int8_blocks, tests/test_mxfp4.py), but ORT's CPU QMoE runs
+# 8-bit experts through MLAS's int8-activation GEMM: the inputs of both expert GEMMs are
+# quantized per block to int8 (relative step 1/127 of the block maximum). Measured against the
+# exact model: median
 # per-position error 0.15 over the batch on logits of magnitude ~9 (2%). Where the rounding
 # pushes a router logit across a near-tie, that token takes another expert and its logits move
 # by O(logit scale) (5-25% of a row's positions are off by > 0.5, max ~5.6; checked to sit at
@@ -68,6 +63,18 @@ INT8 = FLOAT
 # measured, still well below a layout or scale bug, which moves every position by O(logit
 # scale)), and >= 75% greedy agreement (measured 45-47 of 48).
 INT8_ACTIVATIONS = Tolerance("exact", None, 0.4, 0.4, None)
+
+# mxfp4 experts: the checkpoint's MXFP4 bytes kept, run by our MoeMxfp4 CPU kernel with float32
+# activations. MXFP4 values are exact in fp32, so only the fp32 operation order differs from the
+# exact model, as for FLOAT: same bounds.
+MXFP4 = FLOAT
+
+# The same mxfp4 engine with int8 activations (--activations int8: each expert GEMM input
+# quantized per block of 32 to int8, scale amax/127, as llama.cpp's q8_0): the arithmetic of
+# INT8_ACTIVATIONS above with our kernel instead of MLAS's, so the same statistical bounds and
+# the same justification (routing flips at router near-ties, checked by
+# test_large_errors_of_statistical_modes_are_routing_flips). Measured: docs/VERIFICATION.md.
+MXFP4_INT8 = INT8_ACTIVATIONS
 
 # int4 experts: weights re-rounded to 16 levels per block of 32, float32 activations. Against the
 # HF model with the same rounded weights the engine is fp32-exact (measured 1.5e-5; bound 2e-4 as
@@ -86,7 +93,8 @@ INT4 = Tolerance("int4-weights", 2e-4, 2e-4, 4.0, None)
 # median 0.05 (7x measured) and >= 75% greedy agreement (measured 48/48).
 FP16 = Tolerance("exact", None, 0.05, 0.05, None)
 
-# TensorRT-target graph with 4-bit dense layers (q/k/v/o, lm_head as Gemm4bit; fp32 elsewhere).
+# 4-bit dense layers (q/k/v/o, lm_head as Gemm4bit; fp32 elsewhere): the TensorRT-target graph on
+# the numpy kernels, and the ONNX Runtime engine on our CPU kernels (same Gemm4bit nodes).
 # Against the HF model holding the same 4-bit weights (oracles.VARIANTS "dense4bit-*"): fp32-exact
 # (measured 1.3e-5), bounds as FLOAT. Against the exact model: each projection's own error is
 # ~0.1 relative (bounded per projection in tests/test_lower_trt.py), which this small random
@@ -118,8 +126,11 @@ ORT = ("--target", "onnxruntime", "--experts")
 TRT = ("--target", "tensorrt", "--max-batch", "3", "--max-step-tokens", "512", "--precision")
 TARGETS = [
     Target("ort-float", (*ORT, "float"), "onnxruntime", FLOAT),
-    Target("ort-int8", (*ORT, "int8"), "onnxruntime", INT8),
     Target("ort-int8-int8act", (*ORT, "int8", "--activations", "int8"), "onnxruntime", INT8_ACTIVATIONS),
+    Target("ort-mxfp4", (*ORT, "mxfp4"), "onnxruntime", MXFP4),
+    Target("ort-mxfp4-int8act", (*ORT, "mxfp4", "--activations", "int8"), "onnxruntime", MXFP4_INT8),
+    Target("ort-dense4-mxfp4", (*ORT, "mxfp4", "--dense", "4bit", "--dense-format", "mxfp4"), "onnxruntime",
+           DENSE4_MXFP4),
     Target("ort-int4", (*ORT, "int4"), "onnxruntime", INT4),
     Target("trt-ref-fp32", (*TRT, "fp32"), "reference", FLOAT),
     Target("trt-ref-fp16", (*TRT, "fp16"), "reference", FP16),
@@ -129,8 +140,8 @@ TARGETS = [
            DENSE4_INT4),
 ]
 LAYOUTS = ["hf", "original"]
-# Read by ONNX Runtime's QMoE at session creation; an engine gets it only from its manifest's
-# session env, never from the shell that runs the tests (it would turn int8 activations off).
+# Read by ONNX Runtime's QMoE at session creation; no engine sets it (the backend leaves the
+# process environment alone), and a shell that has it must not turn int8 activations off.
 INHERITED_ORT_ENV = ("ORT_QMOE_CPU_QNBIT_GEMM",)
 
 

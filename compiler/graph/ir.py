@@ -64,15 +64,6 @@ def lazy(name: str, dtype, shape: Sequence[int], produce: Chunks, source: str = 
     return Initializer(name, np.dtype(dtype), tuple(int(s) for s in shape), produce, source, untransposed)
 
 
-def rows_of_untransposed(w_t: Initializer) -> Iterable[np.ndarray]:
-    """Row chunks of W for an initializer holding W^T (streamed when the builder recorded how,
-    else by transposing the whole tensor)."""
-    if w_t.untransposed is not None:
-        yield from w_t.untransposed()
-    else:
-        yield np.ascontiguousarray(w_t.array().T)
-
-
 @dataclasses.dataclass
 class ValueInfo:
     name: str

@@ -1,6 +1,6 @@
 """Dense projection y = x @ W^T + b as MatMul (+ Add): the weight is stored transposed [in, out]
 at compile time. Lowerings recognise MatMul-with-initializer (+ Add bias) and may replace it
-(ONNX Runtime MatMulNBits, our Gemm4bit)."""
+(our Gemm4bit on both targets)."""
 from __future__ import annotations
 
 from gptoss_edge.compiler.graph.ir import Graph

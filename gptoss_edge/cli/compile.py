@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptoss_edge.compiler import lower_ort, lower_trt
+from gptoss_edge.compiler import formats, lower_ort, lower_trt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,22 +15,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="engine directory to write (replaced atomically)")
     p.add_argument("--target", default="onnxruntime", choices=sorted(TARGETS))
     p.add_argument("--experts", choices=lower_ort.EXPERT_MODES, default=None,
-                   help="expert weights: float (exact), int8 (lossless weights, half float's bytes), "
-                        "int4 (smallest, lossy); default: the most exact that fits --max-memory")
+                   help="onnxruntime expert weights: " + "; ".join(f"{f.name}: {f.summary}"
+                                                                   for f in formats.EXPERTS.values())
+                        + ". Default: the most exact that fits --max-memory (mxfp4)")
     p.add_argument("--dense", choices=sorted(set(lower_ort.DENSE_MODES) | set(lower_trt.DENSE_MODES)),
                    default=None, help="attention and lm_head weights: float/16bit (the activation "
-                   "precision) or 4bit (onnxruntime: MatMulNBits; tensorrt: Gemm4bit), blocks of 32; "
+                   "precision) or 4bit (our Gemm4bit on both targets, blocks of 32, --dense-format); "
                    "default: the most exact that fits --max-memory")
     p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
                    help="onnxruntime: embedding table bf16 (exact for bf16 checkpoints, half the bytes) "
                         "or float; default: bf16 when the checkpoint stores it in bf16")
     p.add_argument("--activations", choices=lower_ort.ACTIVATION_MODES, default="float",
-                   help="onnxruntime: inputs of the quantized GEMMs (int8/int4 experts, 4bit dense) stay "
-                        "float32 (exact on the stored weights) or are quantized to int8 by MLAS (faster)")
+                   help="onnxruntime: inputs of the quantized GEMMs (mxfp4/int8/int4 experts, 4bit dense) stay "
+                        "float32 (exact on the stored weights) or are quantized to int8 per block of 32 "
+                        "(faster; int8 experts always run this way)")
     p.add_argument("--precision", choices=sorted(lower_trt.PRECISIONS), default="fp16",
                    help="tensorrt: activation precision (residual stream, norms, logits stay float32)")
     p.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4",
-                   help="tensorrt --dense 4bit: Gemm4bit block format")
+                   help="--dense 4bit: Gemm4bit block format")
     p.add_argument("--max-batch", type=int, default=1, help="tensorrt: optimization profile batch maximum")
     p.add_argument("--max-step-tokens", type=int, default=512,
                    help="tensorrt: optimization profile maximum of tokens per row per step (prefill chunk)")

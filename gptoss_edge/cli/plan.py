@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from gptoss_edge.compiler import formats
 from gptoss_edge.compiler import plan as P
 from gptoss_edge.compiler.config import PRESETS
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="q/k/v/o and lm_head: 4-bit blocks or the activation precision (default: "
                          "16bit when that fits the budget, else 4bit)")
     sp.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4")
-    sp.add_argument("--experts", help="tensorrt: mxfp4; onnxruntime: float|int8|int4 (default int4)")
+    sp.add_argument("--experts", help=f"tensorrt: mxfp4; onnxruntime: {'|'.join(formats.EXPERTS)} (default mxfp4)")
     sp.add_argument("--precision", choices=tuple(P.PRECISION_BYTES), help="default: tensorrt fp16, onnxruntime fp32")
     sp.add_argument("--chunk", type=int, default=512, help="prefill tokens per row per step")
     sp.add_argument("--budget-gb", type=float, default=14.0, help="usable device memory (16 GB device: ~14)")

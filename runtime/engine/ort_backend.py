@@ -15,8 +15,6 @@ is, its outputs are dropped). Padded positions never enter a cache.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +23,7 @@ import onnxruntime as ort
 
 from gptoss_edge.compiler import opset
 from gptoss_edge.engine_dir import load_manifest
+from gptoss_edge.target_config import OnnxRuntimeConfig
 from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
                                                 validate_rows)
 from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
@@ -32,29 +31,30 @@ from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 IO = opset.ENGINE_IO
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, tc: OnnxRuntimeConfig | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    if tc is not None:
+        add_custom_ops(so, tc)
     return so
 
 
-@contextlib.contextmanager
-def session_env(env: dict[str, str]):
-    """Set the engine's session environment (read by ONNX Runtime while it creates the session,
-    e.g. ORT_QMOE_CPU_QNBIT_GEMM) and restore the process environment afterwards."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: str(v) for k, v in env.items()})
+def add_custom_ops(so: ort.SessionOptions, tc: OnnxRuntimeConfig) -> None:
+    """The engine's runtime requirement (compiler/formats.py): our CPU kernel library for its
+    MoeMxfp4 / Gemm4bit nodes, in the engine's activation mode (a per-session setting)."""
+    from gptoss_edge import cpu_kernels
+    if tc.session_env:
+        raise BackendError("engine needs process environment settings (an int8-experts engine of an older "
+                           "gptoss-edge): recompile it (--experts mxfp4 is exact and smaller)")
+    if not tc.custom_ops:
+        return
     try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        cpu_kernels.register(so, tc.custom_ops.get("activations", "fp32"))
+    except cpu_kernels.CpuKernelsMissing as e:
+        raise BackendError(f"engine uses our CPU kernels: {e}") from None
 
 
 class OrtBackend:
@@ -75,9 +75,8 @@ class OrtBackend:
         if max_context + slack > positions:
             raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
                                f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
-        with session_env(tc.session_env):
-            self.session = ort.InferenceSession(str(m.file(tc.model_file)),
-                                                session_options(threads), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(m.file(tc.model_file)), session_options(threads, tc),
+                                            providers=["CPUExecutionProvider"])
         self.cfg = cfg
         self.kv = tc.kv_layout
         caps = [self.kv.capacity(i, max_context + slack) for i in range(cfg.num_hidden_layers)]

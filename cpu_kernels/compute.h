@@ -1,0 +1,51 @@
+// The op computations on top of the ISA kernels (no ONNX Runtime here).
+//   gemm_4bit: y [T, N] = x [T, K] . W^T (+ bias), W 4-bit rows (kernels.h)
+//   moe_mxfp4: the op set's MoeMxfp4 (router, top-k softmax, gate_up, clamped SwiGLU, down,
+//              weighted sum); a step reads only the selected experts' blocks.
+// Work is split into row chunks run through Pool (ONNX Runtime's intra-op pool in the glue).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace gek {
+
+enum class ActMode { F32, I8 };
+
+struct Pool {
+  // Runs fn(user, i) for every i in [0, n), possibly in parallel; returns when all are done.
+  void (*parallel_for)(void* ctx, void (*fn)(void*, size_t), size_t n, void* user);
+  void* ctx;
+};
+
+struct Engine {
+  const Isa* isa;
+  ActMode mode;
+  Pool pool;
+};
+
+void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x, int64_t T,
+               const float* bias, float* y);
+
+struct MoeShape {
+  int64_t experts, top_k, hidden, inter;
+  float limit, alpha, offset;
+};
+
+struct MoeWeights {
+  const float* router_w;     // [E, H]
+  const float* router_b;     // [E]
+  Rows gate_up;              // expert 0's rows; expert e at + e * 2I rows
+  const float* gate_up_bias; // [E, 2I]
+  Rows down;                 // [E, H rows]
+  const float* down_bias;    // [E, H]
+};
+
+void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const float* hidden,
+               int64_t T, float* out);
+
+// Rows of expert e (same blocks/scales arrays, offset by e * rows_per_expert).
+Rows expert_rows(const Rows& all, int64_t e, int64_t rows_per_expert);
+
+}  // namespace gek

@@ -1,0 +1,139 @@
+// AVX2 + FMA + F16C kernels (group 2: one 32-byte load = two weight blocks). No std:: templates
+// in this file: everything here is compiled for AVX2 and must not leak into portable code.
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+#include "simd_scales.h"
+
+namespace gek {
+namespace {
+
+constexpr int kMaxBlocks = 1024;   // K <= 32768 (checked by the glue)
+
+inline __m256i table(const void* t16) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(static_cast<const __m128i*>(t16)));
+}
+
+// 32 bytes (two blocks) -> table entries of the low nibbles (evens) and high nibbles (odds).
+inline void decode32(const uint8_t* p, __m256i lut, __m256i& wl, __m256i& wh) {
+  const __m256i m = _mm256_set1_epi8(0x0f);
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m));
+  wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+}
+
+// (w + offset) u8 times x s8, summed in pairs (int16: |sum| <= 2 * 24 * 127, no saturation).
+inline __m256i dot16(__m256i wu, __m256i x) { return _mm256_maddubs_epi16(wu, x); }
+inline __m256i to32(__m256i s16) { return _mm256_madd_epi16(s16, _mm256_set1_epi16(1)); }
+
+inline __m256 widen(__m128i w8) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w8)); }
+
+void rows_i8(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+             float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32, ng = nb / 2;
+  const __m256i lut = table(w.lut->u);
+  const float offset = float(w.lut->offset);
+  float sc[4 * kMaxBlocks], sc1[kMaxBlocks];
+  for (int64_t r = r0; r < r1; ++r) {
+    row_scales4_simd(w, r, sc, sc1);
+    const uint8_t* row = w.blocks + r * nb * 16;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const int8_t* x[4];
+      const float* xd[4];
+      __m256 acc[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
+        xd[i] = a.xd4 + int64_t(tok[t0 + i]) * nb * 4;
+        acc[i] = _mm256_setzero_ps();
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        __m256i wl, wh;
+        decode32(row + g * 32, lut, wl, wh);
+        const __m256 s = _mm256_loadu_ps(sc + 8 * g);
+        for (int i = 0; i < n; ++i) {
+          const __m256i* xp = reinterpret_cast<const __m256i*>(x[i] + g * 64);
+          const __m256i p = _mm256_add_epi16(dot16(wl, _mm256_loadu_si256(xp)), dot16(wh, _mm256_loadu_si256(xp + 1)));
+          const __m256 d = _mm256_mul_ps(s, _mm256_loadu_ps(xd[i] + 8 * g));
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(to32(p)), d, acc[i]);
+        }
+      }
+      for (int64_t b = ng * 2; b < nb; ++b) {    // tail block (odd nb), G = 1 layout
+        const __m256i wv = decode16(row + b * 16, _mm256_castsi256_si128(lut));
+        for (int i = 0; i < n; ++i) {
+          const __m256i p = dot16(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(to32(p)), _mm256_set1_ps(sc[4 * b] * xd[i][4 * b]), acc[i]);
+        }
+      }
+      for (int i = 0; i < n; ++i) {
+        const float corr = offset * dot_f32(sc1, a.xsum + int64_t(tok[t0 + i]) * nb, nb);
+        y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]) - corr;
+      }
+    }
+  }
+}
+
+void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+              float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32, ng = nb / 2;
+  const __m256i lut = table(w.lut->v);
+  float sc[4 * kMaxBlocks];
+  for (int64_t r = r0; r < r1; ++r) {
+    row_scales4_simd(w, r, sc);
+    const uint8_t* row = w.blocks + r * nb * 16;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const float* x[4];
+      __m256 acc[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xf + int64_t(tok[t0 + i]) * K;
+        acc[i] = _mm256_setzero_ps();
+      }
+      // Block b's 32 weights as 4 x 8 floats w0..w3 against x at xe (evens) and xo (odds).
+      auto block = [&](__m128i ev, __m128i od, float* s4, int64_t xe, int64_t xo) {
+        const __m256 w0 = widen(ev), w1 = widen(_mm_srli_si128(ev, 8));
+        const __m256 w2 = widen(od), w3 = widen(_mm_srli_si128(od, 8));
+        const __m256 s = _mm256_broadcast_ss(s4);
+        for (int i = 0; i < n; ++i) {
+          const float* xp = x[i];
+          __m256 p = _mm256_mul_ps(_mm256_loadu_ps(xp + xe), w0);
+          p = _mm256_fmadd_ps(_mm256_loadu_ps(xp + xe + 8), w1, p);
+          p = _mm256_fmadd_ps(_mm256_loadu_ps(xp + xo), w2, p);
+          p = _mm256_fmadd_ps(_mm256_loadu_ps(xp + xo + 8), w3, p);
+          acc[i] = _mm256_fmadd_ps(p, s, acc[i]);
+        }
+      };
+      for (int64_t g = 0; g < ng; ++g) {
+        __m256i wl, wh;
+        decode32(row + g * 32, lut, wl, wh);
+        block(_mm256_castsi256_si128(wl), _mm256_castsi256_si128(wh), sc + 8 * g, g * 64, g * 64 + 32);
+        block(_mm256_extracti128_si256(wl, 1), _mm256_extracti128_si256(wh, 1), sc + 8 * g + 4, g * 64 + 16,
+              g * 64 + 48);
+      }
+      for (int64_t b = ng * 2; b < nb; ++b) {
+        const __m256i wv = decode16(row + b * 16, _mm256_castsi256_si128(lut));
+        block(_mm256_castsi256_si128(wv), _mm256_extracti128_si256(wv, 1), sc + 4 * b, b * 32, b * 32 + 16);
+      }
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gek
+
+#pragma GCC pop_options
+
+namespace gek {
+const Isa* isa_avx2() {   // compiled for the baseline: safe to call on any x86-64
+  static const Isa isa{"avx2", 2, rows_f32, rows_i8};
+  const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return ok ? &isa : nullptr;
+}
+}  // namespace gek
+#endif

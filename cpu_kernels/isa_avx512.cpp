@@ -1,0 +1,151 @@
+// AVX-512 (F, BW, VL, DQ) + VNNI kernels (group 4: one 64-byte load = four weight blocks). As
+// in isa_avx2.cpp, no std:: templates are compiled under the target pragma.
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+
+#include "simd_scales.h"
+
+namespace gek {
+namespace {
+
+constexpr int kMaxBlocks = 1024;
+
+inline __m128i table16(const void* t) { return _mm_loadu_si128(static_cast<const __m128i*>(t)); }
+
+// 64 bytes (four blocks) -> table entries of the low nibbles (evens) and high nibbles (odds).
+inline void decode64(const uint8_t* p, __m512i lut, __m512i& wl, __m512i& wh) {
+  const __m512i m = _mm512_set1_epi8(0x0f);
+  const __m512i v = _mm512_loadu_si512(p);
+  wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m));
+  wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m));
+}
+
+inline __m512 widen(__m128i w8) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w8)); }
+
+inline __m128i lane(__m512i v, int j) {
+  switch (j) {
+    case 0: return _mm512_castsi512_si128(v);
+    case 1: return _mm512_extracti32x4_epi32(v, 1);
+    case 2: return _mm512_extracti32x4_epi32(v, 2);
+    default: return _mm512_extracti32x4_epi32(v, 3);
+  }
+}
+
+inline float hsum(__m512 v, __m256 t) {
+  return hsum8(_mm256_add_ps(t, _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1))));
+}
+
+// Unsigned weights (w + offset) dotted with int8 activations by VNNI (4 products per int32
+// lane); the offset is taken back once per row (Acts::xsum).
+void rows_i8(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+             float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32, ng = nb / 4;
+  const __m128i lut16 = table16(w.lut->u);
+  const __m512i lut = _mm512_broadcast_i32x4(lut16);
+  const float offset = float(w.lut->offset);
+  float sc[4 * kMaxBlocks], sc1[kMaxBlocks];
+  for (int64_t r = r0; r < r1; ++r) {
+    row_scales4_simd(w, r, sc, sc1);
+    const uint8_t* row = w.blocks + r * nb * 16;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const int8_t* x[4];
+      const float* xd[4];
+      __m512 acc[4];
+      __m256 acc_t[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
+        xd[i] = a.xd4 + int64_t(tok[t0 + i]) * nb * 4;
+        acc[i] = _mm512_setzero_ps();
+        acc_t[i] = _mm256_setzero_ps();
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        __m512i wl, wh;
+        decode64(row + g * 64, lut, wl, wh);
+        const __m512 s = _mm512_loadu_ps(sc + 16 * g);
+        for (int i = 0; i < n; ++i) {
+          const int8_t* xp = x[i] + g * 128;
+          __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xp));
+          p = _mm512_dpbusd_epi32(p, wh, _mm512_loadu_si512(xp + 64));
+          const __m512 d = _mm512_mul_ps(s, _mm512_loadu_ps(xd[i] + 16 * g));
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[i]);
+        }
+      }
+      for (int64_t b = ng * 4; b < nb; ++b) {    // tail blocks, G = 1 layout
+        const __m256i wv = decode16(row + b * 16, lut16);
+        for (int i = 0; i < n; ++i) {
+          const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv,
+                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
+          acc_t[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(sc[4 * b] * xd[i][4 * b]), acc_t[i]);
+        }
+      }
+      for (int i = 0; i < n; ++i) {
+        const float corr = offset * dot_f32(sc1, a.xsum + int64_t(tok[t0 + i]) * nb, nb);
+        y[int64_t(t0 + i) * ldy + r] = hsum(acc[i], acc_t[i]) - corr;
+      }
+    }
+  }
+}
+
+void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+              float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32, ng = nb / 4;
+  const __m128i lut16 = table16(w.lut->v);
+  const __m512i lut = _mm512_broadcast_i32x4(lut16);
+  float sc[4 * kMaxBlocks];
+  for (int64_t r = r0; r < r1; ++r) {
+    row_scales4_simd(w, r, sc);
+    const uint8_t* row = w.blocks + r * nb * 16;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const float* x[4];
+      __m512 acc[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xf + int64_t(tok[t0 + i]) * K;
+        acc[i] = _mm512_setzero_ps();
+      }
+      // One block: 16 even and 16 odd weights against x at xe and xo.
+      auto block = [&](__m128i ev, __m128i od, const float* s4, int64_t xe, int64_t xo) {
+        const __m512 we = widen(ev), wo = widen(od);
+        const __m512 s = _mm512_set1_ps(*s4);
+        for (int i = 0; i < n; ++i) {
+          const __m512 p = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + xo), wo, _mm512_mul_ps(_mm512_loadu_ps(x[i] + xe), we));
+          acc[i] = _mm512_fmadd_ps(p, s, acc[i]);
+        }
+      };
+      for (int64_t g = 0; g < ng; ++g) {
+        __m512i wl, wh;
+        decode64(row + g * 64, lut, wl, wh);
+        for (int j = 0; j < 4; ++j)
+          block(lane(wl, j), lane(wh, j), sc + 4 * (4 * g + j), g * 128 + 16 * j, g * 128 + 64 + 16 * j);
+      }
+      for (int64_t b = ng * 4; b < nb; ++b) {
+        const __m256i wv = decode16(row + b * 16, lut16);
+        block(_mm256_castsi256_si128(wv), _mm256_extracti128_si256(wv, 1), sc + 4 * b, b * 32, b * 32 + 16);
+      }
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = _mm512_reduce_add_ps(acc[i]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gek
+
+#pragma GCC pop_options
+
+namespace gek {
+const Isa* isa_avx512() {   // compiled for the baseline: safe to call on any x86-64
+  static const Isa isa{"avx512", 4, rows_f32, rows_i8};
+  const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("f16c");
+  return ok ? &isa : nullptr;
+}
+}  // namespace gek
+#endif

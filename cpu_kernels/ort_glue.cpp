@@ -1,0 +1,398 @@
+// ONNX Runtime glue: the custom-op domain "gptoss_edge" with MoeMxfp4 and Gemm4bit (CPU, float32
+// activations), registered by RegisterCustomOps (SessionOptions.register_custom_ops_library).
+// Op names, port order/optionality/dtypes and attribute names/defaults come from
+// plugins/common/opset_generated.h (generated from compiler/opset.py): nothing typed twice.
+// Session config entries, read at registration (set them before registering the library):
+//   gptoss_edge.cpu_activations  "fp32" (exact products, default) | "int8" (per-32-block int8)
+//   gptoss_edge.cpu_isa          "auto" (default) | "avx512" | "avx2" | "neon" | "portable"
+// No exception crosses into ONNX Runtime: errors become an OrtStatus with a one-line message.
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "compute.h"
+#include "opset_generated.h"
+#include "ort_api.h"
+
+using namespace ortmini;
+namespace ops = gptoss_edge::opset;
+
+namespace {
+
+const Api* g_api = nullptr;
+constexpr int64_t kMaxK = 32768;   // kernels keep one row's block scales on the stack
+
+struct Config {
+  const gek::Isa* isa;
+  gek::ActMode mode;
+};
+
+OrtStatus* error(const std::string& msg) {
+  return g_api->fn<FnCreateStatus>(CreateStatus)(ORT_INVALID_ARGUMENT, msg.c_str());
+}
+
+// ---- small accessors --------------------------------------------------------------------
+struct Tensor {
+  const OrtValue* value = nullptr;
+  int type = ELEM_UNDEFINED;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+};
+
+OrtStatus* read_tensor(OrtKernelContext* ctx, size_t i, Tensor& t) {
+  OrtStatus* st = g_api->fn<FnKernelContext_GetInput>(KernelContext_GetInput)(ctx, i, &t.value);
+  if (st || !t.value) return st;
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if ((st = g_api->fn<FnGetTensorTypeAndShape>(GetTensorTypeAndShape)(t.value, &info))) return st;
+  size_t n = 0;
+  if (!(st = g_api->fn<FnGetTensorElementType>(GetTensorElementType)(info, &t.type)) &&
+      !(st = g_api->fn<FnGetDimensionsCount>(GetDimensionsCount)(info, &n))) {
+    t.shape.resize(n);
+    st = g_api->fn<FnGetDimensions>(GetDimensions)(info, t.shape.data(), n);
+  }
+  g_api->fn<FnReleaseTensorTypeAndShapeInfo>(ReleaseTensorTypeAndShapeInfo)(info);
+  if (st) return st;
+  void* p = nullptr;
+  st = g_api->fn<FnGetTensorMutableData>(GetTensorMutableData)(const_cast<OrtValue*>(t.value), &p);
+  t.data = p;
+  return st;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+OrtStatus* expect(const char* op, const char* port, const Tensor& t, const std::vector<int64_t>& shape) {
+  if (t.shape == shape) return nullptr;
+  return error(std::string(op) + ": input '" + port + "' has shape " + shape_str(t.shape) + ", expected " +
+               shape_str(shape));
+}
+
+OrtStatus* output(OrtKernelContext* ctx, size_t i, const std::vector<int64_t>& shape, float** out) {
+  OrtValue* v = nullptr;
+  OrtStatus* st = g_api->fn<FnKernelContext_GetOutput>(KernelContext_GetOutput)(ctx, i, shape.data(), shape.size(), &v);
+  if (st) return st;
+  void* p = nullptr;
+  st = g_api->fn<FnGetTensorMutableData>(GetTensorMutableData)(v, &p);
+  *out = static_cast<float*>(p);
+  return st;
+}
+
+OrtStatus* attr_int(const OrtKernelInfo* info, const char* name, int64_t* v) {
+  return g_api->fn<FnKernelInfoGetAttribute_int64>(KernelInfoGetAttribute_int64)(info, name, v);
+}
+
+// Optional float attribute: the op set's default when absent.
+float attr_float(const OrtKernelInfo* info, const char* name, float dflt) {
+  float v = dflt;
+  if (OrtStatus* st = g_api->fn<FnKernelInfoGetAttribute_float>(KernelInfoGetAttribute_float)(info, name, &v)) {
+    g_api->fn<FnReleaseStatus>(ReleaseStatus)(st);
+    return dflt;
+  }
+  return v;
+}
+
+OrtStatus* attr_string(const OrtKernelInfo* info, const char* name, std::string* v) {
+  size_t n = 0;
+  auto get = g_api->fn<FnKernelInfoGetAttribute_string>(KernelInfoGetAttribute_string);
+  if (OrtStatus* st = get(info, name, nullptr, &n)) return st;
+  std::vector<char> buf(n + 1, 0);
+  if (OrtStatus* st = get(info, name, buf.data(), &n)) return st;
+  *v = buf.data();
+  return nullptr;
+}
+
+// Intra-op pool of the running kernel.
+struct PoolCtx {
+  OrtKernelContext* ctx;
+};
+
+void parallel_for(void* c, void (*fn)(void*, size_t), size_t n, void* user) {
+  auto* pc = static_cast<PoolCtx*>(c);
+  OrtStatus* st = g_api->fn<FnKernelContext_ParallelFor>(KernelContext_ParallelFor)(pc->ctx, fn, n, 0, user);
+  if (st) {   // no pool available: run inline
+    g_api->fn<FnReleaseStatus>(ReleaseStatus)(st);
+    for (size_t i = 0; i < n; ++i) fn(user, i);
+  }
+}
+
+gek::Engine engine(const Config& cfg, PoolCtx* pc) { return gek::Engine{cfg.isa, cfg.mode, {parallel_for, pc}}; }
+
+// ---- kernels ------------------------------------------------------------------------------
+struct MoeKernel {
+  Config cfg;
+  gek::MoeShape s;
+};
+
+OrtStatus* moe_compute(MoeKernel* k, OrtKernelContext* ctx) {
+  namespace m = ops::moe_mxfp4;
+  Tensor in[m::kNbInputs];
+  for (size_t i = 0; i < m::kNbInputs; ++i)
+    if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
+  const int64_t E = k->s.experts, H = k->s.hidden, I = k->s.inter;
+  const Tensor& x = in[m::kHiddenIn];
+  if (x.shape.size() != 2 || x.shape[1] != H)
+    return error(std::string(m::kOpType) + ": input 'hidden' has shape " + shape_str(x.shape) +
+                 ", expected (tokens, " + std::to_string(H) + ")");
+  const int64_t T = x.shape[0];
+  const std::pair<int, std::vector<int64_t>> shapes[] = {
+      {m::kRouterWeightIn, {E, H}}, {m::kRouterBiasIn, {E}},
+      {m::kGateUpBlocksIn, {E, 2 * I, H / 32, 16}}, {m::kGateUpScalesIn, {E, 2 * I, H / 32}},
+      {m::kGateUpBiasIn, {E, 2 * I}}, {m::kDownBlocksIn, {E, H, I / 32, 16}},
+      {m::kDownScalesIn, {E, H, I / 32}}, {m::kDownBiasIn, {E, H}}};
+  for (const auto& [port, shape] : shapes)
+    if (OrtStatus* st = expect(m::kOpType, m::kInputs[port].name, in[port], shape)) return st;
+  for (int port : {int(m::kGateUpBlocksIn), int(m::kGateUpScalesIn), int(m::kDownBlocksIn), int(m::kDownScalesIn)})
+    if (in[port].type != ELEM_UINT8 && in[port].type != ELEM_INT8)
+      return error(std::string(m::kOpType) + ": input '" + m::kInputs[port].name + "' must be uint8 or int8 bytes");
+  float* out = nullptr;
+  if (OrtStatus* st = output(ctx, m::kOutputOut, {T, H}, &out)) return st;
+  if (T == 0) return nullptr;
+  auto rows = [&](int blocks, int scales, int64_t nb) {
+    return gek::Rows{static_cast<const uint8_t*>(in[blocks].data), in[scales].data, gek::ScaleKind::E8M0,
+                     &gek::mxfp4_lut(), nb};
+  };
+  auto f32 = [&](int port) { return static_cast<const float*>(in[port].data); };
+  const gek::MoeWeights w{f32(m::kRouterWeightIn), f32(m::kRouterBiasIn),
+                          rows(m::kGateUpBlocksIn, m::kGateUpScalesIn, H / 32), f32(m::kGateUpBiasIn),
+                          rows(m::kDownBlocksIn, m::kDownScalesIn, I / 32), f32(m::kDownBiasIn)};
+  PoolCtx pc{ctx};
+  gek::moe_mxfp4(engine(k->cfg, &pc), k->s, w, f32(m::kHiddenIn), T, out);
+  return nullptr;
+}
+
+struct GemmKernel {
+  Config cfg;
+  bool mxfp4;
+  int64_t K, N;
+};
+
+OrtStatus* gemm_compute(GemmKernel* k, OrtKernelContext* ctx) {
+  namespace g = ops::gemm4bit;
+  size_t n_in = 0;
+  if (OrtStatus* st = g_api->fn<FnKernelContext_GetInputCount>(KernelContext_GetInputCount)(ctx, &n_in)) return st;
+  Tensor in[g::kNbInputs];
+  for (size_t i = 0; i < n_in && i < g::kNbInputs; ++i)
+    if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
+  const int64_t K = k->K, N = k->N;
+  const Tensor& x = in[g::kInputIn];
+  if (x.shape.empty() || x.shape.back() != K)
+    return error(std::string(g::kOpType) + ": input 'input' has shape " + shape_str(x.shape) + ", last dim expected " +
+                 std::to_string(K));
+  if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightBlocksIn].name, in[g::kWeightBlocksIn], {N, K / 32, 16}))
+    return st;
+  if (in[g::kWeightBlocksIn].type != ELEM_UINT8 && in[g::kWeightBlocksIn].type != ELEM_INT8)
+    return error(std::string(g::kOpType) + ": input 'weight_blocks' must be uint8 or int8 bytes");
+  const Tensor& sc = in[g::kWeightScalesIn];
+  if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightScalesIn].name, sc, {N, K / 32})) return st;
+  if (k->mxfp4 ? (sc.type != ELEM_UINT8 && sc.type != ELEM_INT8) : sc.type != ELEM_FLOAT16)
+    return error(std::string(g::kOpType) + ": 'weight_scales' must be " + (k->mxfp4 ? "uint8/int8 (E8M0)" : "float16") +
+                 " for format " + (k->mxfp4 ? g::kFormatMxfp4 : g::kFormatInt4));
+  const float* bias = nullptr;
+  if (in[g::kBiasIn].value) {
+    if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kBiasIn].name, in[g::kBiasIn], {N})) return st;
+    bias = static_cast<const float*>(in[g::kBiasIn].data);
+  }
+  std::vector<int64_t> oshape = x.shape;
+  oshape.back() = N;
+  int64_t T = 1;
+  for (size_t i = 0; i + 1 < x.shape.size(); ++i) T *= x.shape[i];
+  float* out = nullptr;
+  if (OrtStatus* st = output(ctx, g::kOutputOut, oshape, &out)) return st;
+  if (T == 0) return nullptr;
+  const gek::Rows w{static_cast<const uint8_t*>(in[g::kWeightBlocksIn].data), sc.data,
+                    k->mxfp4 ? gek::ScaleKind::E8M0 : gek::ScaleKind::F16,
+                    k->mxfp4 ? &gek::mxfp4_lut() : &gek::int4_lut(), K / 32};
+  PoolCtx pc{ctx};
+  gek::gemm_4bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(x.data), T, bias, out);
+  return nullptr;
+}
+
+template <typename F>
+OrtStatus* guarded(F f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return error(std::string("gptoss_edge CPU kernel: ") + e.what());
+  }
+}
+
+// ---- op definitions -----------------------------------------------------------------------
+struct Op {
+  CustomOp base;     // first member: ONNX Runtime hands back &base
+  const char* name;
+  std::vector<int> in_types;
+  std::vector<int> in_optional;
+  Config cfg;
+};
+
+// ORT element type of a port: activations ("T") run in float32 here; a port that may carry
+// several types (packed bytes uint8|int8, int4 scales float16) is left open and checked at run.
+int port_type(const ops::PortDesc& p) {
+  if (p.dtypes == ops::kDtypeT || p.dtypes == ops::kDtypeFloat32) return ELEM_FLOAT;
+  if (p.dtypes == ops::kDtypeUint8) return ELEM_UINT8;
+  return ELEM_UNDEFINED;
+}
+
+template <size_t N>
+void ports(const ops::PortDesc (&desc)[N], std::vector<int>& types, std::vector<int>& optional) {
+  for (const ops::PortDesc& p : desc) {
+    types.push_back(port_type(p));
+    optional.push_back(p.optional ? 1 : 0);
+  }
+}
+
+const Op* self(const CustomOp* c) { return reinterpret_cast<const Op*>(c); }
+
+OrtStatus* create_moe(const CustomOp* c, const Api*, const OrtKernelInfo* info, void** kernel) {
+  return guarded([&]() -> OrtStatus* {
+    namespace m = ops::moe_mxfp4;
+    auto* k = new MoeKernel{self(c)->cfg, {}};
+    const int req[] = {m::kNumExpertsAttr, m::kTopKAttr, m::kHiddenSizeAttr, m::kIntermediateSizeAttr};
+    int64_t v[4];
+    for (int i = 0; i < 4; ++i)
+      if (OrtStatus* st = attr_int(info, m::kAttrs[req[i]].name, &v[i])) {
+        delete k;
+        return st;
+      }
+    auto opt = [&](int a) { return attr_float(info, m::kAttrs[a].name, float(m::kAttrs[a].defaultNumber)); };
+    k->s = gek::MoeShape{v[0], v[1], v[2], v[3], opt(m::kSwigluLimitAttr), opt(m::kSwigluAlphaAttr),
+                         opt(m::kSwigluLinearOffsetAttr)};
+    if (v[1] < 1 || v[1] > v[0] || v[2] % 32 || v[3] % 32 || v[2] > kMaxK || v[3] > kMaxK) {
+      delete k;
+      return error("MoeMxfp4: needs 0 < top_k <= num_experts and hidden/intermediate sizes that are multiples "
+                   "of 32 up to 32768");
+    }
+    *kernel = k;
+    return nullptr;
+  });
+}
+
+OrtStatus* create_gemm(const CustomOp* c, const Api*, const OrtKernelInfo* info, void** kernel) {
+  return guarded([&]() -> OrtStatus* {
+    namespace g = ops::gemm4bit;
+    std::string format;
+    int64_t K = 0, N = 0;
+    if (OrtStatus* st = attr_string(info, g::kAttrs[g::kFormatAttr].name, &format)) return st;
+    if (OrtStatus* st = attr_int(info, g::kAttrs[g::kInFeaturesAttr].name, &K)) return st;
+    if (OrtStatus* st = attr_int(info, g::kAttrs[g::kOutFeaturesAttr].name, &N)) return st;
+    if (format != g::kFormatMxfp4 && format != g::kFormatInt4)
+      return error("Gemm4bit: attribute 'format' must be 'mxfp4' or 'int4', got '" + format + "'");
+    if (K % 32 || K > kMaxK || K <= 0 || N <= 0)
+      return error("Gemm4bit: in_features must be a positive multiple of 32 up to 32768");
+    *kernel = new GemmKernel{self(c)->cfg, format == g::kFormatMxfp4, K, N};
+    return nullptr;
+  });
+}
+
+OrtStatus* compute_moe(void* k, OrtKernelContext* ctx) {
+  return guarded([&] { return moe_compute(static_cast<MoeKernel*>(k), ctx); });
+}
+OrtStatus* compute_gemm(void* k, OrtKernelContext* ctx) {
+  return guarded([&] { return gemm_compute(static_cast<GemmKernel*>(k), ctx); });
+}
+void destroy_moe(void* k) { delete static_cast<MoeKernel*>(k); }
+void destroy_gemm(void* k) { delete static_cast<GemmKernel*>(k); }
+
+const char* op_name(const CustomOp* c) { return self(c)->name; }
+const char* op_ep(const CustomOp*) { return "CPUExecutionProvider"; }
+int op_in_type(const CustomOp* c, size_t i) { return self(c)->in_types[i]; }
+size_t op_in_count(const CustomOp* c) { return self(c)->in_types.size(); }
+int op_out_type(const CustomOp*, size_t) { return ELEM_FLOAT; }
+size_t op_out_count(const CustomOp*) { return 1; }
+int op_in_char(const CustomOp* c, size_t i) { return self(c)->in_optional[i] ? IO_OPTIONAL : IO_REQUIRED; }
+int op_out_char(const CustomOp*, size_t) { return IO_REQUIRED; }
+int op_mem_type(const CustomOp*, size_t) { return 0; }   // OrtMemTypeDefault
+int op_zero(const CustomOp*) { return 0; }
+int op_start_version(const CustomOp*) { return 1; }
+int op_end_version(const CustomOp*) { return 1 << 30; }
+
+template <size_t N>
+Op* make_op(const char* name, const ops::PortDesc (&inputs)[N], Config cfg,
+            OrtStatus* (*create)(const CustomOp*, const Api*, const OrtKernelInfo*, void**),
+            OrtStatus* (*compute)(void*, OrtKernelContext*), void (*destroy)(void*)) {
+  auto* op = new Op{};
+  CustomOp& b = op->base;
+  b.version = kApiVersion;
+  b.GetName = op_name;
+  b.GetExecutionProviderType = op_ep;
+  b.GetInputType = op_in_type;
+  b.GetInputTypeCount = op_in_count;
+  b.GetOutputType = op_out_type;
+  b.GetOutputTypeCount = op_out_count;
+  b.KernelDestroy = destroy;
+  b.GetInputCharacteristic = op_in_char;
+  b.GetOutputCharacteristic = op_out_char;
+  b.GetInputMemoryType = op_mem_type;
+  b.GetVariadicInputMinArity = op_zero;
+  b.GetVariadicInputHomogeneity = op_zero;
+  b.GetVariadicOutputMinArity = op_zero;
+  b.GetVariadicOutputHomogeneity = op_zero;
+  b.CreateKernelV2 = create;
+  b.KernelComputeV2 = compute;
+  b.GetStartVersion = op_start_version;
+  b.GetEndVersion = op_end_version;
+  op->name = name;
+  ports(inputs, op->in_types, op->in_optional);
+  op->cfg = cfg;
+  return op;
+}
+
+// A session config entry, or `dflt` when unset.
+std::string config_entry(const OrtSessionOptions* so, const char* key, const char* dflt) {
+  int has = 0;
+  if (OrtStatus* st = g_api->fn<FnHasSessionConfigEntry>(HasSessionConfigEntry)(so, key, &has)) {
+    g_api->fn<FnReleaseStatus>(ReleaseStatus)(st);
+    return dflt;
+  }
+  if (!has) return dflt;
+  size_t n = 0;
+  auto get = g_api->fn<FnGetSessionConfigEntry>(GetSessionConfigEntry);
+  if (OrtStatus* st = get(so, key, nullptr, &n)) g_api->fn<FnReleaseStatus>(ReleaseStatus)(st);
+  std::vector<char> buf(n + 1, 0);
+  if (OrtStatus* st = get(so, key, buf.data(), &n)) {
+    g_api->fn<FnReleaseStatus>(ReleaseStatus)(st);
+    return dflt;
+  }
+  return buf.data();
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* so,
+                                                                              const OrtApiBase* base) {
+  g_api = static_cast<const Api*>(base->GetApi(kApiVersion));
+  if (!g_api) {   // an older runtime: report through its version-1 table (CreateStatus is slot 0)
+    const Api* v1 = static_cast<const Api*>(base->GetApi(1));
+    const std::string msg = std::string("gptoss_edge CPU kernels need ONNX Runtime API ") +
+                            std::to_string(kApiVersion) + " (onnxruntime >= 1.17); this is " +
+                            base->GetVersionString();
+    return v1 ? v1->fn<FnCreateStatus>(CreateStatus)(ORT_FAIL, msg.c_str()) : nullptr;
+  }
+  return guarded([&]() -> OrtStatus* {
+    const std::string acts = config_entry(so, "gptoss_edge.cpu_activations", "fp32");
+    const std::string isa_name = config_entry(so, "gptoss_edge.cpu_isa", "auto");
+    if (acts != "fp32" && acts != "int8")
+      return error("gptoss_edge.cpu_activations must be 'fp32' or 'int8', got '" + acts + "'");
+    const gek::Isa* isa = gek::select_isa(isa_name.c_str());
+    if (!isa) return error("gptoss_edge.cpu_isa '" + isa_name + "' is not available on this CPU/build");
+    const Config cfg{isa, acts == "int8" ? gek::ActMode::I8 : gek::ActMode::F32};
+    // Ops and domain live as long as the process (ONNX Runtime needs them past the session).
+    Op* moe = make_op(ops::moe_mxfp4::kOpType, ops::moe_mxfp4::kInputs, cfg, create_moe, compute_moe, destroy_moe);
+    Op* gemm = make_op(ops::gemm4bit::kOpType, ops::gemm4bit::kInputs, cfg, create_gemm, compute_gemm, destroy_gemm);
+    OrtCustomOpDomain* domain = nullptr;
+    if (OrtStatus* st = g_api->fn<FnCreateCustomOpDomain>(CreateCustomOpDomain)(ops::kDomain, &domain)) return st;
+    for (Op* op : {moe, gemm})
+      if (OrtStatus* st = g_api->fn<FnCustomOpDomain_Add>(CustomOpDomain_Add)(domain, &op->base)) return st;
+    return g_api->fn<FnAddCustomOpDomain>(AddCustomOpDomain)(so, domain);
+  });
+}
+
+// For tools and tests: the ISA "auto" picks here, or whether a named one is usable (null if not).
+extern "C" __attribute__((visibility("default"))) const char* gptoss_edge_cpu_isa(const char* name) {
+  const gek::Isa* isa = gek::select_isa(name);
+  return isa ? isa->name : nullptr;
+}
