@@ -76,6 +76,9 @@ def record_figures(work: Path, model_dir: Path, test_data: Path) -> dict:
             figures["heldout_tokens"] = ev["heldout_tokens"]
             if "quality" in ev:
                 figures[f"quality_{kind}"] = {k: v for k, v in ev["quality"].items() if k != "failures"}
+            if "quality_heldout" in ev:
+                figures[f"quality_heldout_{kind}"] = {k: v for k, v in ev["quality_heldout"].items()
+                                                      if k != "failures"}
     (model_dir / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures
 
