@@ -9,6 +9,7 @@ Kinds of documents (separated by <|endoftext|> in the corpus files):
   * invented tool chats: the same with invented names (synthetic.py), so copying the name and the
                 returned signature is the only way to predict them; some get error results,
   * out-of-domain chats: greetings, arithmetic, general questions -> one short honest answer,
+  * copy chats: "Repeat exactly: <invented names and signatures>" -> the same text (final only),
   * source code: a fraction of the chunks of the standard library's own .py files.
 Names (functions/classes) are split into train and held-out sets by a seeded shuffle, so held-out
 perplexity and copying are measured on names the model never saw.
@@ -177,7 +178,7 @@ def source_chunks(modules=MODULES, max_chars: int = 1400) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    kind: str            # "doc", "tool" or "ood"
+    kind: str            # "doc", "tool", "ood" or "copy"
     name: str
     prompt: str          # rendered text up to and including "<|start|>assistant"
     completion: str      # what the assistant generates after the prompt (ends <|return|>/<|call|>)
@@ -258,6 +259,14 @@ def ood_sample(rng: random.Random, heldout: bool, pool: list[Entry]) -> Sample:
     return Sample("ood", question, prompt, completion)
 
 
+def copy_sample(rng: random.Random, pool: list[Entry]) -> Sample:
+    """"Repeat exactly: <invented text>" -> the text: the densest copying lesson."""
+    text = synthetic.copy_text(rng)
+    prompt = header(rng, with_tools=rng.random() < 0.3) + history(rng, pool)
+    prompt += user_message(rng.choice(synthetic.COPY_REQUESTS).format(t=text)) + ASSISTANT_PROMPT
+    return Sample("copy", text, prompt, assistant_message("final", text, RETURN)[len(ASSISTANT_PROMPT):])
+
+
 def invented_entries(rng: random.Random, n: int, known: set[str]) -> list[Entry]:
     """n invented names with invented signatures; about 1 in 6 has none (the tool then errs)."""
     out: dict[str, Entry] = {}
@@ -310,7 +319,7 @@ def split_names(entries: list[Entry], seed: int, heldout_fraction: float) -> tup
 
 
 def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invented: int,
-          ood: int, code_fraction: float) -> dict:
+          ood: int, code_fraction: float, copies: int) -> dict:
     entries = harvest()
     table = {e.name: e for e in entries}
     train_e, held_e = split_names(entries, seed, heldout_fraction)
@@ -319,7 +328,8 @@ def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invente
     held = make_samples(rng, held_e, table, 1)
     fake = invented_entries(rng, invented + invented // 20, set(table))
     train_extra = invented_tool_samples(rng, fake[:invented], train_e) \
-        + [ood_sample(rng, False, train_e) for _ in range(ood)]
+        + [ood_sample(rng, False, train_e) for _ in range(ood)] \
+        + [copy_sample(rng, train_e) for _ in range(copies)]
     held_extra = invented_tool_samples(rng, fake[invented:], train_e) \
         + [ood_sample(rng, True, train_e) for _ in range(max(40, ood // 20))]
     code = source_chunks()
@@ -349,7 +359,7 @@ def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invente
              "train_names": len(train_e), "heldout_names": len(held_e),
              "train_chats": len(train), "heldout_chats": len(held),
              "tool_chats": sum(s.kind == "tool" for s in train), "invented_tool_chats": invented,
-             "ood_chats": ood, "code_chunks": len(code), "code_chunks_train": n_code_train,
+             "ood_chats": ood, "copy_chats": copies, "code_chunks": len(code), "code_chunks_train": n_code_train,
              "train_chars": sum(map(len, docs_train)), "heldout_chars": sum(map(len, docs_held))}
     (out / "data_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
@@ -363,10 +373,11 @@ def main(argv=None) -> int:
     p.add_argument("--heldout-fraction", type=float, default=0.05)
     p.add_argument("--invented", type=int, default=4000, help="tool chats on invented names")
     p.add_argument("--ood", type=int, default=1500, help="out-of-domain chats")
+    p.add_argument("--copies", type=int, default=6000, help='"repeat exactly" chats on invented text')
     p.add_argument("--code-fraction", type=float, default=0.15, help="share of source chunks kept")
     a = p.parse_args(argv)
     print(json.dumps(build(a.out, a.seed, a.per_entry, a.heldout_fraction, a.invented, a.ood,
-                           a.code_fraction), indent=1))
+                           a.code_fraction, a.copies), indent=1))
     return 0
 
 

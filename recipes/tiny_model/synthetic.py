@@ -82,6 +82,18 @@ def invented_signature(rng: random.Random, name: str) -> str:
     return f"{name}({', '.join(params)})"
 
 
+COPY_REQUESTS = ("Repeat exactly: {t}", "Say {t}", "Echo this: {t}", "Please repeat {t}")
+
+
+def copy_text(rng: random.Random) -> str:
+    """One to four invented names or signatures: text that can only be copied, never recalled."""
+    items = []
+    for _ in range(rng.randint(1, 4)):
+        name, _kind = invented_name(rng)
+        items.append(invented_signature(rng, name) if rng.random() < 0.4 else name)
+    return " ".join(items)
+
+
 def ood_question(rng: random.Random, heldout: bool) -> str:
     """A question that is not about Python's standard library."""
     greet, topics, things, general, arith = (

@@ -88,7 +88,7 @@ def mean_loss(model, batch: tuple[torch.Tensor, torch.Tensor], chunk: int = 8) -
 def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len: int,
           peak_lr: float, seed: int, log_every: int = 25, eval_every: int = 200,
           save_every: int = 100, stop_after: int | None = None, keep_partials: bool = False,
-          short_fraction: float = 0.4) -> dict:
+          short_fraction: float = 0.5) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("tokenizer", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=1400)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop once this step index is applied (the lr schedule still spans --steps);"
                         " gives the same weights as the run's partial/ save at that step")
-    p.add_argument("--short-fraction", type=float, default=0.4,
+    p.add_argument("--short-fraction", type=float, default=0.5,
                    help="share of the steps trained on train_short.txt first (curriculum)")
     p.add_argument("--keep-partials", action="store_true",
                    help="save every 100 steps to OUT_DIR/partial-STEP (learning curves), not partial/")
