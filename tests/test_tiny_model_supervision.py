@@ -89,6 +89,7 @@ def test_generated_ood_and_invented_chats_parse_with_openai_harmony(tmp_path):
     rng = random.Random(1)
     pool = [recipe_data.Entry("json.dumps", "function", "Serialize obj.", "json.dumps(obj)")]
     samples = [recipe_data.ood_sample(rng, False, pool) for _ in range(5)] \
+        + [recipe_data.copy_sample(rng, pool) for _ in range(5)] \
         + recipe_data.invented_tool_samples(rng, recipe_data.invented_entries(rng, 5, set()), pool)
     for s in samples:
         tokens = enc.encode(s.prompt + s.completion, allowed_special="all")
@@ -98,6 +99,9 @@ def test_generated_ood_and_invented_chats_parse_with_openai_harmony(tmp_path):
         if s.kind == "ood":
             assert [m.channel for m in msgs] == ["analysis", "final"]
             assert msgs[-1].content[0].text == synthetic.OOD_ANSWER
+        elif s.kind == "copy":
+            assert [m.channel for m in msgs] == ["final"] and msgs[0].content[0].text == s.name
+            assert s.name in s.prompt.rsplit(ht.START + "user", 1)[1]
         else:
             assert msgs[-1].recipient == ht.TOOL_RECIPIENT
 
