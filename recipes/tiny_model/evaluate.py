@@ -1,7 +1,8 @@
 """Held-out perplexity and chat quality of the tiny model, measured with transformers (CPU, eager).
 
 Perplexity: heldout.txt tokenized as one stream, cut into non-overlapping SEQ_LEN windows; exp of
-the mean next-token NLL over every predicted token.
+the mean next-token NLL over every predicted token, and over the tokens the assistant writes (the
+ones training puts in the loss, supervision.py; prompts and tool results are context only).
 Quality: greedy chats on prompts sampled from the training chats (prompts.jsonl, "seen" names)
 and on held-out prompts (heldout_prompts.jsonl: signature questions on names never trained on, and
 out-of-domain questions from templates and fillers never trained on):
@@ -37,6 +38,7 @@ from tokenizers import Tokenizer
 
 import harmony_text as ht
 from data import Entry, lookup_signature
+from supervision import encode_documents
 
 SEQ_LEN = 512
 
@@ -63,15 +65,28 @@ def heldout_windows(tok: Tokenizer, text: str, seq_len: int = SEQ_LEN) -> torch.
     return torch.tensor(ids[:n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
+def heldout_mask(tok: Tokenizer, text: str, seq_len: int = SEQ_LEN) -> torch.Tensor:
+    """[n, seq_len] bool: which tokens of heldout_windows the assistant writes."""
+    docs = [d for d in text.split(ht.ENDOFTEXT) if d]
+    ids, _, mask = encode_documents(tok, docs, tok.token_to_id(ht.ENDOFTEXT))
+    n = len(ids) // seq_len
+    if ids.tolist() != tok.encode(text).ids:
+        raise ValueError("held-out text does not consist of whole documents")
+    return torch.from_numpy(mask[:n * seq_len].copy()).view(n, seq_len)
+
+
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch: int = 8) -> float:
+def perplexity(model, windows: torch.Tensor, batch: int = 8, mask: torch.Tensor | None = None) -> float:
+    """exp(mean NLL) over every predicted token, or over those where mask is true."""
     total, count = 0.0, 0
-    for chunk in windows.split(batch):
+    keep_all = torch.ones_like(windows, dtype=torch.bool)
+    for chunk, keep in zip(windows.split(batch), (keep_all if mask is None else mask).split(batch)):
         logits = model(input_ids=chunk).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum")
-        total += nll.item()
-        count += chunk[:, 1:].numel()
+            logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="none")
+        sel = keep[:, 1:].reshape(-1)
+        total += nll[sel].sum().item()
+        count += int(sel.sum())
     return math.exp(total / count)
 
 
@@ -216,11 +231,15 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)   # on a shared 2-core machine a second torch thread mostly spins
     model, tok = load_model(a.model, a.mxfp4), load_tokenizer(a.model)
-    windows = heldout_windows(tok, (a.data / "heldout.txt").read_text(encoding="utf-8"))
+    text = (a.data / "heldout.txt").read_text(encoding="utf-8")
+    windows, mask = heldout_windows(tok, text), heldout_mask(tok, text)
     figures = {"model": str(a.model), "mxfp4": a.mxfp4,
-               "heldout_tokens": int(windows.numel()), "heldout_ppl": round(perplexity(model, windows), 4)}
-    print(f"held-out perplexity {figures['heldout_ppl']} over {figures['heldout_tokens']} tokens",
-          flush=True)
+               "heldout_tokens": int(windows.numel()), "heldout_ppl": round(perplexity(model, windows), 4),
+               "heldout_assistant_tokens": int(mask[:, 1:].sum()),
+               "heldout_assistant_ppl": round(perplexity(model, windows, mask=mask), 4)}
+    print(f"held-out perplexity {figures['heldout_ppl']} over {figures['heldout_tokens']} tokens, "
+          f"{figures['heldout_assistant_ppl']} over the {figures['heldout_assistant_tokens']} "
+          f"the assistant writes", flush=True)
     if a.prompts:
         figures["quality"] = quality(model, tok, sample_prompts(a.data, a.prompts, a.seed),
                                      load_table(a.data), progress=True)
