@@ -21,6 +21,7 @@ from gptoss_edge.compiler import lower_ort, target_tensorrt
 from gptoss_edge.compiler.opset import ENGINE_IO as IO
 from gptoss_edge.compiler.config import ModelConfig
 from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.target_config import OnnxRuntimeConfig
 from gptoss_edge.engine_dir import EngineDirWriter, EngineManifest
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph
@@ -137,15 +138,14 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
     positions = lowered.initializers["/rope/cos"].shape[0]
-    return {
-        "model_file": MODEL_FILE,
-        "experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
-        "activations": opts.activations,
-        "max_positions": positions,
-        "bindings": onnx_io.bindings(lowered),      # moved to the manifest's top level by the driver
-        "kv_layout": KvLayout.of(cfg).to_manifest(),   # window layers: sliding_window_cache buffers
-        "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "env": session_env(opts)},
-    }
+    tc = OnnxRuntimeConfig(
+        model_file=MODEL_FILE, max_positions=positions,
+        kv_layout=KvLayout.of(cfg),                # window layers: sliding_window_cache buffers
+        session_env=session_env(opts),
+        formats={"experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
+                 "activations": opts.activations})
+    # bindings: moved to the manifest's top level by the driver
+    return {**tc.to_manifest(), "bindings": onnx_io.bindings(lowered)}
 
 
 TARGETS: dict[str, TargetFn] = {"onnxruntime": target_onnxruntime,

@@ -3,9 +3,10 @@
   mxfp4: compiler/mxfp4.encode (OCP MX: shared exponent X = floor(log2 max|w|) - 2, nearest-even
          E2M1, saturating at 6): |error| <= max(|w|, 2^X) / 3 per element (half a grid gap,
          <= 0.25 max(|w|, 2^X), below 6 * 2^X; saturation above it, |w| < 8 * 2^X).
-  int4:  compiler/mxfp4.quantize_int4 (symmetric, scale max|w| / 7, q in [-7, 7]), the scale
-         stored as float16 (the op set's int4 format), nibble q + 8: |error| <= scale / 2 plus
-         7x the float16 rounding of the scale.
+  int4:  compiler/mxfp4.quantize_int4 (symmetric, scale max|w| / 7 rounded to float16, the op
+         set's int4 format, then q in [-7, 7] nearest to w / scale), nibble q + 8: the nearest
+         value the block can hold, |error| <= scale / 2 (at the block max: 7x the float16
+         rounding of the scale, < scale / 2^8 for normal float16 scales).
 Both: [N, K/32, 16] bytes, byte j holds elements 2j (low nibble) and 2j+1 (high nibble).
 Peak memory: one 32 MB group of output rows read from the checkpoint and its encoding
 temporaries (~0.4 GB for MXFP4), see quantize_lazy.
@@ -30,9 +31,9 @@ def quantize_mxfp4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float [N, K] -> (blocks uint8 [N, K/32, 16], float16 scales [N, K/32])."""
-    q, scale = mxfp4.quantize_int4(w, BLOCK)
+    q, scale = mxfp4.quantize_int4(w, BLOCK, scale_dtype=np.float16)
     codes = (q.astype(np.int16) + 8).astype(np.uint8).reshape(w.shape[0], -1, BLOCK)
-    return mxfp4.pack_nibbles(codes), scale.astype(np.float16)
+    return mxfp4.pack_nibbles(codes), scale
 
 
 QUANTIZERS = {"mxfp4": quantize_mxfp4, "int4": quantize_int4}

@@ -109,17 +109,25 @@ def to_int8_blocks(blocks: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, 
     return q.reshape(blocks.shape[:-2] + (-1,)), scale
 
 
-def quantize_int4(x: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def quantize_int4(x: np.ndarray, block: int = BLOCK, scale_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int4 per block along the last axis: (q int8 [..., K] in [-7, 7],
-    scale float32 [..., K/block]) with x ~= q * scale, scale = max|x| / 7 (1 for a zero block)."""
+    scale [..., K/block] of scale_dtype) with x ~= q * scale, scale = max|x| / 7 (1 for a zero
+    block) rounded to scale_dtype first, so that q * scale is the nearest value the stored block
+    can hold (q chosen with the unrounded scale would miss it by up to 7x the scale's rounding)."""
     x = np.asarray(x, dtype=np.float32)
     if x.shape[-1] % block:
         raise ValueError(f"last dimension {x.shape[-1]} is not a multiple of the int4 block {block}")
     xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
     amax = np.abs(xb).max(axis=-1)
-    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(xb / scale[..., None]), -7, 7).astype(np.int8)
-    return q.reshape(x.shape), scale
+    scale = np.where(amax > 0, amax / np.float32(7), 1.0).astype(np.float32)
+    limit = np.finfo(scale_dtype).max
+    if (scale > limit).any():
+        raise ValueError(f"int4 block scale max|x|/7 up to {scale.max():.4g} overflows "
+                         f"{np.dtype(scale_dtype).name} (largest {float(limit):.4g})")
+    stored = scale.astype(scale_dtype)
+    divisor = stored.astype(np.float32)
+    q = np.clip(np.rint(xb / np.where(divisor > 0, divisor, 1)[..., None]), -7, 7).astype(np.int8)
+    return q.reshape(x.shape), stored
 
 
 def to_int4_blocks(blocks: np.ndarray, scales: np.ndarray, block: int = BLOCK

@@ -3,7 +3,7 @@
 Each op is a pure function (`moe_mxfp4`, `gemm_4bit`, `sink_attention`) plus an
 `onnx.reference.op_run.OpRun` subclass built from the OpSpec (class name = op_type, domain =
 opset.DOMAIN), so `ReferenceEvaluator(model, new_ops=REFERENCE_OPS)` runs the exact graph the
-TensorRT parser consumes. Arithmetic is float64 (router logits float32, as the spec says), the
+TensorRT parser consumes. Arithmetic is float64 (router logits rounded to float32, as the spec says), the
 result is cast to the node's activation type. Slow and exact: the yardstick for the plugins.
 """
 from __future__ import annotations
@@ -49,11 +49,27 @@ def _check_shape(op: str, port: str, a: np.ndarray, shape: tuple[int, ...]) -> N
 
 # ---- MoeMxfp4 -------------------------------------------------------------------------------
 
+def router_logits(hidden: np.ndarray, router_weight: np.ndarray, router_bias: np.ndarray) -> np.ndarray:
+    """float32 logits [T, E]: hidden @ router_weight^T + router_bias, exact, rounded once to float32.
+
+    A float32 matmul would make the reference depend on the BLAS build: OpenBLAS's AVX2 and
+    AVX-512 kernels sum float32 dot products in different orders and disagree by several ulps,
+    which the softmax turns into output differences of ~1e-4. Here every product of two float32
+    (or float16/bfloat16) values is exact in float64 and the float64 sum of H terms is within
+    H*2^-53*sum|x*w| of the exact value (3.2e-13*sum|x*w| at H=2880, 1.9e5 times below float32's
+    half-ulp 2^-24), so the float32 result is the same on every CPU unless the exact logit lies
+    that close to a float32 rounding midpoint.
+    """
+    exact = (hidden.astype(np.float64) @ router_weight.astype(np.float64).T
+             + router_bias.astype(np.float64))
+    return exact.astype(np.float32)
+
+
 def route(hidden: np.ndarray, router_weight: np.ndarray, router_bias: np.ndarray,
           top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 router logits -> (experts [T, k], weights [T, k] float64). Ties: lower index
     first (stable sort); softmax over the k selected logits only."""
-    logits = hidden.astype(np.float32) @ router_weight.astype(np.float32).T + router_bias.astype(np.float32)
+    logits = router_logits(hidden, router_weight, router_bias)
     experts = np.argsort(-logits, axis=-1, kind="stable")[:, :top_k]
     sel = np.take_along_axis(logits, experts, axis=-1).astype(np.float64)
     e = np.exp(sel - sel.max(axis=-1, keepdims=True))

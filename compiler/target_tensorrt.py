@@ -7,7 +7,9 @@ target_config:
   model_file, precision, dense, dense_format, experts ("mxfp4": checkpoint bytes, as int8),
   max_batch, max_context, max_step_tokens, max_positions (RoPE rows),
   profiles {dim: [min, opt, max]} for batch / seq / kv_capacity (window layers: fixed rings),
-  plugins [{name, version, namespace}], kv_layout, engine_file (null until built).
+  plugins [{name, version, namespace}], kv_layout, engine_file and plan (null until
+  `gptoss-edge build-engine` has built the plan; compiler/trt_build.py).
+Typed as gptoss_edge.target_config.TensorRTConfig.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from gptoss_edge.compiler import lower_trt, opset, plan
 from gptoss_edge.compiler.graph import onnx_io
 from gptoss_edge.compiler.graph.ir import Graph
 from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.target_config import KV_DTYPES, PluginRef, TensorRTConfig
 
 MODEL_FILE = "model.onnx"
 
@@ -26,11 +29,10 @@ def _dense_mode(dense: str) -> str:
     return "16bit" if dense == "float" else dense
 
 
-def kv_layout(cfg, precision: str) -> dict[str, Any]:
+def kv_layout(cfg, precision: str) -> KvLayout:
     """Cache dtype follows the precision; window layers are 128-slot rings, full layers sized by
     the `kv_capacity` dimension of the bindings."""
-    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
-    return {**KvLayout.of(cfg, dtype).to_manifest(), "full_capacity_dim": "kv_capacity"}
+    return KvLayout.of(cfg, KV_DTYPES[precision])
 
 
 def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
@@ -46,22 +48,15 @@ def target_tensorrt(graph: Graph, ckpt, opts, w, bar) -> dict[str, Any]:
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
     used = sorted({n.op_type for n in lowered.nodes if n.domain == opset.DOMAIN})
-    return {
-        "model_file": MODEL_FILE,
-        "precision": opts.precision, "dense": dense,
-        "dense_format": opts.dense_format if dense == "4bit" else None,
-        "experts": "mxfp4",
-        "max_batch": opts.max_batch, "max_context": positions,
-        "max_step_tokens": profiles["seq"][2], "max_positions": positions,
-        "profiles": profiles,
-        "plugins": [{"name": op, "version": opset.spec(op).plugin_version,
-                     "namespace": opset.PLUGIN_NAMESPACE} for op in used],
-        "opset": {"domain": opset.DOMAIN, "version": opset.OPSET_VERSION},
-        "kv_layout": kv_layout(cfg, opts.precision),
-        "weight_bytes": lowered.total_weight_bytes(),
-        "engine_file": None,
-        "bindings": onnx_io.bindings(lowered),
-    }
+    tc = TensorRTConfig(
+        model_file=MODEL_FILE, precision=opts.precision, dense=dense,
+        dense_format=opts.dense_format if dense == "4bit" else None, experts="mxfp4",
+        max_batch=opts.max_batch, max_context=positions, max_step_tokens=profiles["seq"][2],
+        max_positions=positions, profiles={k: tuple(v) for k, v in profiles.items()},
+        plugins=tuple(PluginRef(op, opset.spec(op).plugin_version, opset.PLUGIN_NAMESPACE) for op in used),
+        opset={"domain": opset.DOMAIN, "version": opset.OPSET_VERSION},
+        kv_layout=kv_layout(cfg, opts.precision), weight_bytes=lowered.total_weight_bytes())
+    return {**tc.to_manifest(), "bindings": onnx_io.bindings(lowered)}
 
 
 def choose_formats(graph: Graph, cfg, opts) -> tuple[str, str, str, int]:

@@ -20,8 +20,11 @@ Writing (`EngineDirWriter`): every file goes into a temporary directory beside t
 (same filesystem, so renames are atomic). `finish()` hashes and fsyncs every file, writes and
 fsyncs the manifest, then puts the directory in place: on Linux with one atomic exchange
 (renameat2 RENAME_EXCHANGE), elsewhere by renaming the old directory aside first. An exception
-or a kill before that point leaves the target untouched (a kill leaves a `.NAME.tmp-PID-*`
-folder, removed by the next writer of that target); no reader ever sees a half-written engine.
+or a kill before that point leaves the target untouched; no reader ever sees a half-written
+engine. SIGTERM and SIGINT while the block runs end it like an exception (SystemExit 143,
+KeyboardInterrupt), so the temporary directory is removed at once; the swap itself and the
+clean-up hold both signals back until they are done. Only SIGKILL (or a crash) leaves a
+`.NAME.tmp-PID-*` folder, removed by the next writer of that target.
 
 Loading (`load_manifest`): refuses an unknown schema or op-set version, a missing, extra,
 truncated, grown or (in full mode) altered file, each with an EngineDirError naming the file.
@@ -45,7 +48,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -200,6 +205,27 @@ def _remove_stale_temps(target: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _raise_terminated(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+class _DeferSignals:
+    """Hold SIGTERM/SIGINT back (pending, delivered on exit) for a step that must not be cut in
+    half. A no-op off the main thread, where Python runs no signal handlers anyway."""
+
+    def __enter__(self):
+        self._on = threading.current_thread() is threading.main_thread()
+        if self._on:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def __exit__(self, *exc):
+        if self._on:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 class EngineDirWriter:
     """Context manager that builds an engine directory and puts it in place atomically.
 
@@ -219,6 +245,7 @@ class EngineDirWriter:
         self.progress = progress
         self.tmp: Path | None = None
         self.manifest: EngineManifest | None = None
+        self._saved_sigterm = None
 
     def __enter__(self) -> "EngineDirWriter":
         if self.target.exists() and not self.target.is_dir():
@@ -227,14 +254,27 @@ class EngineDirWriter:
             raise EngineDirError(f"{self.target}: exists (pass overwrite=True to replace it)")
         self.target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.target)
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # SIGTERM's default kills without clean-up; SIGINT already raises KeyboardInterrupt.
+            # Installed before the folder exists, so no signal can find one without a handler.
+            self._saved_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         self.tmp = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        try:
+            self.tmp.mkdir()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp is not None and self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp = None
+        with _DeferSignals():
+            if self.tmp is not None and self.tmp.exists():
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+            if self._saved_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._saved_sigterm)
+                self._saved_sigterm = None
 
     def path(self, name: str) -> Path:
         """Where to write engine file `name` (relative, may contain '/'); parents are created."""
@@ -261,8 +301,9 @@ class EngineDirWriter:
             os.fsync(f.fileno())
         for d in sorted({(self.tmp / n).parent for n in names} | {self.tmp}, reverse=True):
             _fsync_dir(d)
-        self._put_in_place()
-        self.tmp = None
+        with _DeferSignals():           # never stop between moving the old engine and the new
+            self._put_in_place()
+            self.tmp = None
         self.manifest = parse_manifest(self.target, doc)
         return self.manifest
 
@@ -305,6 +346,33 @@ def manifest_document(fields: Mapping[str, Any], files: Mapping[str, FileEntry])
         "target_config": dict(fields.get("target_config") or {}),
         "files": {n: {"size": e.size, "sha256": e.sha256} for n, e in sorted(files.items())},
     }
+
+
+def add_files(engine_dir: str | Path, new_files: Mapping[str, Path], target_config: Mapping[str, Any],
+              progress: Progress | None = stderr_progress) -> EngineManifest:
+    """Put finished files (written beside the engine dir, same filesystem) into an existing engine
+    dir and rewrite its manifest with their hashes and a new target_config (build-engine: the plan
+    and its timing cache). Each file and the manifest are renamed into place atomically; a crash
+    between those renames leaves a file the manifest does not list (or lists with another hash),
+    which load_manifest refuses until the step is run again: a half-finished update is never served."""
+    m = load_manifest(engine_dir, verify="none", progress=progress)
+    doc = json.loads((m.path / MANIFEST_NAME).read_text())
+    files = dict(m.files)
+    for name, src in new_files.items():
+        files[_check_name(name)] = hash_file(Path(src), name=name, progress=progress, fsync=True)
+    fields = {k: doc[k] for k in ("target", "model_config", "tokenizer", "bindings")}
+    new_doc = manifest_document({**fields, "target_config": target_config}, files)
+    tmp = m.path.parent / f".{m.path.name}.manifest.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(new_doc, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for name, src in new_files.items():
+        os.replace(src, m.path / name)
+    os.replace(tmp, m.path / MANIFEST_NAME)
+    _fsync_dir(m.path)
+    return parse_manifest(m.path, new_doc)
 
 
 # ---- loading ---------------------------------------------------------------------------------

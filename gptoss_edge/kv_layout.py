@@ -70,6 +70,11 @@ class KvLayout:
         """KV bytes of one sequence slot holding `context` tokens."""
         return self.full_bytes_per_token * context + self.ring_bytes_per_slot * self.ring_slots
 
+    @property
+    def window_copy_bytes(self) -> int:
+        """One copy of every window layer's buffer (what a saved prefix keeps, prefix reuse)."""
+        return self.ring_bytes_per_slot * self.ring_slots
+
     def to_manifest(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "axes": ["batch", "num_kv_heads", "capacity", "head_dim"],
                 "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,

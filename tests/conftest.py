@@ -58,3 +58,19 @@ def ort_backend(engine, **limits):
     """OrtBackend with one intra-op thread (CI has 2 shared cores; more threads only contend)."""
     from gptoss_edge.runtime.engine.ort_backend import OrtBackend
     return OrtBackend(engine, threads=1, **limits)
+
+
+@pytest.fixture(scope="session")
+def readme_tiny_engine(tmp_path_factory):
+    """The tiny engine exactly as the README makes it, with the real CLI: `make-checkpoint
+    --preset tiny` (model vocabulary 512, its tokenizer 489 ids) then `compile`."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("readme-tiny")
+    cli = [sys.executable, "-m", "gptoss_edge.cli"]
+    for args in (["make-checkpoint", str(root / "ckpt"), "--preset", "tiny"],
+                 ["compile", str(root / "ckpt"), "-o", str(root / "engine"),
+                  "--target", "onnxruntime", "--no-progress"]):
+        done = subprocess.run(cli + args, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    return root / "engine"

@@ -65,7 +65,7 @@ class ScriptedBackend:
         if script is None:          # a prefill chunk before the key: logits go unused
             hist.extend(row.token_ids)
             return logits
-        continuing = emitted > 0 and list(row.token_ids) == [script[emitted - 1]]
+        continuing = emitted > 0 and list(row.token_ids) == [script[min(emitted, len(script)) - 1]]
         hist.extend(row.token_ids)
         k = emitted if continuing else 0
         self._emitted[row.slot] = k + 1

@@ -76,8 +76,13 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
     assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]}
     tc = m["target_config"]
     assert (tc["experts"], tc["dense"], tc["embedding"], tc["max_positions"]) == ("float", "float", "bf16", 512)
-    # tiny: 2 full-attention layers x (K, V) x kv_heads x head_dim x float32
-    assert tc["kv_layout"]["full_bytes_per_token"] == 2 * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    # One more token grows only the caches whose capacity is not fixed by the graph: K and V of
+    # the full-attention layers (1 and 3; the window layers keep 128 rows), each token one
+    # [num_kv_heads, head_dim] float32 row of each: 4 x 2 x 16 x 4 = 512 bytes.
+    growing = [b["name"] for b in m["bindings"]["inputs"]
+               if b["name"].startswith(("past_key.", "past_value.")) and not isinstance(b["shape"][2], int)]
+    assert sorted(growing) == ["past_key.1", "past_key.3", "past_value.1", "past_value.3"]
+    assert tc["kv_layout"]["full_bytes_per_token"] == len(growing) * cfg.num_key_value_heads * cfg.head_dim * 4 == 512
     assert set(m["files"]) == {"model.onnx", "model.onnx.data"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
 

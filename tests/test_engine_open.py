@@ -20,11 +20,19 @@ def test_open_engine_sizes_slots_from_memory_budget(tiny_engine):
     # float32 K+V per token per layer; full layers x 256 tokens + window layers x a fixed window
     layer = 2 * cfg.num_key_value_heads * cfg.head_dim * 4
     full = sum(not cfg.is_sliding(i) for i in range(cfg.num_hidden_layers))
-    per_slot = layer * (full * 256 + (cfg.num_hidden_layers - full) * cfg.sliding_window)
+    window = layer * (cfg.num_hidden_layers - full) * cfg.sliding_window
+    per_slot = layer * full * 256 + window
+    # prefix reuse off: the KV cache alone
     limits = ed.EngineLimits(max_slots=8, max_context=256, max_step_tokens=32,
-                             max_memory=3 * per_slot + 100)
+                             max_memory=3 * per_slot + 100, saved_prefixes=0)
     engine = ed.open_engine(tiny_engine, limits)
     assert engine.backend.info.max_slots == 3
+    engine.backend.close()
+    # prefix reuse on (default): each slot also keeps up to 4 copies of its window buffers
+    with_copies = dataclasses.replace(limits, saved_prefixes=4, max_memory=2 * (per_slot + 4 * window) + 100)
+    assert ed.open_engine(tiny_engine, with_copies).backend.info.max_slots == 2
+    no_copies = dataclasses.replace(with_copies, saved_prefixes=0)
+    assert ed.open_engine(tiny_engine, no_copies).backend.info.max_slots == no_copies.max_memory // per_slot
     assert engine.name == "tiny" and engine.tokenizer is None     # o200k entry, 489-id model
     with pytest.raises(ed.EngineOpenError, match="holds no KV slot"):
         ed.open_engine(tiny_engine, dataclasses.replace(limits, max_memory=1000))

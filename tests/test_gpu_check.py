@@ -6,6 +6,7 @@ conversion matches torch, and its cases respect the op contract. Nothing here ru
 from __future__ import annotations
 
 import ctypes
+import json
 import re
 import shutil
 import sys
@@ -17,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins"))
 
-from gpucheck import cases, cuda_rt, data, fallback_ref  # noqa: E402
+from gpucheck import build, cases, cuda_rt, data, fallback_ref  # noqa: E402
 
 from gptoss_edge.compiler import opset, reference_kernels  # noqa: E402
 
@@ -127,8 +128,9 @@ def test_cases_respect_the_op_contract():
         assert c.H % c.KVH == 0 and c.D in (16, 32, 64, 128), c
         if c.window:
             assert c.C == c.window, c  # ring cache
-        else:
-            assert all(p + n <= c.C for p, n in zip(c.past, c.new)), c
+        rows_ok = [p >= 0 and (c.window or p + n <= c.C) for p, n in zip(c.past, c.new)]
+        assert [b for b, ok in enumerate(rows_ok) if not ok] == list(c.bad_rows), c  # bad rows are declared
+    assert any(c.bad_rows for c in cases.ATTN_CASES) and any(g.nan_rows for g in cases.GEMM_CASES)
     names = [c.name for c in cases.MOE_CASES] + [c.name for c in cases.ATTN_CASES]
     assert any("120b" in n for n in names) and any("512" in n for n in names)
     assert any(c.tokens > 512 for c in cases.MOE_CASES)  # crosses the launcher's token chunk
@@ -142,8 +144,8 @@ def kernel_library(tmp_path_factory):
     sys.path.insert(0, str(ROOT / "plugins"))
     import gpu_check
 
-    cudart = cuda_rt.find_cudart(gpu_check.cuda_home(nvcc))
-    lib = cuda_rt.build_library(ROOT, tmp_path_factory.mktemp("gpucheck"), nvcc, str(Path(cudart).parent), "sm_89")
+    cudart = build.find_cudart(gpu_check.cuda_home(nvcc))
+    lib = build.build_library(ROOT, tmp_path_factory.mktemp("gpucheck"), nvcc, str(Path(cudart).parent), "sm_89")
     return cuda_rt.Kernels(str(lib))
 
 
@@ -160,7 +162,7 @@ def test_built_library_answers_host_side_through_ctypes(kernel_library):
     assert k.lib.gpe_moe_mxfp4(*moe_args) == -3  # GPE_ERR_NULL_POINTER
     assert k.lib.gpe_moe_mxfp4(*(moe_args[:2] + [0] + moe_args[3:])) == 0  # zero tokens: nothing to do
     bad_dtype = [7] + moe_args[1:]
-    bad_dtype[10:21] = [1] * 11  # non-null pointers, never dereferenced: the dtype is checked on the host
+    bad_dtype[10:21] = [1 << 40] * 11  # non-null 16-byte aligned pointers, never dereferenced: the dtype is checked on the host
     bad_dtype[21] = 1 << 40
     assert k.lib.gpe_moe_mxfp4(*bad_dtype) == -1  # GPE_ERR_BAD_DTYPE
     small_ws = list(bad_dtype)
@@ -169,5 +171,128 @@ def test_built_library_answers_host_side_through_ctypes(kernel_library):
     assert k.lib.gpe_gemm_4bit(1, 0, 0, 3, 100, 8, *[null] * 6) == -2  # K % 32 != 0
     assert k.lib.gpe_gemm_4bit(1, 5, 0, 3, 64, 8, *[null] * 6) == -5  # unknown format
     assert b"workspace" in k.lib.gpe_status_string(-4)
+    P = 1 << 40  # 16-byte aligned, never dereferenced: each call below returns before any launch
+    assert k.lib.gpe_gemm_4bit(2, 1, 3, 3, 64, 8, P, P, P, None, P, None) == -5  # int4 kept off the MMA path
+    assert k.lib.gpe_gemm_4bit(2, 0, 1, 3, 64, 8, P + 8, P, P, None, P, None) == -6  # GPE_ERR_MISALIGNED input
+    assert k.lib.gpe_gemm_4bit(2, 0, 1, 3, 64, 8, P, P + 4, P, None, P, None) == -6  # misaligned weight blocks
+    assert k.lib.gpe_gemm_4bit(2, 1, 1, 3, 64, 8, P, P, P + 1, None, P, None) == -6  # odd fp16 scales address
+    moe_ok = [2, 1, 4, 32, 4, 2880, 2880, 7.0, 1.702, 1.0] + [P] * 11 + [1 << 40, None]
+    moe_bad = list(moe_ok)
+    moe_bad[10] = P + 2  # hidden
+    assert k.lib.gpe_moe_mxfp4(*moe_bad) == -6
+    attn_ws = k.size("gpe_sink_attention_workspace_size", 1, 1, 4, 2, 16, 0)
+    attn = [2, 1, 1, 4, 2, 16, 8, 0, 0.25, 16, 0] + [P] * 14 + [attn_ws, None]
+    for port in (13, 17, 18, 24):  # value, past_key, past_value, workspace
+        bad = list(attn)
+        bad[port] = P + 8
+        assert k.lib.gpe_sink_attention(*bad) == -6, port
+    assert b"aligned" in k.lib.gpe_status_string(-6)
     with pytest.raises(RuntimeError, match="null"):
         k.call("gpe_gemm_4bit", 1, 0, 0, 3, 64, 8, None, None, None, None, None, None)
+
+
+# ---- the script on a bare machine ------------------------------------------------------------
+GPU_CHECK = ROOT / "plugins" / "gpu_check.py"
+
+
+def run_gpu_check(python: str, *args: str, timeout: int = 600):
+    import subprocess
+
+    return subprocess.run([python, str(GPU_CHECK), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def python_without_numpy() -> str | None:
+    import subprocess
+
+    for cand in ("/usr/bin/python3", shutil.which("python3")):
+        if cand and subprocess.run([cand, "-c", "import numpy"], capture_output=True).returncode != 0:
+            return cand
+    return None
+
+
+def test_first_line_says_what_it_needs_and_found(tmp_path):
+    proc = run_gpu_check(sys.executable, str(tmp_path / "res"), "--build-dir", str(tmp_path / "build"))
+    first = proc.stdout.splitlines()[0]
+    for word in ("needs", "numpy", "nvcc", "driver", "GPU", "cudart", "TensorRT libs", "TensorRT python"):
+        assert word in first, first
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # no GPU here: one clear line, exit 2
+    meta = json.loads((tmp_path / "res" / "results.json").read_text())["meta"]
+    assert meta["env"]["python"] == sys.version.split()[0] and meta["error"]
+
+
+def test_missing_numpy_is_one_clear_line(tmp_path):
+    py = python_without_numpy()
+    if py is None:
+        pytest.skip("every python3 here has numpy")
+    proc = run_gpu_check(py, str(tmp_path / "res"), "--build-dir", str(tmp_path / "build"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "numpy MISSING" in proc.stdout.splitlines()[0] and "Traceback" not in proc.stderr
+    assert "numpy is missing" in proc.stdout.splitlines()[-1]
+
+
+def test_build_dir_never_inside_results(tmp_path):
+    proc = run_gpu_check(sys.executable, str(tmp_path), "--build-dir", str(tmp_path / "build"))
+    assert proc.returncode == 2 and "must not be inside" in proc.stdout
+
+
+def test_prebuilt_library_is_carried_with_its_cudart_and_refused_when_stale(tmp_path):
+    """--build-only (no numpy needed) leaves library + libcudart + build.json; a run with no nvcc
+    (--use-prebuilt stands in for that here) takes it; a changed kernel source makes it stale."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not found")
+    py = python_without_numpy() or sys.executable
+    bdir = tmp_path / "build"
+    proc = run_gpu_check(py, "--build-only", "--arch", "sm_90", "--build-dir", str(bdir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (bdir / build.LIB_NAME).exists() and build.cudart_beside(bdir / build.LIB_NAME)
+    assert json.loads((bdir / "build.json").read_text())["arch"] == "sm_90"
+    assert build.stale_reason(bdir / build.LIB_NAME, ROOT) is None
+    proc = run_gpu_check(sys.executable, str(tmp_path / "res"), "--build-dir", str(bdir), "--use-prebuilt")
+    assert f"prebuilt library: using {bdir / build.LIB_NAME}" in proc.stdout and proc.returncode == 2  # no GPU here
+    info = json.loads((bdir / "build.json").read_text())
+    (bdir / "build.json").write_text(json.dumps({**info, "sources_sha256": "0" * 64}))
+    proc = run_gpu_check(sys.executable, str(tmp_path / "res"), "--build-dir", str(bdir), "--use-prebuilt")
+    assert proc.returncode == 2 and "stale" in proc.stdout
+
+
+def test_reference_kernels_import_from_a_bare_checkout():
+    """On the GPU machine nothing is installed: the repository root on sys.path is enough (no
+    site-packages .pth / editable finder here: python -S, numpy and onnx from the path only)."""
+    import subprocess
+    import sysconfig
+
+    code = ("import sys; sys.path += [sys.argv[1]]; sys.path.insert(0, sys.argv[2]); from pathlib import Path; "
+            "from gpucheck.refs import Reference; r = Reference(Path(sys.argv[3])); "
+            "assert r.error is None, r.error; print(r.rk.__file__)")
+    proc = subprocess.run([sys.executable, "-S", "-c", code, sysconfig.get_paths()["purelib"],
+                           str(ROOT / "plugins"), str(ROOT)], capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).resolve() == (ROOT / "compiler" / "reference_kernels.py").resolve()
+
+
+def test_results_files_are_written_for_every_record_kind(tmp_path):
+    """The writer gpu_check calls at the end (also after a failure): every record shape it can
+    get (a compared case, an errored case, benchmarks with and without a fraction) renders."""
+    sys.path.insert(0, str(ROOT / "plugins"))
+    import gpu_check
+    from gpucheck import env
+
+    meta = {"env": env.probe(None, None), "gpu": "test GPU", "cuda": {"runtime": 13000, "driver": 13000},
+            "reference": "r", "attention_reference": "a", "seconds": 1.0}
+    ok = {"op": "Gemm4bit", "case": "c", "path": "gemv", **data.compare(np.ones(3), np.ones(3), "float32", 4, 0)}
+    err = {"op": "MoeMxfp4", "case": "d", "path": "-", "ok": False, "error": "RuntimeError: x"}
+    bench = [{"bench": "copy", "ms": 1.0, "GB_per_s": 100.0},
+             {"bench": "gemm", "path": "mma", "ms": 2.0, "effective_GB_per_s": 50.0, "fraction_of_peak": 0.5,
+              "TFLOP_per_s": 10.0, "fraction_of_fp16_peak": 0.01}, {"bench": "error", "error": "E"}]
+    gpu_check.write_results(tmp_path, meta, [ok, err], bench)
+    md = (tmp_path / "results.md").read_text()
+    assert "| Gemm4bit | c | gemv | yes |" in md and "**ERROR**" in md and "1.0%" in md and "needs" in md
+    assert json.loads((tmp_path / "results.json").read_text())["cases"][1]["error"] == "RuntimeError: x"
+
+
+def test_a_runtime_newer_than_the_driver_is_named():
+    from gpucheck import env
+
+    assert "CUDA 12.4" in env.driver_too_old({"driver_cuda": 12040, "cudart_version": 13000})
+    assert env.driver_too_old({"driver_cuda": 13000, "cudart_version": 13020}) is None  # minor compatibility
+    assert env.driver_too_old({"driver_cuda": None, "cudart_version": 13000}) is None  # no driver: said elsewhere

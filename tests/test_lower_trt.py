@@ -268,6 +268,10 @@ def test_manifest_records_profiles_plugins_and_bindings(engine):
     names = [b["name"] for b in m.bindings["inputs"]]
     assert names[:3] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN]
     assert tc["kv_layout"]["ring_layers"] == [i for i in range(CFG.num_hidden_layers) if CFG.is_sliding(i)]
+    from gptoss_edge.target_config import TensorRTConfig, target_config_of
+    typed = target_config_of(m)
+    assert isinstance(typed, TensorRTConfig) and typed.plan is None and typed.engine_file is None
+    assert typed.to_manifest() == dict(tc)
 
 
 def run_alone(be, tokens, chunk):
@@ -291,10 +295,10 @@ def test_reference_backend_batched_equals_alone_across_ring_wraps(engine):
     # float32 rounding order of standard ops (MatMul over a different batch shape): 1e-5.
     np.testing.assert_allclose(got_a, run_alone(be, a, 300), atol=1e-5)
     np.testing.assert_allclose(got_b, run_alone(be, b + [7], 300), atol=1e-5)
-    with pytest.raises(BackendError, match="engine takes 300"):
+    with pytest.raises(BackendError, match="exceed max_step_tokens 300"):
         be.step([StepRow(0, [1] * 301)])
     be.step([StepRow(0, [1] * 300)])
-    with pytest.raises(BackendError, match="exceed the context of 400"):
+    with pytest.raises(BackendError, match="exceed max_context 400"):
         be.step([StepRow(0, [1] * 101)])
     with pytest.raises(BackendError, match="twice"):
         be.step([StepRow(0, [1]), StepRow(0, [2])])

@@ -13,6 +13,7 @@ directories for ONNX Runtime (CPU) or TensorRT, and serve them over gRPC.
 
 typical use:
   gptoss-edge compile CHECKPOINT -o ENGINE_DIR --target onnxruntime
+  gptoss-edge build-engine ENGINE_DIR           (tensorrt engines, on the device)
   gptoss-edge serve ENGINE_DIR                  (no ENGINE_DIR: the embedded default model)
   gptoss-edge chat "What does json.dumps do?"
   gptoss-edge plan gpt-oss-20b --target tensorrt --context 8192
@@ -22,6 +23,7 @@ typical use:
 COMMAND_MODULES = [
     "gptoss_edge.cli.serve",        # serve, chat, bench
     "gptoss_edge.cli.compile",      # compile
+    "gptoss_edge.cli.trt",          # build-engine, selftest
     "gptoss_edge.cli.generate",     # generate
     "gptoss_edge.cli.plan",         # plan
     "gptoss_edge.cli.checkpoint",   # make-checkpoint, check-checkpoint

@@ -21,12 +21,16 @@ def _ids(text: str) -> list[int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate tokens from an engine directory",
-                       description="Run an engine on token ids (greedy at temperature 0).")
+                       description="Run an engine on token ids (greedy at temperature 0) through the "
+                                   "server's scheduler and sampler.")
     p.add_argument("engine_dir")
     p.add_argument("--prompt-ids", type=_ids, required=True, help="comma-separated token ids")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="same seed, prompt and sampling as a server request: the same tokens")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the model's eos token")
     p.add_argument("--dump-logits", metavar="FILE.npy",
                    help="save float32 logits [prompt + generated, vocab]; row i = logits at position i")
@@ -35,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="reference: onnx.reference + numpy kernels (slow, exact; TensorRT-target dirs); "
-                        "auto: by the engine's target")
+                        "auto: by the engine's target (tensorrt engines need TensorRT)")
     p.add_argument("--json", action="store_true", help='print {"token_ids": [...]} ')
     p.set_defaults(func=run)
 
@@ -53,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         backend = open_engine(args.engine_dir, limits, backend=args.backend, threads=args.threads,
                               tokenizer=False).backend
         eos = backend.info.config.eos_token_id
+        stops = () if args.ignore_eos or eos is None else (eos,)
         gen = generate(backend, args.prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                       seed=args.seed, stop_ids=() if args.ignore_eos or eos is None else (eos,),
+                       top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_ids=stops,
                        keep_logits=bool(args.dump_logits))
     except (EngineDirError, EngineOpenError, BackendError, OSError) as e:
         print(f"gptoss-edge generate: error: {e}", file=sys.stderr)

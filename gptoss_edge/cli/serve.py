@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compiled engine dir (default: the embedded default model)")
     b.add_argument("--concurrency", default="1,4,8",
                    help="comma-separated numbers of concurrent streams to measure")
-    b.add_argument("--prompt-tokens", type=int, default=64, help="prompt length of each stream")
+    b.add_argument("--prompt-tokens", type=int, default=64,
+                   help="prompt length of each stream")
     b.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per stream")
     b.add_argument("--max-memory", default=None, help="KV cache budget, e.g. 2GiB")
     add_engine_limits(b)
@@ -49,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="", help="unix:PATH (default: $XDG_RUNTIME_DIR or /tmp "
                    "gptoss-edge-UID.sock) or HOST:PORT")
+    p.add_argument("--http", default="", metavar="HOST:PORT",
+                   help="also serve the OpenAI-compatible HTTP API (/v1/chat/completions, "
+                        "/v1/models) here, with the same token and TLS files (port 0: any)")
     p.add_argument("--name", default=None, help="model name clients use (default: from manifest)")
     p.add_argument("--max-memory", default=None,
                    help="KV cache budget, e.g. 2GiB: as many --max-context slots as fit "
@@ -70,21 +74,41 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                         "requests get RESOURCE_EXHAUSTED")
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
+    p.add_argument("--build-engine", action="store_true",
+                   help="tensorrt engines: first build engine.plan when the engine has none for this "
+                        "GPU, TensorRT and plugin library (kept in the engine dir; see build-engine)")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="prefill every prompt in full (default: a request continues from the KV "
+                        "a slot holds for the prefix it shares, e.g. the previous chat turn)")
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """ValueError naming the first flag among `names` whose value is below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def add_engine_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slots", type=int, default=8, help="most concurrent sequences")
     p.add_argument("--max-context", type=int, default=4096, help="tokens per sequence")
     p.add_argument("--max-step-tokens", type=int, default=256, help="prefill chunk size")
+    from gptoss_edge.runtime.engine.opener import BACKEND_CHOICES
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto: by the engine's target (tensorrt engines need TensorRT; "
+                        "reference runs them on CPU, exact and slow)")
 
 
 def engine_limits(args: argparse.Namespace):
     from gptoss_edge.runtime.engine.opener import EngineLimits
     from gptoss_edge.runtime.engine.kv import parse_bytes
 
+    check_positive(args, "max_slots", "max_context", "max_step_tokens")
     return EngineLimits(max_slots=args.max_slots, max_context=args.max_context,
                         max_step_tokens=args.max_step_tokens,
-                        max_memory=parse_bytes(args.max_memory) if args.max_memory else None)
+                        max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
+                        **({"saved_prefixes": 0} if getattr(args, "no_prefix_reuse", False) else {}))
 
 
 def server_options(args: argparse.Namespace, name: str):
@@ -99,15 +123,31 @@ def server_options(args: argparse.Namespace, name: str):
         listen=args.listen, model_name=args.name or name,
         max_queue=args.max_queue, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
-        max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace)
+        max_message_bytes=args.max_message_bytes, drain_grace_s=args.drain_grace,
+        http=getattr(args, "http", ""), prefix_reuse=not getattr(args, "no_prefix_reuse", False))
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from gptoss_edge.engine_dir import EngineDirError
     from gptoss_edge.runtime.engine.opener import open_engine
 
+    from gptoss_edge.runtime.frontends.grpc_server import parse_listen
+
     try:
-        engine = open_engine(args.engine_dir, engine_limits(args))
+        parse_listen(args.listen)              # a bad address fails before the engine loads
+        engine_limits(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.build_engine and args.engine_dir is not None:
+        from gptoss_edge.compiler.trt_build import ensure_plan
+        try:
+            ensure_plan(args.engine_dir)
+        except (RuntimeError, ValueError, OSError) as e:
+            print(f"error: build-engine: {e}", file=sys.stderr)
+            return 2
+    try:
+        engine = open_engine(args.engine_dir, engine_limits(args), backend=args.backend)
         options = server_options(args, engine.name)
     except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -118,15 +158,21 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(backend, tokenizer, options) -> int:
     from gptoss_edge.runtime.frontends.grpc_server import Server
 
-    server = await Server.start(backend, tokenizer, options)
+    try:
+        server = await Server.start(backend, tokenizer, options)
+    except (ValueError, OSError) as e:     # socket in use, port in use, TLS files
+        backend.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))
     sched = server.model.scheduler
     metrics = f", metrics http://{options.metrics_host}:{server.metrics_port}/metrics" \
         if server.metrics_port else ""
+    http = f", OpenAI HTTP {server.http.address}/v1" if server.http else ""
     print(f"serving {options.model_name!r} ({backend.info.target}) on {server.address}: "
-          f"{sched.slots.total} KV slots x {backend.info.max_context} tokens{metrics}",
+          f"{sched.slots.total} KV slots x {backend.info.max_context} tokens{metrics}{http}",
           flush=True)
     await server.wait_closed()
     backend.close()

@@ -30,6 +30,7 @@ enum GpeStatus {
     GPE_ERR_NULL_POINTER = -3,
     GPE_ERR_WORKSPACE_TOO_SMALL = -4,
     GPE_ERR_UNSUPPORTED = -5,
+    GPE_ERR_MISALIGNED = -6, // a pointer the kernels read with 16-byte vector loads is not 16-byte aligned
 };
 
 // Human-readable text for any launcher return code (GPE_* or cudaError_t).

@@ -13,6 +13,9 @@ GPE_API const char* gpe_status_string(int status)
     case GPE_ERR_NULL_POINTER: return "a required device pointer is null";
     case GPE_ERR_WORKSPACE_TOO_SMALL: return "workspace smaller than the launcher's *_workspace_size()";
     case GPE_ERR_UNSUPPORTED: return "configuration not supported by these kernels";
+    case GPE_ERR_MISALIGNED:
+        return "a device pointer read with 16-byte vector loads (activations, packed weights, caches, workspace) "
+               "is not 16-byte aligned";
     default: break;
     }
     return status > 0 ? cudaGetErrorString(static_cast<cudaError_t>(status)) : "unknown gptoss_edge status";

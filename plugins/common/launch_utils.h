@@ -25,6 +25,9 @@ int dispatch_dtype(int dtype, Fn&& fn)
 
 constexpr size_t kWorkspaceAlign = 256;
 
+// Is p a multiple of `bytes` (16: the 128-bit vector loads of activations, packed weights and caches)?
+inline bool aligned(void const* p, size_t bytes = 16) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
 inline size_t align_up(size_t n, size_t a = kWorkspaceAlign) { return (n + a - 1) / a * a; }
 
 // Hands out aligned sub-buffers of one workspace; with base == nullptr it only measures.

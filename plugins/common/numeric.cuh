@@ -87,10 +87,12 @@ __device__ __forceinline__ float e2m1_twice(uint32_t nibble)
 }
 
 // E8M0 exponent s -> 2^(s-127) / 2 = 2^(s-128), built from bits (exact for every s;
-// s = 0 gives the subnormal 2^-128). Multiplies e2m1_twice().
+// s = 0 gives the subnormal 2^-128); s = 255 is NaN in the OCP MX spec, so the whole block
+// decodes to NaN. Multiplies e2m1_twice().
 __device__ __forceinline__ float e8m0_half_scale(uint32_t s)
 {
-    return s == 0u ? __uint_as_float(0x00200000u) : __uint_as_float((s - 1u) << 23);
+    return s == 0u ? __uint_as_float(0x00200000u) : s == 255u ? __uint_as_float(0x7fc00000u)
+                                                              : __uint_as_float((s - 1u) << 23);
 }
 
 // int4 nibble: q + 8 (offset binary, q in [-8, 7]); w = q * scale.

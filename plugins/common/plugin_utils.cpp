@@ -88,6 +88,13 @@ Attrs::Attrs(char const* op_type, opset::AttrDesc const* descs, int count, nvinf
             lookup_attr |= f.name && std::strcmp(f.name, opset::kPluginAttrs[a]) == 0;
         if (lookup_attr)
             continue; // plugin_version / plugin_namespace, should a parser forward them
+        if (f.name && std::strcmp(f.name, kWorkspaceField) == 0)
+        {
+            if (!f.data || f.length < 1 || !is_int_field(f.type) || read_int(f) < 0)
+                throw std::invalid_argument(std::string(op_type) + ": bad glue field '" + kWorkspaceField + "'");
+            workspace_bytes_ = read_int(f);
+            continue;
+        }
         int idx = -1;
         for (int a = 0; a < count; ++a)
             if (f.name && std::strcmp(f.name, descs[a].name) == 0)
@@ -168,6 +175,8 @@ nvinfer1::PluginFieldCollection const* Attrs::fields()
             break;
         }
     }
+    if (workspace_bytes_ > 0)
+        fields_.emplace_back(kWorkspaceField, &workspace_bytes_, nvinfer1::PluginFieldType::kINT64, 1);
     collection_.nbFields = static_cast<int32_t>(fields_.size());
     collection_.fields = fields_.data();
     return &collection_;

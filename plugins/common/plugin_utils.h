@@ -63,11 +63,20 @@ public:
     // "name=value name=value" for the given attribute indices (error messages).
     std::string describe(std::initializer_list<int> indices) const;
 
-    // Fields for IPluginV3OneRuntime::getFieldsToSerialize (pointers stay valid while *this lives).
+    // Fields for IPluginV3OneRuntime::getFieldsToSerialize (pointers stay valid while *this lives):
+    // the attributes, plus kWorkspaceField once a workspace size was recorded.
     nvinfer1::PluginFieldCollection const* fields();
+
+    // Workspace bytes TensorRT gives enqueue: what getWorkspaceSize returned for the profile's
+    // max shapes at build time (enqueue is not told), carried into the engine as the glue field
+    // kWorkspaceField; 0 = unknown. Recorded from the const getWorkspaceSize, hence mutable.
+    static constexpr char const* kWorkspaceField = "gpe_workspace_bytes";
+    int64_t workspace_bytes() const { return workspace_bytes_; }
+    void record_workspace_bytes(int64_t bytes) const { workspace_bytes_ = bytes; }
 
 private:
     opset::AttrDesc const* descs_;
+    mutable int64_t workspace_bytes_ = 0;
     std::vector<AttrValue> values_;
     std::vector<int32_t> ints_;
     std::vector<float> floats_;
@@ -195,6 +204,19 @@ protected:
     }
     // A port of a node with optional trailing inputs absent keeps its generated index.
     static uint32_t port_mask_in(int32_t pos, int32_t) { return Op::kInputs[pos].dtypes; }
+    // getWorkspaceSize: remember the size (serialized with the attributes) and return it.
+    size_t record_workspace(size_t bytes) const
+    {
+        attrs_.record_workspace_bytes(static_cast<int64_t>(bytes));
+        return bytes;
+    }
+    // The size to hand a launcher as available: the recorded one, so that a launch needing more
+    // fails with GPE_ERR_WORKSPACE_TOO_SMALL instead of overrunning; `required` (no check
+    // possible) only for an engine whose plugin never had getWorkspaceSize called.
+    size_t workspace_available(size_t required) const
+    {
+        return attrs_.workspace_bytes() > 0 ? static_cast<size_t>(attrs_.workspace_bytes()) : required;
+    }
 
     Attrs attrs_;
 };

@@ -1,16 +1,16 @@
 // Shared W4A16 kernels: y = epilogue(x @ W^T + bias) with W in 4-bit blocks of 32 along K.
 // Used by Gemm4bit (one group, identity row maps) and by MoeMxfp4 (one group per expert,
-// gathered rows). Two paths:
+// gathered rows). Two paths here (the tensor-core tiled variant: w4_gemm_mma.cuh):
 //   * GEMV (few rows): one warp per output-row pair; each lane owns whole 16-byte blocks
 //     (128-bit loads, all of a row's blocks issued before decoding), decodes them in registers
-//     and multiplies with up to kGemvRows activation rows; only the group's own weight bytes
-//     are read.
+//     a word at a time and multiplies with up to kGemvRows activation rows per pass; only the
+//     group's own weight bytes are read (more rows: another pass, the bytes then mostly in L2).
 //   * tiled SIMT (many rows): 64x64 output tiles, K stepped one 32-wide block at a time, the
 //     weight block dequantized into shared memory, 4x4 fp32 micro-tiles per thread.
-//     (No tensor-core mma yet: a later, measured step.)
 // Weights: blocks [G, N, K/32, 16] uint8 (byte j: elements 2j low / 2j+1 high nibble),
 //          scales [G, N, K/32] (uint8 E8M0 for mxfp4, fp16 for int4), bias [G, N] fp32 or null.
 #pragma once
+#include "cuda_check.h"
 #include "numeric.cuh"
 
 namespace gpe
@@ -66,6 +66,7 @@ constexpr int kGemvWarps = 4;   // warps per block, each one row pair
 constexpr int kGemvRows = 8;    // activation rows per pass over the weights
 constexpr int kGemvUnroll = 4;  // blocks per lane loaded before decoding (K <= 4096 in one shot)
 constexpr int kTileM = 64, kTileN = 64, kTileThreads = 256;
+constexpr int kMaxGridY = 65535; // CUDA's limit on gridDim.y (and z)
 
 __device__ __forceinline__ int map_row(int const* map, int r) { return map ? __ldg(map + r) : r; }
 
@@ -150,21 +151,30 @@ __global__ void __launch_bounds__(32 * kGemvWarps) w4_gemv_kernel(W4Problem p, T
                 int const kb = kb0 + lane + 32 * u;
                 if (kb >= kb_count)
                     break;
-                float wa[32], wb[32];
-                decode32<F>(raw0[u], s0[u], wa);
-                decode32<F>(raw1[u], s1[u], wb);
+                uint32_t const word0[4] = {raw0[u].x, raw0[u].y, raw0[u].z, raw0[u].w};
+                uint32_t const word1[4] = {raw1[u].x, raw1[u].y, raw1[u].z, raw1[u].w};
+                // One 4-byte word (8 weights) of each row decoded at a time, not the whole
+                // 32-element block: 16 live decoded floats instead of 64 keeps the kernel
+                // within its registers (no spills). Per row the FMAs keep the order i = 0..31.
 #pragma unroll
-                for (int r = 0; r < kGemvRows; ++r)
+                for (int j = 0; j < 4; ++j)
                 {
-                    if (r >= nr)
-                        break;
-                    float xv[32];
-                    load32(x + static_cast<size_t>(xrow[r]) * p.K + kb * 32, xv);
+                    float wa[8], wb[8];
+                    decode8<F>(word0[j], s0[u], wa);
+                    decode8<F>(word1[j], s1[u], wb);
 #pragma unroll
-                    for (int i = 0; i < 32; ++i)
+                    for (int r = 0; r < kGemvRows; ++r)
                     {
-                        acc0[r] = fmaf(wa[i], xv[i], acc0[r]);
-                        acc1[r] = fmaf(wb[i], xv[i], acc1[r]);
+                        if (r >= nr)
+                            break;
+                        float xv[8];
+                        load8(x + static_cast<size_t>(xrow[r]) * p.K + kb * 32 + j * 8, xv);
+#pragma unroll
+                        for (int i = 0; i < 8; ++i)
+                        {
+                            acc0[r] = fmaf(wa[i], xv[i], acc0[r]);
+                            acc1[r] = fmaf(wb[i], xv[i], acc1[r]);
+                        }
                     }
                 }
             }
@@ -310,21 +320,16 @@ __global__ void __launch_bounds__(kTileThreads) w4_tiled_kernel(W4Problem p, TIn
     }
 }
 
-// Host-side launch of either path. grid_y: group slots (GEMV) or tile slots (tiled), an upper
-// bound when groups are device-resident.
+// Host-side launch of either path; returns the launch status. grid_y: group slots (GEMV) or
+// tile slots (tiled), an upper bound when groups are device-resident (<= kMaxGridY).
 template <typename TIn, typename TOut, W4Format F, Epilogue EP>
-inline void launch_w4(W4Problem const& p, TIn const* x, TOut* y, bool gemv, int grid_y, cudaStream_t stream)
+inline cudaError_t launch_w4(W4Problem const& p, TIn const* x, TOut* y, bool gemv, int grid_y, cudaStream_t stream)
 {
     if (gemv)
-    {
-        dim3 grid((p.N / 2 + p.N % 2 + kGemvWarps - 1) / kGemvWarps, grid_y);
-        w4_gemv_kernel<TIn, TOut, F, EP><<<grid, 32 * kGemvWarps, 0, stream>>>(p, x, y);
-    }
-    else
-    {
-        dim3 grid((p.N + kTileN - 1) / kTileN, grid_y);
-        w4_tiled_kernel<TIn, TOut, F, EP><<<grid, kTileThreads, 0, stream>>>(p, x, y);
-    }
+        return launch(w4_gemv_kernel<TIn, TOut, F, EP>, dim3((p.N / 2 + p.N % 2 + kGemvWarps - 1) / kGemvWarps, grid_y),
+            dim3(32 * kGemvWarps), stream, p, x, y);
+    return launch(w4_tiled_kernel<TIn, TOut, F, EP>, dim3((p.N + kTileN - 1) / kTileN, grid_y), dim3(kTileThreads),
+        stream, p, x, y);
 }
 
 } // namespace gpe

@@ -1,11 +1,14 @@
 // Tensor-core variant of the tiled W4A16 kernel (GPE_PATH_MMA): same tiles, row maps and
 // epilogues as w4_tiled_kernel (w4_gemm.cuh), but each 64x64x32 step runs on WMMA 16x16x16
 // fragments with fp16/bf16 operands and fp32 accumulation. The 4-bit weights are dequantized
-// (value * block scale) into shared memory in the node's activation type TMma: exact for bf16
-// (E2M1 values have 2 significant bits, E8M0 scales are powers of two); for fp16 exact unless
-// value * scale leaves fp16's range. Activations are rounded to TMma when they are not already
-// (the MoE down projection reads fp32 SwiGLU outputs): the one numerical difference from the
-// SIMT path. Opt-in until tier 2 (plugins/gpu_check.py) has validated it on a GPU.
+// (value * block scale) into shared memory in the node's activation type TMma. MXFP4 only: an
+// E2M1 value has 2 significant bits and an E8M0 scale is a power of two, so the product is exact
+// in bf16 for every scale and in fp16 for 104 <= s <= 140 (|w| inside fp16's range, no
+// subnormal rounding). int4 is kept off this path (kMmaFormat): q * fp16 scale needs up to 15
+// significant bits, which bf16 (8) and fp16 (11) would round before the MMA.
+// Activations are rounded to TMma when they are not already (the MoE down projection reads fp32
+// SwiGLU outputs): the one numerical difference from the SIMT path. Opt-in until tier 2
+// (plugins/gpu_check.py) has validated it on a GPU.
 #pragma once
 #include "w4_gemm.cuh"
 
@@ -107,12 +110,15 @@ __global__ void __launch_bounds__(kTileThreads) w4_mma_kernel(W4Problem p, TIn c
 // Tensor-core operand types: fp16 and bf16 (fp32 nodes use the SIMT kernels).
 template <typename T>
 constexpr bool kHasMma = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+// Weight formats whose dequantized values are exact in the MMA operand type (see the top).
+template <W4Format F>
+constexpr bool kMmaFormat = F == W4Format::kMxfp4;
 
 template <typename TMma, typename TIn, typename TOut, W4Format F, Epilogue EP>
-inline void launch_w4_mma(W4Problem const& p, TIn const* x, TOut* y, int grid_y, cudaStream_t stream)
+inline cudaError_t launch_w4_mma(W4Problem const& p, TIn const* x, TOut* y, int grid_y, cudaStream_t stream)
 {
-    dim3 grid((p.N + kTileN - 1) / kTileN, grid_y);
-    w4_mma_kernel<TIn, TMma, TOut, F, EP><<<grid, kTileThreads, 0, stream>>>(p, x, y);
+    return launch(w4_mma_kernel<TIn, TMma, TOut, F, EP>, dim3((p.N + kTileN - 1) / kTileN, grid_y),
+        dim3(kTileThreads), stream, p, x, y);
 }
 
 } // namespace gpe

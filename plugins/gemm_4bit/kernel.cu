@@ -10,15 +10,15 @@ namespace gpe
 namespace
 {
 
-// The tiled grid's y dimension is limited to 65535 tiles of kTileM rows per launch.
-constexpr int64_t kMaxRowsPerLaunch = static_cast<int64_t>(65535) * kTileM;
+// The tiled grid's y dimension is limited to kMaxGridY tiles of kTileM rows per launch.
+constexpr int64_t kMaxRowsPerLaunch = static_cast<int64_t>(kMaxGridY) * kTileM;
 
 template <typename T, W4Format F>
 int run(int64_t rows, int K, int N, int path, T const* x, uint8_t const* blocks, void const* scales,
     float const* bias, T* y, cudaStream_t stream)
 {
     bool const gemv = path == GPE_PATH_GEMV;
-    if constexpr (!kHasMma<T>)
+    if constexpr (!kHasMma<T> || !kMmaFormat<F>)
         GPE_REQUIRE(path != GPE_PATH_MMA, GPE_ERR_UNSUPPORTED);
     int64_t const step = gemv ? GPE_GEMM4BIT_GEMV_MAX_ROWS : kMaxRowsPerLaunch;
     for (int64_t r0 = 0; r0 < rows; r0 += step)
@@ -26,15 +26,13 @@ int run(int64_t rows, int K, int N, int path, T const* x, uint8_t const* blocks,
         int const m = static_cast<int>(rows - r0 < step ? rows - r0 : step);
         W4Problem p{blocks, scales, bias, N, K, m, N, SwigluParams{}, W4Groups{}};
         int const grid_y = gemv ? 1 : (m + kTileM - 1) / kTileM;
-        if constexpr (kHasMma<T>)
+        if constexpr (kHasMma<T> && kMmaFormat<F>)
             if (path == GPE_PATH_MMA)
             {
-                launch_w4_mma<T, T, T, F, Epilogue::kBias>(p, x + r0 * K, y + r0 * N, grid_y, stream);
-                GPE_LAUNCH_CHECK();
+                GPE_CUDA_TRY((launch_w4_mma<T, T, T, F, Epilogue::kBias>(p, x + r0 * K, y + r0 * N, grid_y, stream)));
                 continue;
             }
-        launch_w4<T, T, F, Epilogue::kBias>(p, x + r0 * K, y + r0 * N, gemv, grid_y, stream);
-        GPE_LAUNCH_CHECK();
+        GPE_CUDA_TRY((launch_w4<T, T, F, Epilogue::kBias>(p, x + r0 * K, y + r0 * N, gemv, grid_y, stream)));
     }
     return GPE_OK;
 }
@@ -53,6 +51,9 @@ GPE_API int gpe_gemm_4bit(int dtype, int format, int path, int64_t rows, int in_
     if (rows == 0)
         return GPE_OK;
     GPE_REQUIRE(input && weight_blocks && weight_scales && output, GPE_ERR_NULL_POINTER);
+    // 128-bit loads of input rows (K % 32 == 0 keeps every row aligned) and weight blocks; fp16 scales.
+    GPE_REQUIRE(aligned(input) && aligned(weight_blocks) && (format != GPE_W4_INT4 || aligned(weight_scales, 2)),
+        GPE_ERR_MISALIGNED);
     if (path == GPE_PATH_AUTO)
         path = rows <= GPE_GEMM4BIT_GEMV_MAX_ROWS ? GPE_PATH_GEMV : GPE_PATH_TILED;
     auto const s = static_cast<cudaStream_t>(stream);

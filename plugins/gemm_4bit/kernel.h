@@ -8,7 +8,9 @@
 //   output  [M, N] T,  y = x @ W^T + bias, fp32 accumulation.
 // Constraints: K % 32 == 0, N >= 1. Path AUTO: GEMV (warp per output-row pair, 128-bit weight
 // loads) when M <= GPE_GEMM4BIT_GEMV_MAX_ROWS, else the tiled SIMT kernel; GPE_PATH_MMA runs
-// the tiled GEMM on tensor cores (fp16/bf16; opt-in, see gpe_api.h). No workspace.
+// the tiled GEMM on tensor cores (fp16/bf16 with mxfp4; opt-in, see gpe_api.h): fp32 nodes and
+// int4 weights get GPE_ERR_UNSUPPORTED there (int4 x fp16 scale is not exact in an MMA operand).
+// No workspace.
 #pragma once
 #include "../common/gpe_api.h"
 

@@ -71,7 +71,8 @@ class Bench:
 
             expert_bytes = len(experts) * per_expert
             flops = 2.0 * tokens * k * (2 * I * H + H * I)
-            paths = ("gemv",) if tokens <= 16 else ("tiled", "mma")
+            # 17..64 tokens: every path, so the AUTO threshold can be chosen from figures
+            paths = ("gemv",) if tokens <= 16 else ("gemv", "tiled", "mma") if tokens <= 64 else ("tiled", "mma")
             for path in paths:
                 ms = self.timed(lambda: call(path))
                 results.append({"bench": f"MoeMxfp4 E={E} tokens={tokens} {dtype}", "path": path, "ms": ms,

@@ -3,9 +3,6 @@ library's C ABI (plugins/*/kernel.h). Every CUDA call is checked; errors name th
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -30,20 +27,6 @@ KERNEL_ABI: dict[str, tuple[object, list[object]]] = {
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}  # GpeDtype
 FORMAT_CODES = {"mxfp4": 0, "int4": 1}                      # GpeW4Format
 PATH_CODES = {"auto": 0, "gemv": 1, "tiled": 2, "mma": 3}   # GpePath
-
-
-def find_cudart(cuda_home: Path | None) -> str:
-    names = ["libcudart.so", "libcudart.so.13", "libcudart.so.12"]
-    dirs = [cuda_home / "lib64", cuda_home / "targets" / "x86_64-linux" / "lib",
-            cuda_home / "targets" / "sbsa-linux" / "lib"] if cuda_home else []
-    for d in dirs:
-        for n in names:
-            if (d / n).exists():
-                return str(d / n)
-    found = ctypes.util.find_library("cudart")
-    if found:
-        return found
-    raise RuntimeError(f"libcudart not found (looked in {[str(d) for d in dirs]} and the loader path)")
 
 
 class Cuda:
@@ -114,6 +97,11 @@ class Cuda:
         self.check(self.lib.cudaDeviceSynchronize(), f"cudaDeviceSynchronize ({what})")
         self.check(self.lib.cudaGetLastError(), f"cudaGetLastError ({what})")
 
+    def context_error(self) -> str | None:
+        """Text of a sticky error (a kernel fault leaves the context unusable), else None."""
+        rc = self.lib.cudaDeviceSynchronize()
+        return None if rc == 0 else f"CUDA error {rc} ({self.lib.cudaGetErrorString(rc).decode()})"
+
     def attribute(self, attr: int) -> int:
         v = c_int()
         self.check(self.lib.cudaDeviceGetAttribute(ctypes.byref(v), attr, 0), f"cudaDeviceGetAttribute({attr})")
@@ -173,33 +161,3 @@ class Kernels:
 
     def size(self, name: str, *args) -> int:
         return int(getattr(self.lib, name)(*args))
-
-
-def build_library(root: Path, out_dir: Path, nvcc: str, cudart_dir: str, arch: str = "native") -> Path:
-    """nvcc the kernel sources (in parallel, one arch) into out_dir/libgptoss_edge_kernels.so,
-    linked to the shared libcudart in cudart_dir (the one Cuda() loads: one runtime instance)."""
-    import concurrent.futures
-    import subprocess
-
-    sources = sorted((root / "plugins").glob("*/kernel.cu")) + [root / "plugins" / "common" / "gpe_status.cpp"]
-    objs = []
-
-    def compile_one(src: Path) -> Path:
-        obj = out_dir / f"{src.parent.name}_{src.stem}.o"
-        cmd = [nvcc, "-std=c++17", "-O3", f"-arch={arch}", "-cudart", "shared",
-               "-Xcompiler", "-fPIC,-fvisibility=hidden", "-c", str(src), "-o", str(obj)]
-        if src.suffix == ".cpp":
-            cmd[1:1] = ["-x", "cu"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"nvcc failed on {src}:\n{proc.stdout}{proc.stderr}")
-        return obj
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        objs = list(pool.map(compile_one, sources))
-    lib = out_dir / "libgptoss_edge_kernels.so"
-    proc = subprocess.run([nvcc, "-shared", f"-arch={arch}", "-cudart", "shared", "-o", str(lib), *map(str, objs),
-                           f"-L{cudart_dir}", "-Xlinker", f"-rpath,{cudart_dir}"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"link failed:\n{proc.stdout}{proc.stderr}")
-    return lib

@@ -28,7 +28,8 @@ def dequant(blocks: np.ndarray, scales: np.ndarray, fmt: str = "mxfp4") -> np.nd
 def moe_mxfp4(hidden, router_weight, router_bias, gu_blocks, gu_scales, gu_bias, dn_blocks, dn_scales, dn_bias,
               *, top_k, swiglu_limit=7.0, swiglu_alpha=1.702, swiglu_linear_offset=1.0, **_):
     x = hidden.astype(np.float64)
-    logits = hidden.astype(np.float32) @ router_weight.T.astype(np.float32) + router_bias.astype(np.float32)
+    # exact logits rounded once to float32, as reference_kernels.router_logits (BLAS-order free)
+    logits = (x @ router_weight.T.astype(np.float64) + router_bias.astype(np.float64)).astype(np.float32)
     experts = np.argsort(-logits, axis=-1, kind="stable")[:, :top_k]
     sel = np.take_along_axis(logits, experts, -1).astype(np.float64)
     w = np.exp(sel - sel[:, :1])
@@ -57,8 +58,11 @@ def _rope(x, cos, sin):
 
 
 def sink_attention(q, k, v, sinks, cos, sin, past_k, past_v, past_len, new_len, *, num_heads, num_kv_heads,
-                   head_dim, window, scale, **_):
-    """-> (output [B,S,H*D] float64, present_k, present_v in the cache dtype)."""
+                   head_dim, window, scale, store_keys=None, **_):
+    """-> (output [B,S,H*D] float64, present_k, present_v in the cache dtype).
+    store_keys(k [n, KVH, D], cos [n, D/2], sin [n, D/2]) -> this step's keys as stored in the
+    cache, the values attention then uses; default: RoPE in float64, cast to the cache dtype."""
+    store_keys = store_keys or (lambda kk, c, s: _rope(kk.astype(np.float64), c, s).astype(past_k.dtype))
     B, S = q.shape[:2]
     H, KVH, D = num_heads, num_kv_heads, head_dim
     G = H // KVH
@@ -70,7 +74,7 @@ def sink_attention(q, k, v, sinks, cos, sin, past_k, past_v, past_len, new_len, 
             continue
         pos = p0 + np.arange(n)
         qr = _rope(q[b, :n].astype(np.float64).reshape(n, H, D), cos[pos], sin[pos])
-        kr = _rope(k[b, :n].astype(np.float64).reshape(n, KVH, D), cos[pos], sin[pos]).astype(past_k.dtype)
+        kr = store_keys(k[b, :n].reshape(n, KVH, D), cos[pos], sin[pos])
         vn = v[b, :n].reshape(n, KVH, D).astype(past_k.dtype)
         old = np.arange(max(0, p0 - window) if window else 0, p0)
         slots = old % window if window else old

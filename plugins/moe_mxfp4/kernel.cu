@@ -211,11 +211,9 @@ template <typename T>
 int run_chunk(MoeArgs const& a, int tokens, int path, T const* hidden, T* out, MoeWorkspace const& w,
     cudaStream_t stream)
 {
-    router_logits_kernel<T><<<dim3(a.E, tokens), kRouterThreads, 0, stream>>>(
-        hidden, a.router_weight, a.router_bias, a.H, a.E, w.logits);
-    GPE_LAUNCH_CHECK();
-    group_kernel<<<1, kGroupThreads, 0, stream>>>(tokens, a.E, a.k, w);
-    GPE_LAUNCH_CHECK();
+    GPE_CUDA_TRY(launch(router_logits_kernel<T>, dim3(a.E, tokens), dim3(kRouterThreads), stream, hidden,
+        a.router_weight, a.router_bias, a.H, a.E, w.logits));
+    GPE_CUDA_TRY(launch(group_kernel, dim3(1), dim3(kGroupThreads), stream, tokens, a.E, a.k, w));
 
     W4Groups groups{w.offsets, w.active, w.counters, w.tile_group, w.tile_row0, w.counters + 1, nullptr, nullptr};
     bool const gemv = path == GPE_PATH_GEMV;
@@ -231,22 +229,19 @@ int run_chunk(MoeArgs const& a, int tokens, int path, T const* hidden, T* out, M
         mma = path == GPE_PATH_MMA;
         if (mma)
         {
-            launch_w4_mma<T, T, float, W4Format::kMxfp4, Epilogue::kSwiglu>(gu, hidden, w.act, grid_y, stream);
-            GPE_LAUNCH_CHECK();
-            launch_w4_mma<T, float, float, W4Format::kMxfp4, Epilogue::kBias>(dn, w.act, w.y, grid_y, stream);
-            GPE_LAUNCH_CHECK();
+            GPE_CUDA_TRY((launch_w4_mma<T, T, float, W4Format::kMxfp4, Epilogue::kSwiglu>(gu, hidden, w.act, grid_y,
+                stream)));
+            GPE_CUDA_TRY((launch_w4_mma<T, float, float, W4Format::kMxfp4, Epilogue::kBias>(dn, w.act, w.y, grid_y,
+                stream)));
         }
     }
     if (!mma)
     {
-        launch_w4<T, float, W4Format::kMxfp4, Epilogue::kSwiglu>(gu, hidden, w.act, gemv, grid_y, stream);
-        GPE_LAUNCH_CHECK();
-        launch_w4<float, float, W4Format::kMxfp4, Epilogue::kBias>(dn, w.act, w.y, gemv, grid_y, stream);
-        GPE_LAUNCH_CHECK();
+        GPE_CUDA_TRY((launch_w4<T, float, W4Format::kMxfp4, Epilogue::kSwiglu>(gu, hidden, w.act, gemv, grid_y, stream)));
+        GPE_CUDA_TRY((launch_w4<float, float, W4Format::kMxfp4, Epilogue::kBias>(dn, w.act, w.y, gemv, grid_y, stream)));
     }
 
-    combine_kernel<T><<<dim3((a.H + 255) / 256, tokens), 256, 0, stream>>>(w, a.k, a.H, out);
-    GPE_LAUNCH_CHECK();
+    GPE_CUDA_TRY(launch(combine_kernel<T>, dim3((a.H + 255) / 256, tokens), dim3(256), stream, w, a.k, a.H, out));
     return GPE_OK;
 }
 
@@ -289,6 +284,11 @@ GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int 
     GPE_REQUIRE(workspace_size
             >= gpe_moe_mxfp4_workspace_size(tokens, num_experts, top_k, hidden_size, intermediate_size),
         GPE_ERR_WORKSPACE_TOO_SMALL);
+    // 128-bit loads: hidden rows (H % 32 == 0 keeps every row aligned), router rows, weight
+    // blocks, and the fp32 SwiGLU rows carved from the workspace.
+    GPE_REQUIRE(aligned(hidden) && aligned(router_weight) && aligned(gate_up_blocks) && aligned(down_blocks)
+            && aligned(workspace),
+        GPE_ERR_MISALIGNED);
     if (path == GPE_PATH_AUTO)
         path = tokens <= GPE_MOE_GEMV_MAX_TOKENS ? GPE_PATH_GEMV : GPE_PATH_TILED;
     MoeArgs const a{num_experts, top_k, hidden_size, intermediate_size,

@@ -21,7 +21,9 @@
 #include "../common/gpe_api.h"
 
 #define GPE_MOE_CHUNK_TOKENS 512
-#define GPE_MOE_GEMV_MAX_TOKENS 16
+// GEMV up to 64 tokens: it does only the useful FMAs, while a 64-row tile of the tiled path
+// holds tokens*k/E rows of an expert (8 of 64 for 20b at 64 tokens: 8x the FMAs, SIMT).
+#define GPE_MOE_GEMV_MAX_TOKENS 64
 
 // Bytes of workspace gpe_moe_mxfp4 needs for `tokens` (or fewer) tokens.
 GPE_API size_t gpe_moe_mxfp4_workspace_size(int tokens, int num_experts, int top_k, int hidden_size,

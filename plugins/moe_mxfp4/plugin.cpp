@@ -69,9 +69,9 @@ size_t MoePlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* in, 
         return 0;
     nvinfer1::Dims const& max = in[op::kHiddenIn].max;
     int64_t const tokens = volume(max, 0, max.nbDims - 1);
-    return gpe_moe_mxfp4_workspace_size(static_cast<int>(tokens), static_cast<int>(attrs_.i(op::kNumExpertsAttr)),
-        static_cast<int>(attrs_.i(op::kTopKAttr)), static_cast<int>(attrs_.i(op::kHiddenSizeAttr)),
-        static_cast<int>(attrs_.i(op::kIntermediateSizeAttr)));
+    return record_workspace(gpe_moe_mxfp4_workspace_size(static_cast<int>(tokens),
+        static_cast<int>(attrs_.i(op::kNumExpertsAttr)), static_cast<int>(attrs_.i(op::kTopKAttr)),
+        static_cast<int>(attrs_.i(op::kHiddenSizeAttr)), static_cast<int>(attrs_.i(op::kIntermediateSizeAttr))));
 }
 
 int32_t MoePlugin::enqueue(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const*,
@@ -90,7 +90,7 @@ int32_t MoePlugin::enqueue(nvinfer1::PluginTensorDesc const* in, nvinfer1::Plugi
             inputs[op::kHiddenIn], f32(op::kRouterWeightIn), f32(op::kRouterBiasIn), u8(op::kGateUpBlocksIn),
             u8(op::kGateUpScalesIn), f32(op::kGateUpBiasIn), u8(op::kDownBlocksIn), u8(op::kDownScalesIn),
             f32(op::kDownBiasIn), outputs[op::kOutputOut], workspace,
-            gpe_moe_mxfp4_workspace_size(tokens, E, k, H, I), stream);
+            workspace_available(gpe_moe_mxfp4_workspace_size(tokens, E, k, H, I)), stream);
         return report_status(op::kOpType, status);
     });
 }

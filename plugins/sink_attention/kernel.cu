@@ -6,6 +6,7 @@
 #include "../common/launch_utils.h"
 #include "../common/numeric.cuh"
 
+#include <limits.h>
 #include <math.h>
 
 namespace gpe
@@ -18,6 +19,7 @@ constexpr int kChunk = 32;         // keys per shared-memory chunk (one per lane
 constexpr int kMaxGroup = 16;      // query heads per kv head
 constexpr int kMaxSplits = 64;
 constexpr int kTargetBlocks = 256; // automatic split aims at this many attention blocks
+constexpr int kMinSplitKeys = 64;  // ... but gives each split at least this many of the keys a row can see
 
 struct AttnShape
 {
@@ -40,7 +42,17 @@ int auto_splits(int rows, int kvh) // rows = B*S
     return blocks >= kTargetBlocks ? 1 : min(kMaxSplits / 2, (kTargetBlocks + blocks - 1) / blocks);
 }
 
-int splits_for(int rows, int kvh, int forced) { return forced > 0 ? forced : auto_splits(rows, kvh); }
+// max_keys: keys a query row can see at most (window for a ring, else the capacity C). A
+// 128-key window split 32 ways gave 4-key splits, each paying a full pass of barriers and a
+// partial write for almost no work; the launcher passes it, the workspace sizing (an upper
+// bound) does not.
+int splits_for(int rows, int kvh, int forced, int max_keys = INT_MAX)
+{
+    if (forced > 0)
+        return forced;
+    int const by_keys = max_keys / kMinSplitKeys + (max_keys % kMinSplitKeys != 0);
+    return max(1, min(auto_splits(rows, kvh), by_keys));
+}
 
 // Workspace: rope'd new keys [B, S, KVH, D] (stored as fp32-sized slots of T), then split
 // partials [splits, B*S, H, D + 2] (acc..., m, l) when splits > 1.
@@ -48,13 +60,24 @@ size_t partial_floats(int rows, int H, int D, int splits) { return splits > 1 ? 
 
 __device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
 
+// A row whose lengths break the contract (past_len < 0, new_len outside [0, S], or a full cache
+// without room for past_len + new_len) is not computed: its outputs are NaN (loud, like a
+// position outside the RoPE tables) and its cache is left as it was, so no kernel reads or
+// writes outside the C slots. The lengths live on the device: the host cannot check them
+// without a synchronization.
+__device__ __forceinline__ bool row_ok(AttnShape const& sh, AttnTensors const& t, int b)
+{
+    int const pl = t.past_len[b], nl = t.new_len[b];
+    return pl >= 0 && nl >= 0 && nl <= sh.S && (sh.window > 0 || static_cast<long long>(pl) + nl <= sh.C);
+}
+
 // k_rot[b, s, kvh, :] = RoPE(key[b, s, kvh, :], past_len[b] + s), rounded to T like the cache.
 // grid (B*S, KVH), block D/2: thread i rotates the pair (i, i + D/2).
 template <typename T>
 __global__ void rope_keys_kernel(AttnShape sh, AttnTensors t, T* k_rot)
 {
     int const bs = blockIdx.x, b = bs / sh.S, s = bs % sh.S, kvh = blockIdx.y, i = threadIdx.x, half = sh.D / 2;
-    if (s >= t.new_len[b])
+    if (!row_ok(sh, t, b) || s >= t.new_len[b])
         return;
     int const pos = t.past_len[b] + s;
     size_t const base = (static_cast<size_t>(bs) * sh.KVH + kvh) * sh.D;
@@ -63,12 +86,15 @@ __global__ void rope_keys_kernel(AttnShape sh, AttnTensors t, T* k_rot)
     bool const ok = pos < sh.P;
     float const c = ok ? t.cos[static_cast<size_t>(pos) * half + i] : nan_f();
     float const sn = ok ? t.sin[static_cast<size_t>(pos) * half + i] : nan_f();
-    k_rot[base + i] = from_float<T>(x1 * c - x2 * sn);
-    k_rot[base + i + half] = from_float<T>(x2 * c + x1 * sn);
+    // Each product and sum rounded once (no FMA contraction): the stored keys are reproducible
+    // bit for bit on the host, which the GPU check relies on (plugins/gpucheck/refs.py kernel_keys).
+    k_rot[base + i] = from_float<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn)));
+    k_rot[base + i + half] = from_float<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn)));
 }
 
-// grid (KVH, B*S, splits), block kThreads. One block: the G = H/KVH query heads of kv head
-// `kvh` for query row (b, s), keys [k_begin, k_end) of its visible range.
+// grid (B*S, KVH, splits), block kThreads (B*S on x: gridDim.y/z stop at 65535). One block: the
+// G = H/KVH query heads of kv head `kvh` for query row (b, s), keys [k_begin, k_end) of its
+// visible range.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) attention_kernel(
     AttnShape sh, AttnTensors t, T const* k_rot, float* partials, int splits)
@@ -80,15 +106,16 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
     __shared__ float p_s[kMaxGroup][kChunk];
     __shared__ float m_s[kMaxGroup], l_s[kMaxGroup], alpha_s[kMaxGroup];
 
-    int const kvh = blockIdx.x, bs = blockIdx.y, split = blockIdx.z;
+    int const bs = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
     int const b = bs / sh.S, s = bs % sh.S, G = sh.H / sh.KVH, tid = threadIdx.x;
     int const half = D / 2;
     size_t const out_base = static_cast<size_t>(bs) * sh.H * D + static_cast<size_t>(kvh) * G * D;
-    if (s >= t.new_len[b])
+    bool const valid = row_ok(sh, t, b);
+    if (!valid || s >= t.new_len[b])
     {
-        if (splits == 1) // padded query row: zeros (the merge kernel does this when split)
+        if (splits == 1) // padded query row: zeros; bad row: NaN (the merge kernel does this when split)
             for (int o = tid; o < G * D; o += kThreads)
-                static_cast<T*>(t.out)[out_base + o] = from_float<T>(0.f);
+                static_cast<T*>(t.out)[out_base + o] = from_float<T>(valid ? 0.f : nan_f());
         return;
     }
     int const pl = t.past_len[b], qp = pl + s;
@@ -218,15 +245,16 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
         part[tid * (D + 2) + D] = m_s[tid], part[tid * (D + 2) + D + 1] = l_s[tid];
 }
 
-// Merge split partials with the sink. grid (H, B*S), block D.
+// Merge split partials with the sink. grid (B*S, H), block D.
 template <typename T>
 __global__ void merge_kernel(AttnShape sh, AttnTensors t, float const* partials, int splits)
 {
-    int const h = blockIdx.x, bs = blockIdx.y, d = threadIdx.x, D = sh.D;
+    int const bs = blockIdx.x, h = blockIdx.y, d = threadIdx.x, D = sh.D;
     size_t const o = (static_cast<size_t>(bs) * sh.H + h) * D + d;
-    if (bs % sh.S >= t.new_len[bs / sh.S])
+    bool const valid = row_ok(sh, t, bs / sh.S);
+    if (!valid || bs % sh.S >= t.new_len[bs / sh.S])
     {
-        static_cast<T*>(t.out)[o] = from_float<T>(0.f);
+        static_cast<T*>(t.out)[o] = from_float<T>(valid ? 0.f : nan_f());
         return;
     }
     size_t const stride = static_cast<size_t>(sh.B) * sh.S * sh.H * (D + 2);
@@ -252,12 +280,10 @@ __global__ void cache_write_kernel(AttnShape sh, AttnTensors t, T const* k_rot)
 {
     int const bs = blockIdx.x, b = bs / sh.S, s = bs % sh.S, kvh = blockIdx.y, d = threadIdx.x;
     int const nl = t.new_len[b];
-    if (s >= nl || (sh.window > 0 && s < nl - sh.window))
+    if (!row_ok(sh, t, b) || s >= nl || (sh.window > 0 && s < nl - sh.window))
         return;
     int const pos = t.past_len[b] + s;
-    int const slot = sh.window > 0 ? pos % sh.window : pos;
-    if (slot >= sh.C)
-        return;
+    int const slot = sh.window > 0 ? pos % sh.window : pos; // < C: row_ok
     size_t const src = (static_cast<size_t>(bs) * sh.KVH + kvh) * sh.D + d;
     size_t const dst = ((static_cast<size_t>(b) * sh.KVH + kvh) * sh.C + slot) * sh.D + d;
     static_cast<T*>(t.present_k)[dst] = k_rot[src];
@@ -271,22 +297,19 @@ int run(AttnShape const& sh, AttnTensors const& t, int splits, void* workspace, 
     WorkspaceCarver c(workspace);
     T* k_rot = c.take<T>(static_cast<size_t>(rows) * sh.KVH * D);
     float* partials = c.take<float>(partial_floats(rows, sh.H, D, splits));
-    rope_keys_kernel<T><<<dim3(rows, sh.KVH), D / 2, 0, stream>>>(sh, t, k_rot);
-    GPE_LAUNCH_CHECK();
-    attention_kernel<T, D><<<dim3(sh.KVH, rows, splits), kThreads, 0, stream>>>(sh, t, k_rot, partials, splits);
-    GPE_LAUNCH_CHECK();
+    GPE_CUDA_TRY(launch(rope_keys_kernel<T>, dim3(rows, sh.KVH), dim3(D / 2), stream, sh, t, k_rot));
+    GPE_CUDA_TRY(launch(attention_kernel<T, D>, dim3(rows, sh.KVH, splits), dim3(kThreads), stream, sh, t,
+        static_cast<T const*>(k_rot), partials, splits));
     if (splits > 1)
-    {
-        merge_kernel<T><<<dim3(sh.H, rows), D, 0, stream>>>(sh, t, partials, splits);
-        GPE_LAUNCH_CHECK();
-    }
+        GPE_CUDA_TRY(launch(merge_kernel<T>, dim3(rows, sh.H), dim3(D), stream, sh, t,
+            static_cast<float const*>(partials), splits));
     size_t const cache_bytes = static_cast<size_t>(sh.B) * sh.KVH * sh.C * D * sizeof(T);
     if (t.present_k != t.past_k)
         GPE_CUDA_TRY(cudaMemcpyAsync(t.present_k, t.past_k, cache_bytes, cudaMemcpyDeviceToDevice, stream));
     if (t.present_v != t.past_v)
         GPE_CUDA_TRY(cudaMemcpyAsync(t.present_v, t.past_v, cache_bytes, cudaMemcpyDeviceToDevice, stream));
-    cache_write_kernel<T><<<dim3(rows, sh.KVH), D, 0, stream>>>(sh, t, k_rot);
-    GPE_LAUNCH_CHECK();
+    GPE_CUDA_TRY(launch(cache_write_kernel<T>, dim3(rows, sh.KVH), dim3(D), stream, sh, t,
+        static_cast<T const*>(k_rot)));
     return GPE_OK;
 }
 
@@ -303,10 +326,11 @@ int run_dim(AttnShape const& sh, AttnTensors const& t, int splits, void* ws, cud
     }
 }
 
+// B*S rides on gridDim.x (2^31 - 1); KVH and H on gridDim.y (<= 65535).
 bool shape_ok(int B, int S, int H, int KVH, int D)
 {
-    return B >= 0 && S >= 0 && KVH >= 1 && H >= KVH && H % KVH == 0 && H / KVH <= kMaxGroup
-        && (D == 16 || D == 32 || D == 64 || D == 128);
+    return B >= 0 && S >= 0 && static_cast<long long>(B) * S <= INT_MAX && KVH >= 1 && H >= KVH && H <= 65535
+        && H % KVH == 0 && H / KVH <= kMaxGroup && (D == 16 || D == 32 || D == 64 || D == 128);
 }
 
 } // namespace
@@ -351,10 +375,13 @@ GPE_API int gpe_sink_attention(int dtype, int batch, int seq, int num_heads, int
     GPE_REQUIRE(workspace_size
             >= gpe_sink_attention_workspace_size(batch, seq, num_heads, num_kv_heads, head_dim, num_splits),
         GPE_ERR_WORKSPACE_TOO_SMALL);
+    // 128-bit loads of cache rows, this step's values and the RoPE'd keys in the workspace (a row
+    // of D elements is a multiple of 16 bytes for every supported D).
+    GPE_REQUIRE(aligned(value) && aligned(past_key) && aligned(past_value) && aligned(workspace), GPE_ERR_MISALIGNED);
     AttnShape const sh{batch, seq, num_heads, num_kv_heads, head_dim, cache_capacity, window, max_positions, scale};
     AttnTensors const t{query, key, value, sinks, rope_cos, rope_sin, past_key, past_value, past_len, new_len, output,
         present_key, present_value};
-    int const splits = splits_for(batch * seq, num_kv_heads, num_splits);
+    int const splits = splits_for(batch * seq, num_kv_heads, num_splits, window > 0 ? window : cache_capacity);
     auto const s = static_cast<cudaStream_t>(stream);
     return dispatch_dtype(dtype, [&](auto tag) -> int { return run_dim<decltype(tag)>(sh, t, splits, workspace, s); });
 }

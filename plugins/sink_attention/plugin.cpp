@@ -18,6 +18,28 @@ Heads heads(Attrs const& a)
     return {static_cast<int>(a.i(op::kNumHeadsAttr)), static_cast<int>(a.i(op::kNumKvHeadsAttr)),
         static_cast<int>(a.i(op::kHeadDimAttr))};
 }
+
+// The ports agree on batch (query, key, value, caches, past_len, new_len), sequence (query,
+// key, value) and cache shape (past_value as past_key; a ring holds >= window slots).
+// dims(port) -> that input's Dims; a dim still unknown (-1, build time) is not compared.
+template <typename DimsOf>
+void check_agreement(int64_t window, DimsOf const& dims)
+{
+    auto const same = [&](int port, int axis, int ref_port, int ref_axis) {
+        int64_t const want = dims(ref_port).d[ref_axis];
+        if (want >= 0)
+            expect_dim(op::kOpType, op::kInputs[port].name, dims(port), axis, want);
+    };
+    for (int port : {op::kKeyIn, op::kValueIn, op::kPastKeyIn, op::kPastValueIn, op::kPastLenIn, op::kNewLenIn})
+        same(port, 0, op::kQueryIn, 0);
+    same(op::kKeyIn, 1, op::kQueryIn, 1);
+    same(op::kValueIn, 1, op::kQueryIn, 1);
+    same(op::kPastValueIn, 2, op::kPastKeyIn, 2);
+    int64_t const capacity = dims(op::kPastKeyIn).d[2];
+    if (window > 0 && capacity >= 0 && capacity < window)
+        throw std::invalid_argument(std::string(op::kOpType) + ": ring cache capacity " + std::to_string(capacity)
+            + " is smaller than window " + std::to_string(window));
+}
 } // namespace
 
 std::string SinkAttentionPlugin::validate(Attrs const& a)
@@ -73,11 +95,19 @@ int32_t SinkAttentionPlugin::configure(nvinfer1::DynamicPluginTensorDesc const* 
     check(op::kPastValueIn, 4, {{1, h.KVH}, {3, h.D}});
     check(op::kPastLenIn, 1, {});
     check(op::kNewLenIn, 1, {});
-    int64_t const window = attrs_.i(op::kWindowAttr), capacity = in[op::kPastKeyIn].desc.dims.d[2];
-    if (window > 0 && capacity >= 0 && capacity < window)
-        throw std::invalid_argument(std::string(op::kOpType) + ": ring cache capacity " + std::to_string(capacity)
-            + " is smaller than window " + std::to_string(window));
+    check_agreement(attrs_.i(op::kWindowAttr), [&](int port) -> nvinfer1::Dims const& { return in[port].desc.dims; });
     return 0;
+}
+
+int32_t SinkAttentionPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nb_in,
+    nvinfer1::PluginTensorDesc const*, int32_t nb_out) noexcept
+{
+    return guarded<int32_t>(op::kOpType, -1, [&] {
+        if (nb_in != op::kNbInputs || nb_out != op::kNbOutputs)
+            return -1;
+        check_agreement(attrs_.i(op::kWindowAttr), [&](int port) -> nvinfer1::Dims const& { return in[port].dims; });
+        return 0;
+    });
 }
 
 size_t SinkAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nb_in,
@@ -87,7 +117,8 @@ size_t SinkAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc c
         return 0;
     Heads const h = heads(attrs_);
     nvinfer1::Dims const& q = in[op::kQueryIn].max;
-    return gpe_sink_attention_workspace_size(static_cast<int>(q.d[0]), static_cast<int>(q.d[1]), h.H, h.KVH, h.D, 0);
+    return record_workspace(
+        gpe_sink_attention_workspace_size(static_cast<int>(q.d[0]), static_cast<int>(q.d[1]), h.H, h.KVH, h.D, 0));
 }
 
 int32_t SinkAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const*,
@@ -103,8 +134,8 @@ int32_t SinkAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* in, nvinf
             static_cast<float const*>(inputs[op::kRopeCosIn]), static_cast<float const*>(inputs[op::kRopeSinIn]),
             inputs[op::kPastKeyIn], inputs[op::kPastValueIn], static_cast<int32_t const*>(inputs[op::kPastLenIn]),
             static_cast<int32_t const*>(inputs[op::kNewLenIn]), outputs[op::kOutputOut], outputs[op::kPresentKeyOut],
-            outputs[op::kPresentValueOut], workspace, gpe_sink_attention_workspace_size(B, S, h.H, h.KVH, h.D, 0),
-            stream);
+            outputs[op::kPresentValueOut], workspace,
+            workspace_available(gpe_sink_attention_workspace_size(B, S, h.H, h.KVH, h.D, 0)), stream);
         return report_status(op::kOpType, status);
     });
 }

@@ -19,6 +19,9 @@ public:
     // present_key/present_value update past_key/past_value in place when TensorRT honours it
     // (PreviewFeature::kALIASED_PLUGIN_IO_10_03); otherwise the kernel copies past -> present.
     int32_t getAliasedInput(int32_t output_index) noexcept override;
+    // Runtime shapes: the ports agree on batch, sequence and cache shape (build time may not know).
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nb_in, nvinfer1::PluginTensorDesc const* out,
+        int32_t nb_out) noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nb_in,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nb_out) const noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out,

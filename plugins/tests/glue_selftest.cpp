@@ -8,6 +8,7 @@
 
 #include <NvInferRuntime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -185,6 +186,28 @@ IPluginV3OneRuntime* runtime_of(IPluginV3* p)
 }
 
 // Every io position accepted for `types`, in TensorRT's left-to-right negotiation order.
+// Never dereferenced: the launches below are refused on the host before touching memory.
+void* fake_ptr() { return reinterpret_cast<void*>(uintptr_t(1) << 40); }
+
+// enqueue with io's descs (dims replaced by `runtime`, one entry per io position) and fake
+// pointers; returns the status.
+int32_t enqueue_with(IPluginV3* p, std::vector<DynamicPluginTensorDesc> const& io, int nb_in,
+    std::vector<Dims> const& runtime)
+{
+    std::vector<PluginTensorDesc> d;
+    for (size_t i = 0; i < io.size(); ++i)
+    {
+        d.push_back(io[i].desc);
+        d.back().dims = runtime[i];
+    }
+    std::vector<void const*> ins(nb_in, fake_ptr());
+    std::vector<void*> outs(io.size() - nb_in, fake_ptr());
+    int const nb_out = int(io.size()) - nb_in;
+    if (runtime_of(p)->onShapeChange(d.data(), nb_in, d.data() + nb_in, nb_out) != 0)
+        return -1;
+    return runtime_of(p)->enqueue(d.data(), d.data() + nb_in, ins.data(), outs.data(), fake_ptr(), nullptr);
+}
+
 bool accepts(IPluginV3* p, std::vector<DynamicPluginTensorDesc> io, int nb_in)
 {
     for (size_t pos = 0; pos < io.size(); ++pos)
@@ -296,6 +319,25 @@ void test_moe()
     size_t const ws = build_of(p)->getWorkspaceSize(io.data(), m::kNbInputs, io.data() + m::kNbInputs, 1);
     CHECK(ws >= size_t(512) * k * (H + I) * 4); // fp32 intermediates of every (token, expert) row
 
+    // The workspace size of the build travels in the engine; a runtime launch needing more than
+    // it is refused (GPE_ERR_WORKSPACE_TOO_SMALL), not run past the end of the buffer.
+    io[m::kHiddenIn].max = dims({16, H});
+    build_of(p)->getWorkspaceSize(io.data(), m::kNbInputs, io.data() + m::kNbInputs, 1);
+    PluginFieldCollection const* ser_ws = runtime_of(p)->getFieldsToSerialize();
+    CHECK(ser_ws && ser_ws->nbFields == m::kNbAttrs + 1);
+    IPluginV3* r = c->createPlugin("moe", ser_ws, TensorRTPhase::kRUNTIME);
+    CHECK(r != nullptr);
+    if (r)
+    {
+        std::vector<Dims> runtime;
+        for (auto const& d : io)
+            runtime.push_back(d.desc.dims);
+        runtime[m::kHiddenIn] = runtime[m::kNbInputs] = dims({17, H});
+        CHECK(enqueue_with(r, io, m::kNbInputs, runtime) != 0);
+        CHECK(logged("workspace"));
+        delete r;
+    }
+
     ConstBuilder b;
     DimsExprs in_exprs[m::kNbInputs]{}, out_exprs[1]{};
     in_exprs[m::kHiddenIn] = const_dims(b, {7, H});
@@ -395,12 +437,37 @@ void test_attention()
     CHECK(build_of(p)->configurePlugin(io.data(), s::kNbInputs, io.data() + s::kNbInputs, 3) == 0);
     auto small_ring = io;
     small_ring[s::kPastKeyIn].desc.dims = dims({-1, KVH, W / 2, D});
+    small_ring[s::kPastValueIn].desc.dims = dims({-1, KVH, W / 2, D});
     CHECK(build_of(p)->configurePlugin(small_ring.data(), s::kNbInputs, small_ring.data() + s::kNbInputs, 3) != 0);
     CHECK(logged("ring cache capacity"));
+
+    auto other_batch = io; // batch sizes that disagree are refused where known at build time
+    other_batch[s::kQueryIn].desc.dims = dims({2, -1, H * D});
+    other_batch[s::kNewLenIn].desc.dims = dims({3});
+    CHECK(build_of(p)->configurePlugin(other_batch.data(), s::kNbInputs, other_batch.data() + s::kNbInputs, 3) != 0);
+    CHECK(logged(s::kInputs[s::kNewLenIn].name));
 
     io[s::kQueryIn].max = dims({4, 512, H * D});
     CHECK(build_of(p)->getWorkspaceSize(io.data(), s::kNbInputs, io.data() + s::kNbInputs, 3)
         >= size_t(4) * 512 * KVH * D * 2); // rope'd new keys at least
+
+    // runtime: onShapeChange refuses ports that disagree; enqueue refuses a launch needing more
+    // workspace than the build recorded (B*S beyond the profile's max)
+    IPluginV3* r = c->createPlugin("attn", runtime_of(p)->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+    CHECK(r != nullptr);
+    if (r)
+    {
+        auto const B = [&](int64_t b, int64_t S, int64_t b_len) {
+            Dims const q = dims({b, S, H * D}), kv = dims({b, S, KVH * D}), cache = dims({b, KVH, W, D});
+            return std::vector<Dims>{q, kv, kv, dims({H}), dims({4096, D / 2}), dims({4096, D / 2}), cache, cache,
+                dims({b_len}), dims({b_len}), q, cache, cache};
+        };
+        CHECK(enqueue_with(r, io, s::kNbInputs, B(2, 3, 3)) != 0);
+        CHECK(logged(s::kInputs[s::kPastLenIn].name));
+        CHECK(enqueue_with(r, io, s::kNbInputs, B(8, 512, 8)) != 0);
+        CHECK(logged("workspace"));
+        delete r;
+    }
 
     ConstBuilder b;
     DimsExprs in_exprs[s::kNbInputs]{}, out_exprs[3]{};

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from gptoss_edge.runtime.engine.backend import Backend, StepRow
@@ -102,6 +103,17 @@ def _figures(concurrency: int, t_start: float, results) -> RunFigures:
         decode_tok_s=steady / window if window > 0 else float("nan"))
 
 
+def parse_levels(text: str) -> list[int]:
+    """'1,4,8' -> [1, 4, 8]; ValueError naming --concurrency otherwise."""
+    try:
+        levels = [int(c) for c in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise ValueError(f"--concurrency {text!r}: expected positive integers such as 1,4,8")
+    return levels
+
+
 def peak_rss_mib() -> float:
     """Peak resident set of this process (Linux ru_maxrss is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -114,22 +126,23 @@ def format_row(label: str, f: RunFigures) -> str:
 
 async def bench_main(args) -> int:
     from gptoss_edge.engine_dir import EngineDirError
-    from gptoss_edge.cli.serve import engine_limits
+    from gptoss_edge.cli.serve import check_positive, engine_limits
     from gptoss_edge.runtime.engine.opener import open_engine
     from gptoss_edge.runtime.frontends.grpc_server import Server, ServeOptions
 
     try:
-        levels = [int(c) for c in args.concurrency.split(",")]
+        levels = parse_levels(args.concurrency)
+        check_positive(args, "prompt_tokens", "gen_tokens")
         limits = engine_limits(args)
         engine = open_engine(args.engine_dir, dataclasses.replace(
-            limits, max_slots=max(limits.max_slots, max(levels))))
+            limits, max_slots=max(limits.max_slots, max(levels))), backend=args.backend)
     except (ValueError, OSError, EngineDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     backend, name = engine.backend, engine.name
-    sock = Path(tempfile.mkdtemp(prefix="gptoss-edge-bench-")) / "s.sock"
+    sock_dir = Path(tempfile.mkdtemp(prefix="gptoss-edge-bench-"))
     server = await Server.start(backend, engine.tokenizer, ServeOptions(
-        listen=f"unix:{sock}", model_name=name, max_queue=max(levels)))
+        listen=f"unix:{sock_dir / 's.sock'}", model_name=name, max_queue=max(levels)))
     vocab = backend.info.config.vocab_size
     print(f"engine {name} ({backend.info.target}), {server.model.scheduler.slots.total} slots, "
           f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} generated per stream")
@@ -142,8 +155,13 @@ async def bench_main(args) -> int:
                 args.gen_tokens)
             base = base or figs.decode_tok_s
             print(format_row("server", figs) + f"  x{figs.decode_tok_s / base:.2f} vs c=1")
+    except grpc.aio.AioRpcError as e:
+        print(f"error: the server refused a bench stream: {e.code().name}: {e.details()}",
+              file=sys.stderr)
+        return 1
     finally:
         await server.stop()
-        shutil.rmtree(sock.parent, ignore_errors=True)
+        backend.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
     return 0

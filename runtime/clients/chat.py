@@ -105,6 +105,7 @@ class TerminalPrinter:
 async def chat_main(args) -> int:
     from gptoss_edge.runtime.clients.dial import llm_stub, open_channel
     from gptoss_edge.runtime.frontends.grpc_server import default_socket_path
+    from gptoss_edge.runtime.frontends.listen import socket_is_live
 
     try:
         request = build_request(args)
@@ -114,12 +115,12 @@ async def chat_main(args) -> int:
     token = args.token or os.environ.get("GPTOSS_EDGE_TOKEN")
     address = args.server or f"unix:{default_socket_path()}"
     local = None
-    if not args.server and not Path(default_socket_path()).exists():
-        try:
+    try:
+        if not args.server and not socket_is_live(default_socket_path()):   # none, or stale
             local, address = await _start_local_server()
-        except (ValueError, OSError, RuntimeError) as e:   # no default model, bad engine dir
-            print(f"error: no server at {address} and cannot start one: {e}", file=sys.stderr)
-            return 2
+    except (ValueError, OSError, RuntimeError) as e:   # no default model, bad engine dir
+        print(f"error: no server at {address} and cannot start one: {e}", file=sys.stderr)
+        return 2
     try:
         async with open_channel(address, tls_ca=args.tls_ca, token=token) as channel:
             printer = TerminalPrinter()
@@ -132,6 +133,7 @@ async def chat_main(args) -> int:
     finally:
         if local is not None:
             await local.stop()
+            local.model.backend.close()
             shutil.rmtree(Path(local.address.removeprefix("unix:")).parent, ignore_errors=True)
 
 

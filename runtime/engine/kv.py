@@ -58,6 +58,16 @@ class SlotPool:
     def acquire(self) -> int | None:
         return self._free.pop() if self._free else None
 
+    def free_slots(self) -> list[int]:
+        """Free slot indices, the longest free first (released earliest)."""
+        return list(self._free)
+
+    def take(self, slot: int) -> None:
+        """Acquire a particular free slot."""
+        if slot not in self._free:
+            raise ValueError(f"slot {slot} is not free (pool of {self.total})")
+        self._free.remove(slot)
+
     def release(self, slot: int) -> None:
         if not 0 <= slot < self.total or slot in self._free:
             raise ValueError(f"slot {slot} is not held (pool of {self.total})")

@@ -6,8 +6,11 @@ model's engine (compiled once, cached).
 
 Backends (name -> which engine targets it runs):
   onnxruntime  OrtBackend: ONNX Runtime on CPU                          (target onnxruntime)
+  tensorrt     TrtBackend: the engine's TensorRT plan on the GPU         (target tensorrt)
   reference    ReferenceBackend: onnx.reference + numpy kernels, exact   (target tensorrt)
-"auto" picks by the manifest's target (AUTO below).
+"auto" picks by the manifest's target (AUTO below). A tensorrt engine under "auto" runs on
+TensorRT when `tensorrt` is importable; otherwise opening fails with one line that names
+`--backend reference` (never a silent fall back to a CPU evaluator thousands of times slower).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Callable
 from gptoss_edge.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.runtime.engine.backend import Backend, BackendError, kv_layout_of
 from gptoss_edge.runtime.engine.kv import slots_in_budget
+from gptoss_edge.runtime.engine.prefix import MAX_SAVED
 
 
 class EngineOpenError(ValueError):
@@ -33,6 +37,7 @@ class EngineLimits:
     max_context: int = 4096        # tokens per sequence
     max_step_tokens: int = 256     # prefill chunk
     max_memory: int | None = None  # KV budget in bytes
+    saved_prefixes: int = MAX_SAVED  # window-buffer copies a slot keeps for prefix reuse (0: off)
 
 
 @dataclasses.dataclass
@@ -55,20 +60,28 @@ def _open_reference(path: Path, limits: EngineLimits, threads: int | None, verif
                             max_step_tokens=limits.max_step_tokens, verify=verify)
 
 
+def _open_tensorrt(path: Path, limits: EngineLimits, threads: int | None, verify) -> Backend:
+    from gptoss_edge.runtime.engine.trt_backend import open_trt
+    return open_trt(path, limits, threads, verify)
+
+
 # backend name -> (engine targets it runs, opener(path, limits, threads, verify))
 BACKENDS: dict[str, tuple[frozenset[str], Callable[..., Backend]]] = {
     "onnxruntime": (frozenset({"onnxruntime"}), _open_ort),
+    "tensorrt": (frozenset({"tensorrt"}), _open_tensorrt),
     "reference": (frozenset({"tensorrt"}), _open_reference),
 }
 # engine target -> backend used by "auto"
-AUTO = {"onnxruntime": "onnxruntime", "tensorrt": "reference"}
+AUTO = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 def kv_slots(manifest: EngineManifest, limits: EngineLimits) -> int:
-    """Slots that fit the KV budget (each slot budgeted at the full context)."""
+    """Slots that fit the KV budget: each slot at its full context plus the window-buffer copies
+    its saved prefixes keep (runtime/engine/prefix.py)."""
     try:
-        per_slot = kv_layout_of(manifest).slot_bytes(limits.max_context)
+        kv = kv_layout_of(manifest)
+        per_slot = kv.slot_bytes(limits.max_context) + limits.saved_prefixes * kv.window_copy_bytes
         return slots_in_budget(per_slot, limits.max_context, limits.max_slots, limits.max_memory)
     except (ValueError, BackendError) as e:
         raise EngineOpenError(str(e)) from None
@@ -79,7 +92,13 @@ def choose_backend(manifest: EngineManifest, backend: str = "auto") -> str:
     if backend == "auto":
         if manifest.target not in AUTO:
             raise EngineOpenError(f"{manifest.path}/manifest.json: no backend runs target {manifest.target!r}")
-        return AUTO[manifest.target]
+        name = AUTO[manifest.target]
+        if name == "tensorrt":
+            from gptoss_edge.trt_env import tensorrt_available
+            if not tensorrt_available():
+                raise EngineOpenError(f"{manifest.path}: a tensorrt engine, and TensorRT is not installed here; "
+                                      f"pass --backend reference to run its graph on CPU (exact, slow)")
+        return name
     if backend not in BACKENDS:
         raise EngineOpenError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     targets, _ = BACKENDS[backend]
@@ -98,7 +117,10 @@ def open_engine(engine_dir: Path | str | None, limits: EngineLimits = EngineLimi
     manifest = load_manifest(path, verify="none")          # cheap: target + kv_layout first
     name = choose_backend(manifest, backend)
     limits = dataclasses.replace(limits, max_slots=kv_slots(manifest, limits))
-    opened = BACKENDS[name][1](path, limits, threads, verify)
+    try:
+        opened = BACKENDS[name][1](path, limits, threads, verify)
+    except BackendError as e:
+        raise EngineOpenError(str(e)) from None
     m = getattr(opened, "manifest", manifest)
     return OpenedEngine(opened, open_tokenizer(m) if tokenizer else None, model_name(m), m)
 
@@ -132,6 +154,19 @@ def default_engine_dir() -> Path:
     env = os.environ.get("GPTOSS_EDGE_DEFAULT_ENGINE")
     if env:
         return Path(env)
+    src, digest = default_model_source()
+    engine = cache_root() / "engines" / f"default-{digest}"
+    if not (engine / "manifest.json").is_file():
+        from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
+        print(f"compiling the default model into {engine} (once) ...", file=sys.stderr)
+        compile_checkpoint(src, engine, CompileOptions(target="onnxruntime",
+                                                       max_positions=EngineLimits().max_context
+                                                       + EngineLimits().max_step_tokens))
+    return engine
+
+
+def default_model_source() -> tuple[Path, str]:
+    """(embedded default model dir, 16-hex digest of its files): caches key on the digest."""
     try:
         from gptoss_edge.models import default_model_dir
         src = default_model_dir()
@@ -141,11 +176,4 @@ def default_engine_dir() -> Path:
     digest = hashlib.sha256()
     for f in sorted(p for p in src.iterdir() if p.is_file()):
         digest.update(f.name.encode() + f.read_bytes())
-    engine = cache_root() / "engines" / f"default-{digest.hexdigest()[:16]}"
-    if not (engine / "manifest.json").is_file():
-        from gptoss_edge.compiler.compile import CompileOptions, compile_checkpoint
-        print(f"compiling the default model into {engine} (once) ...", file=sys.stderr)
-        compile_checkpoint(src, engine, CompileOptions(target="onnxruntime",
-                                                       max_positions=EngineLimits().max_context
-                                                       + EngineLimits().max_step_tokens))
-    return engine
+    return src, digest.hexdigest()[:16]

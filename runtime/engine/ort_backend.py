@@ -25,7 +25,9 @@ import onnxruntime as ort
 
 from gptoss_edge.compiler import opset
 from gptoss_edge.engine_dir import load_manifest
-from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, kv_layout_of
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
+                                                validate_rows)
+from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 
 IO = opset.ENGINE_IO
 
@@ -63,7 +65,8 @@ class OrtBackend:
         if m.target != "onnxruntime":
             raise BackendError(f"{m.path}: engine target is {m.target!r}, OrtBackend runs 'onnxruntime'")
         cfg = m.config
-        positions = int(m.target_config.get("max_positions", cfg.max_position_embeddings))
+        tc = target_config(m)
+        positions = tc.max_positions
         if max_slots < 1 or max_context < 1 or max_step_tokens < 1:
             raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
         # Rows are right-padded to the longest row of a step, so a full-attention buffer needs
@@ -72,17 +75,18 @@ class OrtBackend:
         if max_context + slack > positions:
             raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
                                f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
-        with session_env(m.target_config.get("session", {}).get("env", {})):
-            self.session = ort.InferenceSession(str(m.file(m.target_config.get("model_file", "model.onnx"))),
+        with session_env(tc.session_env):
+            self.session = ort.InferenceSession(str(m.file(tc.model_file)),
                                                 session_options(threads), providers=["CPUExecutionProvider"])
         self.cfg = cfg
-        self.kv = kv_layout_of(m)
+        self.kv = tc.kv_layout
         caps = [self.kv.capacity(i, max_context + slack) for i in range(cfg.num_hidden_layers)]
         self._check_ring_bindings()
         shapes = [(max_slots, cfg.num_key_value_heads, c, cfg.head_dim) for c in caps]
         self._keys = [np.zeros(shape, np.float32) for shape in shapes]
         self._values = [np.zeros(shape, np.float32) for shape in shapes]
         self._lengths = [0] * max_slots
+        self._saved = SavedPrefixes()                   # prefix reuse: window buffers per slot
         self._info = BackendInfo(config=cfg, target="onnxruntime", max_slots=max_slots,
                                  max_context=max_context, max_step_tokens=max_step_tokens,
                                  kv_layout=self.kv)
@@ -97,6 +101,26 @@ class OrtBackend:
 
     def release(self, slot: int) -> None:
         self._lengths[self._check_slot(slot)] = 0     # stale cache rows are never read again
+        self._saved.clear(slot)
+
+    def save_prefix(self, slot: int) -> None:
+        """Prefix reuse (backend.py): copy the slot's window-layer buffers at its length."""
+        s = self._check_slot(slot)
+        rows = [(self._keys[i][s].copy(), self._values[i][s].copy()) for i in self.kv.ring_layers]
+        self._saved.add(s, self._lengths[s], rows)
+
+    def truncate(self, slot: int, length: int) -> int:
+        """Prefix reuse (backend.py): continue from the longest exact prefix <= length."""
+        s = self._check_slot(slot)
+        try:
+            kept, rows = truncation(self._saved, s, length, self._lengths[s])
+        except ValueError as e:
+            raise BackendError(str(e)) from None
+        for i, (k, v) in zip(self.kv.ring_layers, rows or ()):
+            self._keys[i][s] = k
+            self._values[i][s] = v
+        self._lengths[s] = kept
+        return kept
 
     def close(self) -> None:
         self.session = None
@@ -161,24 +185,4 @@ class OrtBackend:
         return int(slot)
 
     def _validate(self, rows: Sequence[StepRow]) -> None:
-        if not rows:
-            raise BackendError("step needs at least one row")
-        seen = set()
-        for r in rows:
-            slot = self._check_slot(r.slot)
-            if slot in seen:
-                raise BackendError(f"slot {slot} appears twice in one step")
-            seen.add(slot)
-            n = len(r.token_ids)
-            if n == 0:
-                raise BackendError(f"slot {slot}: a step row needs at least one token")
-            if n > self._info.max_step_tokens:
-                raise BackendError(f"slot {slot}: {n} tokens in one step exceed max_step_tokens "
-                                   f"{self._info.max_step_tokens} (split the prompt)")
-            if self._lengths[slot] + n > self._info.max_context:
-                raise BackendError(f"slot {slot}: {self._lengths[slot]} + {n} tokens exceed max_context "
-                                   f"{self._info.max_context}")
-            bad = [t for t in r.token_ids if not 0 <= int(t) < self.cfg.vocab_size]
-            if bad:
-                raise BackendError(f"slot {slot}: token id {bad[0]} outside the vocabulary "
-                                   f"[0, {self.cfg.vocab_size})")
+        validate_rows(rows, self._info, self._lengths)

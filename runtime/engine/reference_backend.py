@@ -20,7 +20,9 @@ from onnx.reference import ReferenceEvaluator
 from gptoss_edge.compiler import opset, schemas
 from gptoss_edge.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS
-from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo, StepRow, kv_layout_of
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
+                                                validate_rows)
+from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 
 IO = opset.ENGINE_IO
 TARGETS = ("tensorrt",)   # graphs made of standard ops + our op set
@@ -42,34 +44,33 @@ class ReferenceBackend:
         if m.target not in TARGETS:
             raise BackendError(f"{m.path}: target {m.target!r} has no reference backend "
                                f"(its graph uses that runtime's own ops); compile with --target tensorrt")
-        tc = m.target_config
-        try:
-            onnx_name, positions = tc["model_file"], int(tc["max_positions"])
-            max_batch = int(tc["max_batch"])
-            max_context = int(max_context or tc["max_context"])
-            max_step = int(max_step_tokens or tc["max_step_tokens"])
-        except KeyError as e:
-            raise BackendError(f"{m.path}: manifest target_config lacks {e.args[0]!r}") from None
+        tc = target_config(m)
+        positions, max_batch = tc.max_positions, tc.max_batch
+        max_context = int(max_context or tc.max_context)
+        max_step = int(max_step_tokens or tc.max_step_tokens)
         if min(max_context, max_step, max_slots or 1) < 1:
             raise BackendError("max_slots, max_context and max_step_tokens must be >= 1")
-        if max_step > int(tc["max_step_tokens"]):
-            raise BackendError(f"max_step_tokens {max_step} exceeds the engine profile's {tc['max_step_tokens']}")
+        if max_step > tc.max_step_tokens:
+            raise BackendError(f"max_step_tokens {max_step} exceeds the engine profile's {tc.max_step_tokens}")
         if max_context > positions:
             raise BackendError(f"max_context {max_context} exceeds the engine's {positions} RoPE positions")
         self._cfg = m.config
         schemas.register()
-        model = onnx.load(str(m.file(onnx_name)), load_external_data=True)
+        model = onnx.load(str(m.file(tc.model_file)), load_external_data=True)
         self._eval = ReferenceEvaluator(model, new_ops=REFERENCE_OPS)
         self._cache_dtype = {b["name"]: _np_dtype(b["dtype"]) for b in m.bindings["inputs"]}
         self._info = BackendInfo(config=m.config, target="reference", max_slots=max_slots or max_batch,
                                  max_context=max_context, max_step_tokens=max_step,
-                                 kv_layout=kv_layout_of(m))
+                                 kv_layout=tc.kv_layout)
         self._max_batch = max_batch
         layers = range(m.config.num_hidden_layers)
         self._cache_pairs = [(IO.past_key(i), IO.present_key(i)) for i in layers] + \
                             [(IO.past_value(i), IO.present_value(i)) for i in layers]
         self._lengths = [0] * self._info.max_slots
         self._caches: list[dict[str, np.ndarray] | None] = [None] * self._info.max_slots
+        ring = set(self._info.kv_layout.ring_layers)
+        self._ring_names = [n for i in sorted(ring) for n in (IO.past_key(i), IO.past_value(i))]
+        self._saved = SavedPrefixes()                   # prefix reuse: window rings per slot
 
     # ---- Backend protocol ------------------------------------------------------------------
     @property
@@ -84,15 +85,35 @@ class ReferenceBackend:
         self._check_slot(slot)
         self._lengths[slot] = 0
         self._caches[slot] = None
+        self._saved.clear(slot)
+
+    def save_prefix(self, slot: int) -> None:
+        """Prefix reuse (backend.py): copy the slot's window-layer rings at its length."""
+        self._check_slot(slot)
+        cache = self._caches[slot]
+        rings = {n: cache[n].copy() for n in self._ring_names} if cache is not None else {}
+        self._saved.add(slot, self._lengths[slot], rings)
+
+    def truncate(self, slot: int, length: int) -> int:
+        """Prefix reuse (backend.py): continue from the longest exact prefix <= length."""
+        self._check_slot(slot)
+        try:
+            kept, rings = truncation(self._saved, slot, length, self._lengths[slot])
+        except ValueError as e:
+            raise BackendError(str(e)) from None
+        if kept == 0:
+            self._caches[slot] = None
+        elif rings:
+            self._caches[slot].update({n: a.copy() for n, a in rings.items()})
+        self._lengths[slot] = kept
+        return kept
 
     def close(self) -> None:
         self._eval = None
         self._caches = [None] * self._info.max_slots
 
     def step(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
-        if not rows:
-            raise BackendError("step needs at least one row")
-        self._check_rows(rows)
+        validate_rows(rows, self._info, self._lengths)
         results: list[np.ndarray] = []
         for start in range(0, len(rows), self._max_batch):        # engine batch limit
             results += self._run(rows[start:start + self._max_batch])
@@ -114,26 +135,6 @@ class ReferenceBackend:
     def _check_slot(self, slot: int) -> None:
         if not isinstance(slot, int) or not 0 <= slot < self._info.max_slots:
             raise BackendError(f"slot {slot!r} outside [0, {self._info.max_slots})")
-
-    def _check_rows(self, rows: Sequence[StepRow]) -> None:
-        seen = set()
-        for r in rows:
-            self._check_slot(r.slot)
-            if r.slot in seen:
-                raise BackendError(f"slot {r.slot} appears twice in one step")
-            seen.add(r.slot)
-            n = len(r.token_ids)
-            if n == 0:
-                raise BackendError(f"slot {r.slot}: a step row needs at least one token")
-            if n > self._info.max_step_tokens:
-                raise BackendError(f"slot {r.slot}: {n} tokens in one step, the engine takes "
-                                   f"{self._info.max_step_tokens} (split the prompt)")
-            if self._lengths[r.slot] + n > self._info.max_context:
-                raise BackendError(f"slot {r.slot}: {self._lengths[r.slot]} + {n} tokens exceed the "
-                                   f"context of {self._info.max_context}")
-            bad = [t for t in r.token_ids if not 0 <= int(t) < self._cfg.vocab_size]
-            if bad:
-                raise BackendError(f"slot {r.slot}: token id {bad[0]} outside [0, {self._cfg.vocab_size})")
 
     def _run(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
         if self._eval is None:

@@ -10,6 +10,12 @@ free KV slots, drops cancelled ones (releasing their slot), and plans the next s
 The step itself (backend.step + sampling) runs in a single worker thread, off the event loop.
 A cancel (client gone, deadline) is honoured at the next step boundary: the slot is free
 within one step.
+
+Prefix reuse (when the backend has save_prefix/truncate; runtime/engine/prefix.py): a finished
+sequence's tokens stay in its slot; a new request takes the free slot sharing the longest
+prefix with its prompt, the backend cuts the slot back to the longest exact prefix it can
+(a saved one), and only the rest of the prompt is prefilled. Prefill chunks end on the save
+points (every prompt end, every REUSE_STRIDE tokens), where the worker saves the slot.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import numpy as np
 
 from gptoss_edge.runtime.engine.backend import Backend, StepRow
 from gptoss_edge.runtime.engine.kv import SlotPool
+from gptoss_edge.runtime.engine.prefix import REUSE_STRIDE, choose_slot, chunk_limit, save_points
 from gptoss_edge.runtime.frontends.metrics import ServerMetrics
 
 
@@ -123,13 +130,20 @@ class _Planned:
     stream: Stream
     row: StepRow
     samples: bool                         # this row's logits produce the next token
+    save: bool = False                    # save the slot's prefix after the step (reuse)
 
 
 class Scheduler:
     def __init__(self, backend: Backend, num_slots: int, max_queue: int = 64,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None, sample_vocab: int | None = None,
+                 prefix_reuse: bool = True, reuse_stride: int = REUSE_STRIDE):
+        """`sample_vocab`: only ids below it are ever sampled (the tokenizer's vocabulary when
+        it is smaller than the model's: ids beyond it have no text). None: the model's.
+        `prefix_reuse`: continue from cached prefixes where the backend supports it, saving
+        the slot every `reuse_stride` prompt tokens and at each prompt's end."""
         self.backend = backend
         self.info = backend.info
+        self.sample_vocab = sampleable_vocab(self.info.config.vocab_size, sample_vocab)
         self.slots = SlotPool(num_slots)
         self.max_queue = max_queue
         self.metrics = metrics
@@ -143,6 +157,10 @@ class Scheduler:
         self._idle.set()
         self.steps = 0
         self._last_was_decode = False
+        self.reuse = prefix_reuse and all(hasattr(backend, m) for m in ("save_prefix", "truncate"))
+        self._cached: dict[int, list[int]] = {}     # slot -> tokens its KV holds (reuse)
+        self.reused_tokens = 0                      # prompt tokens not prefilled thanks to reuse
+        self.reuse_stride = reuse_stride
 
     # ---- public API (event loop) ------------------------------------------------------------
     def start(self) -> None:
@@ -217,10 +235,12 @@ class Scheduler:
                 continue
             t0 = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, _compute, self.backend, plan)
+                results = await loop.run_in_executor(self._executor, _compute, self.backend, plan,
+                                                     self.sample_vocab)
             except Exception as e:  # an engine fault ends the streams of this step, not the server
                 for p in plan:
                     self._finish(p.stream, StreamEnd("error", e))
+                    self._cached.pop(p.row.slot, None)      # cache state unknown: start over
                 continue
             if self.metrics:
                 self.metrics.step_seconds.observe(time.monotonic() - t0)
@@ -237,7 +257,16 @@ class Scheduler:
     def _admit(self) -> None:
         while self._waiting and self.slots.free:
             s = self._waiting.popleft()
-            s.slot = self.slots.acquire()
+            if self.reuse:
+                # without a shared prefix: an empty slot, else the least recently used
+                order = sorted(self.slots.free_slots(), key=lambda n: bool(self._cached.get(n)))
+                s.slot, usable = choose_slot(s.request.prompt, order, self._cached)
+                self.slots.take(s.slot)
+                s.prefilled = self.backend.truncate(s.slot, usable)
+                self._cached[s.slot] = list(s.request.prompt[:s.prefilled])
+                self.reused_tokens += s.prefilled
+            else:
+                s.slot = self.slots.acquire()
             self._active[s.slot] = s
             if self.metrics:
                 self.metrics.queue_time.observe(time.monotonic() - s.t_submit)
@@ -262,12 +291,18 @@ class Scheduler:
         if not prefillers:
             return []
         budget = self.info.max_step_tokens
-        n = min(prefillers[0].prefill_left, budget)
+        first = prefillers[0]
+        n = min(first.prefill_left, budget)
+        if self.reuse:                        # end on the next save point
+            n = min(n, chunk_limit(first.prefilled, self.reuse_stride))
         plan = []
         for s in prefillers:
             if s.prefill_left >= n and budget >= n:
-                chunk = list(s.request.prompt[s.prefilled:s.prefilled + n])
-                plan.append(_Planned(s, StepRow(s.slot, chunk), n == s.prefill_left))
+                start, end = s.prefilled, s.prefilled + n
+                chunk = list(s.request.prompt[start:end])
+                save = self.reuse and save_points(start, end, len(s.request.prompt),
+                                                  self.reuse_stride)
+                plan.append(_Planned(s, StepRow(s.slot, chunk), n == s.prefill_left, save))
                 budget -= n
         return plan
 
@@ -276,6 +311,8 @@ class Scheduler:
         n_new = 0
         for p, sample in zip(plan, results):
             s = p.stream
+            if self.reuse and p.row.slot in self._cached:
+                self._cached[p.row.slot].extend(p.row.token_ids)     # what the KV now holds
             if s.done:
                 continue
             if not p.samples:
@@ -324,7 +361,10 @@ class Scheduler:
     def _release_finished(self) -> None:
         for slot, s in [(k, v) for k, v in self._active.items() if v.done]:
             del self._active[slot]
-            self.backend.release(slot)
+            if self.reuse and slot in self._cached:
+                pass                          # the KV stays for a later request to reuse
+            else:
+                self.backend.release(slot)
             self.slots.release(slot)
             if s.cancelled and self.metrics:
                 self.metrics.cancel_release_steps.observe(self.steps - s.cancel_step)
@@ -336,8 +376,25 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._waiting))
 
 
-def _compute(backend: Backend, plan: list[_Planned]) -> list[Any]:
-    """Worker thread: one engine step, then sampling for the rows that produce a token."""
+def sampleable_vocab(model_vocab: int, limit: int | None) -> int:
+    """How many leading ids may be sampled: the model's vocabulary, cut to `limit` (the
+    tokenizer's size) when that is smaller. Raises ValueError for a limit below 1."""
+    if limit is None:
+        return model_vocab
+    if limit < 1:
+        raise ValueError(f"sample_vocab must be >= 1, got {limit}")
+    return min(model_vocab, int(limit))
+
+
+def _compute(backend: Backend, plan: list[_Planned], sample_vocab: int) -> list[Any]:
+    """Worker thread: one engine step, the prefix saves it reached, then sampling for the rows
+    that produce a token. The sampler sees only the first `sample_vocab` logits (a view, no
+    copy), so neither greedy nor random sampling can pick an id the tokenizer does not have;
+    logprobs are over those ids."""
     logits = backend.step([p.row for p in plan])
-    return [p.stream.request.sampler.sample(lg) if p.samples and not p.stream.cancelled else None
+    for p in plan:
+        if p.save:
+            backend.save_prefix(p.row.slot)
+    return [p.stream.request.sampler.sample(lg[:sample_vocab])
+            if p.samples and not p.stream.cancelled else None
             for p, lg in zip(plan, logits)]

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import hmac
 import os
-import stat
 import sys
 from pathlib import Path
 
@@ -17,16 +16,17 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gptoss_edge.kserve import grpc_service_pb2 as kpb
-from gptoss_edge.kserve import grpc_service_pb2_grpc
+from gptoss_edge.runtime.api.service import ModelService
 from gptoss_edge.runtime.engine.backend import Backend
 from gptoss_edge.runtime.engine.kv import slots_for_budget
 from gptoss_edge.runtime.frontends.metrics import ServerMetrics
 from gptoss_edge.runtime.engine.scheduler import Scheduler
+from gptoss_edge.runtime.frontends.grpc_handlers import add_servicer
 from gptoss_edge.runtime.frontends.kserve_service import KServeService
 from gptoss_edge.runtime.frontends.llm_service import LLMService
-from gptoss_edge.runtime.frontends.served_model import ServedModel
+from gptoss_edge.runtime.api.memory import map_big_blocks
+from gptoss_edge.runtime.frontends.listen import SocketClaim, check_tcp_free
 from gptoss_edge.v1 import llm_pb2 as pb
-from gptoss_edge.v1 import llm_pb2_grpc
 
 LLM_SERVICE = pb.DESCRIPTOR.services_by_name["LLM"].full_name
 KSERVE_SERVICE = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -51,6 +51,8 @@ class ServeOptions:
     auth_token: str | None = None          # clients send `authorization: Bearer <token>`
     max_message_bytes: int = 4 * 2**20     # larger requests are refused (RESOURCE_EXHAUSTED)
     drain_grace_s: float = 30.0
+    http: str = ""                         # "HOST:PORT": OpenAI-compatible HTTP too; "" = off
+    prefix_reuse: bool = True              # continue requests from cached prefixes (multi-turn)
 
 
 def parse_listen(listen: str) -> tuple[str, str]:
@@ -65,6 +67,9 @@ def parse_listen(listen: str) -> tuple[str, str]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"--listen {listen!r}: expected unix:PATH or HOST:PORT")
+    if int(port) > 65535:
+        raise ValueError(f"--listen {listen!r}: port {port} is out of range 0..65535 "
+                         f"(0: any free port)")
     return "tcp", listen
 
 
@@ -105,25 +110,48 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class Server:
     """One served model behind one gRPC server. Create with `await Server.start(...)`."""
 
-    def __init__(self, model: ServedModel, options: ServeOptions):
+    def __init__(self, model: ModelService, options: ServeOptions):
         self.model = model
         self.options = options
         self.health = HealthServicer()
         self.address = ""                  # what a client dials: unix:PATH or HOST:PORT
         self.metrics_port: int | None = None
+        self.http = None                   # http_server.HttpFrontend when options.http is set
         self._grpc: grpc.aio.Server | None = None
+        self._socket: SocketClaim | None = None     # the Unix socket path this server owns
         self._drained = asyncio.Event()
         self._draining = False
 
     @classmethod
     async def start(cls, backend: Backend, tokenizer, options: ServeOptions) -> "Server":
+        map_big_blocks()                  # big requests' memory goes back to the OS when freed
         metrics = ServerMetrics()
         slots = slots_for_budget(backend.info, options.max_memory)
-        scheduler = Scheduler(backend, slots, options.max_queue, metrics)
-        model = ServedModel(options.model_name, backend, tokenizer, scheduler, metrics)
+        scheduler = Scheduler(backend, slots, options.max_queue, metrics,
+                              sample_vocab=tokenizer.vocab_size if tokenizer else None,
+                              prefix_reuse=options.prefix_reuse)
+        model = ModelService(options.model_name, backend, tokenizer, scheduler, metrics)
         server = cls(model, options)
-        await server._bind_and_start()
+        try:
+            await server._bind_and_start()
+        except BaseException:
+            await server._abandon()
+            raise
         return server
+
+    async def _abandon(self) -> None:
+        """Undo a start that failed half way (port in use, bad TLS files...)."""
+        if self.http is not None:
+            await self.http.stop(force=True)
+        if self._grpc is not None:
+            await self._grpc.stop(grace=None)
+        await self.model.scheduler.close()
+        self.model.metrics.close_http()
+        self._release_socket()
+
+    def _release_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.release()
 
     async def _bind_and_start(self) -> None:
         o = self.options
@@ -133,32 +161,44 @@ class Server:
             ("grpc.max_receive_message_length", o.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        llm_pb2_grpc.add_LLMServicer_to_server(LLMService(self.model), self._grpc)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeService(self.model), self._grpc)
+        add_servicer(self._grpc, pb.DESCRIPTOR.services_by_name["LLM"], LLMService(self.model))
+        add_servicer(self._grpc, kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                     KServeService(self.model))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             [LLM_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], self._grpc)
         creds = _tls_credentials(o)
+        if o.metrics_port is not None:      # first: a port in use fails before anything runs
+            self.metrics_port = self.model.metrics.serve_http(o.metrics_port, o.metrics_host)
         if kind == "unix":
-            _remove_stale_socket(target)
-            bind = f"unix:{target}"
+            self._socket = SocketClaim(target)
+            bind = f"unix:{self._socket.prepare()}"
         else:
             bind = target
-        port = (self._grpc.add_secure_port(bind, creds) if creds
-                else self._grpc.add_insecure_port(bind))
-        if kind == "tcp" and port == 0:
-            raise OSError(f"cannot listen on {target}")
+            check_tcp_free(target.rpartition(":")[0], int(target.rpartition(":")[2]))
+        try:
+            port = (self._grpc.add_secure_port(bind, creds) if creds
+                    else self._grpc.add_insecure_port(bind))
+        except RuntimeError:                # grpcio >= 1.5x raises instead of returning 0
+            port = 0
+        if port == 0:
+            raise OSError(f"--listen {o.listen or bind}: cannot listen there (address in use, "
+                          f"or not an address of this host)")
         if kind == "tcp" and o.auth_token and not creds and not _is_loopback(target):
             print(f"warning: bearer token sent in clear text on {target}; configure TLS",
                   file=sys.stderr)
-        self.address = bind if kind == "unix" else f"{target.rpartition(':')[0]}:{port}"
+        self.address = f"unix:{target}" if kind == "unix" else f"{target.rpartition(':')[0]}:{port}"
         self.model.scheduler.start()
         await self._grpc.start()
+        if self._socket is not None:
+            self._socket.publish()
         for service in ("", LLM_SERVICE, KSERVE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        if o.metrics_port is not None:
-            self.metrics_port = self.model.metrics.serve_http(o.metrics_port, o.metrics_host)
+        if o.http:                          # a failure here is undone by start()'s _abandon
+            from gptoss_edge.runtime.frontends.http_server import HttpFrontend
+            self.http = await HttpFrontend.start(
+                self.model, o.http, token=o.auth_token, tls_cert=o.tls_cert,
+                tls_key=o.tls_key, max_body=o.max_message_bytes)
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Stop taking work, let in-flight requests finish (up to the grace), then stop."""
@@ -174,8 +214,11 @@ class Server:
             await asyncio.wait_for(self.model.scheduler.wait_idle(), grace)
         except asyncio.TimeoutError:
             self.model.scheduler.abort_all()   # streams end with finish reason CANCELLED
+        if self.http is not None:
+            await self.http.stop()
         await self._grpc.stop(grace=5.0)      # handlers send their last messages
         await self.model.scheduler.close()
+        self._release_socket()
         self._drained.set()
 
     async def wait_closed(self) -> None:
@@ -186,8 +229,11 @@ class Server:
         if not self._draining:
             self._draining = True
             self.model.draining = True
+            if self.http is not None:
+                await self.http.stop(force=True)
             await self._grpc.stop(grace=None)
             await self.model.scheduler.close()
+            self._release_socket()
             self._drained.set()
 
 
@@ -201,15 +247,6 @@ def _tls_credentials(o: ServeOptions) -> grpc.ServerCredentials | None:
             raise ValueError(f"{flag} {path}: no such file")
     return grpc.ssl_server_credentials([(Path(o.tls_key).read_bytes(),
                                          Path(o.tls_cert).read_bytes())])
-
-
-def _remove_stale_socket(path: str) -> None:
-    p = Path(path)
-    if p.exists():
-        if not stat.S_ISSOCK(p.stat().st_mode):
-            raise ValueError(f"--listen unix:{path}: exists and is not a socket")
-        p.unlink()
-    p.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _is_loopback(target: str) -> bool:

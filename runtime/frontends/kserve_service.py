@@ -8,25 +8,30 @@ from __future__ import annotations
 
 import struct
 
-import grpc
-
 import gptoss_edge
 from gptoss_edge.kserve import grpc_service_pb2 as kpb
 from gptoss_edge.kserve import grpc_service_pb2_grpc
-from gptoss_edge.runtime.engine.scheduler import SeqRequest
-from gptoss_edge.runtime.frontends.served_model import RequestError, ServedModel, invalid, status_for
-from gptoss_edge.v1 import llm_pb2 as pb
+from gptoss_edge.runtime.api import events as ev
+from gptoss_edge.runtime.api.errors import ApiError, ErrorKind, invalid
+from gptoss_edge.runtime.api.requests import GenerateParams
+from gptoss_edge.runtime.api.service import ModelService
+from gptoss_edge.runtime.frontends.grpc_handlers import abort, api_error_message
 
 _TENSOR = kpb.ModelMetadataResponse.TensorMetadata
+_INT_FORMATS = {"INT32": "<i", "INT64": "<q", "UINT32": "<I", "UINT64": "<Q"}
 
 
-def _bytes_elements(raw: bytes) -> list[bytes]:
+def _bytes_elements(name: str, raw: bytes) -> list[bytes]:
     """Triton BYTES raw encoding: each element is a 4-byte little-endian length + bytes."""
     out, i = [], 0
     while i < len(raw):
         if i + 4 > len(raw):
-            raise invalid("raw BYTES tensor: truncated length prefix")
+            raise invalid(f"input {name!r}: raw BYTES tensor ends inside a length prefix "
+                          f"(offset {i} of {len(raw)} bytes)")
         (n,) = struct.unpack_from("<I", raw, i)
+        if i + 4 + n > len(raw):
+            raise invalid(f"input {name!r}: raw BYTES element at offset {i} declares {n} bytes, "
+                          f"only {len(raw) - i - 4} follow")
         out.append(raw[i + 4:i + 4 + n])
         i += 4 + n
     return out
@@ -36,41 +41,63 @@ def _encode_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
+def _int_elements(name: str, dtype: str, raw: bytes) -> list[int]:
+    fmt = _INT_FORMATS[dtype]
+    size = struct.calcsize(fmt)
+    if len(raw) % size:
+        raise invalid(f"input {name!r}: raw {dtype} tensor of {len(raw)} bytes is not a "
+                      f"multiple of {size}")
+    return [v for (v,) in struct.iter_unpack(fmt, raw)]
+
+
+def _tensor_values(t, raw: bytes | None) -> tuple[str, list]:
+    """One input tensor -> (datatype, values). Names the tensor on error."""
+    dtype = t.datatype.upper()
+    if dtype == "BYTES":
+        return dtype, _bytes_elements(t.name, raw) if raw is not None else list(t.contents.bytes_contents)
+    if dtype in _INT_FORMATS:
+        c = t.contents
+        return dtype, (_int_elements(t.name, dtype, raw) if raw is not None else
+                       list(c.int_contents) + list(c.int64_contents) + list(c.uint_contents)
+                       + list(c.uint64_contents))
+    if dtype == "BOOL":
+        return dtype, [bool(b) for b in raw] if raw is not None else list(t.contents.bool_contents)
+    raise invalid(f"input {t.name!r}: datatype {t.datatype!r} not supported here")
+
+
+def _expect(values: dict, name: str, dtypes: tuple[str, ...]) -> list | None:
+    if name not in values:
+        return None
+    dtype, vals = values[name]
+    if dtype not in dtypes:
+        raise invalid(f"input {name!r} must be {' or '.join(dtypes)}, got {dtype}")
+    return vals
+
+
 def parse_inputs(request: kpb.ModelInferRequest) -> tuple[str, int, bool]:
     """-> (text_input, max_tokens (0 = default), stream). Names the bad tensor on error."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
-    values: dict[str, list] = {}
-    for i, t in enumerate(request.inputs):
-        dtype = t.datatype.upper()
-        if dtype == "BYTES":
-            vals = _bytes_elements(raw[i]) if raw else list(t.contents.bytes_contents)
-        elif dtype in ("INT32", "INT64", "UINT32", "UINT64"):
-            fmt = {"INT32": "<i", "INT64": "<q", "UINT32": "<I", "UINT64": "<Q"}[dtype]
-            vals = ([v for (v,) in struct.iter_unpack(fmt, raw[i])] if raw else
-                    list(t.contents.int_contents) + list(t.contents.int64_contents)
-                    + list(t.contents.uint_contents) + list(t.contents.uint64_contents))
-        elif dtype == "BOOL":
-            vals = [bool(b) for b in raw[i]] if raw else list(t.contents.bool_contents)
-        else:
-            raise invalid(f"input {t.name!r}: datatype {t.datatype!r} not supported here")
-        values[t.name] = vals
-    if "text_input" not in values or not values["text_input"]:
+    values = {t.name: _tensor_values(t, raw[i] if raw else None)
+              for i, t in enumerate(request.inputs)}
+    texts = _expect(values, "text_input", ("BYTES",))
+    if not texts:
         raise invalid("input 'text_input' (BYTES) is required")
     try:
-        text = values["text_input"][0].decode("utf-8")
+        text = texts[0].decode("utf-8")
     except UnicodeDecodeError:
         raise invalid("input 'text_input' is not UTF-8") from None
-    max_tokens = int(values.get("max_tokens", [0])[0]) if values.get("max_tokens") else 0
+    max_tokens = _expect(values, "max_tokens", tuple(_INT_FORMATS))
+    max_tokens = int(max_tokens[0]) if max_tokens else 0
     if max_tokens < 0:
         raise invalid(f"input 'max_tokens' must be >= 0, got {max_tokens}")
-    stream = bool(values.get("stream", [False])[0]) if values.get("stream") else False
-    return text, max_tokens, stream
+    stream = _expect(values, "stream", ("BOOL",))
+    return text, max_tokens, bool(stream[0]) if stream else False
 
 
 class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, model: ServedModel):
+    def __init__(self, model: ModelService):
         self.model = model
 
     async def ServerLive(self, request, context):
@@ -89,8 +116,8 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         try:
             self._check_model(request.name)
-        except RequestError as e:
-            await context.abort(e.code, e.message)
+        except ApiError as e:
+            await abort(context, self.model, e)
         return kpb.ModelMetadataResponse(
             name=self.model.name, versions=["1"], platform=f"gptoss-edge/{self.model.info.target}",
             inputs=[_TENSOR(name="text_input", datatype="BYTES", shape=[1]),
@@ -99,28 +126,9 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[_TENSOR(name="text_output", datatype="BYTES", shape=[-1])])
 
     def _check_model(self, name: str) -> None:
-        if name != self.model.name:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"model {name!r} is not served here (serving {self.model.name!r})")
-
-    def _start(self, request: kpb.ModelInferRequest):
-        """Validate and submit; -> (stream, decoder, wants_streaming)."""
-        from gptoss_edge.runtime.frontends.llm_service import make_sampler
-        from gptoss_edge.runtime.tokens.tokenizer import IncrementalDecoder
-
-        m = self.model
-        m.check_accepting()
-        self._check_model(request.model_name)
-        text, max_tokens, streaming = parse_inputs(request)
-        tok = m.need_tokenizer()
-        prompt = tok.encode(text)
-        m.check_prompt(prompt)
-        max_new = m.max_new_tokens(len(prompt), max_tokens)
-        sampler = make_sampler(pb.SamplingParams(), max_new, [], False, 0)
-        eos = m.info.config.eos_token_id
-        stops = {eos} if eos is not None else set()
-        stream = m.scheduler.submit(SeqRequest(prompt, sampler, max_new, frozenset(stops)))
-        return stream, IncrementalDecoder(tok), streaming
+        if name != self.model.name:      # KServe names the model on every call
+            raise ApiError(ErrorKind.NOT_FOUND,
+                           f"model {name!r} is not served here (serving {self.model.name!r})")
 
     def _response(self, request, text: str, final: bool) -> kpb.ModelInferResponse:
         out = kpb.ModelInferResponse(model_name=self.model.name, model_version="1", id=request.id)
@@ -130,30 +138,32 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return out
 
     async def _chunks(self, request):
-        """Yields (text, final) pairs for one request."""
-        stream, decoder, streaming = self._start(request)
+        """Yields (text, final) pairs for one request: one per generated chunk when it asks
+        to stream, else one with the whole text."""
+        self._check_model(request.model_name)
+        text, max_tokens, streaming = parse_inputs(request)
+        run = await self.model.start_generate(GenerateParams(text=text, max_tokens=max_tokens))
         try:
-            pieces = []
-            async for ev in stream:
-                piece = "" if ev.is_stop_token else decoder.feed(ev.token_id)
-                if ev.finish:
-                    piece += decoder.flush()
-                if streaming:
-                    yield piece, ev.finish is not None
-                else:
-                    pieces.append(piece)
-            if not streaming:
-                yield "".join(pieces), True
+            pieces, held = [], None
+            async for e in run:
+                if isinstance(e, ev.Finish):
+                    break
+                if not streaming:
+                    pieces.append(e.text)
+                    continue
+                if held is not None:
+                    yield held, False
+                held = e.text
+            yield (held or "") if streaming else "".join(pieces), True
         finally:
-            stream.cancel()
+            run.cancel()
 
     async def ModelInfer(self, request, context):
         try:
             texts = [text async for text, _final in self._chunks(request)]
             return self._response(request, "".join(texts), True)
         except Exception as e:
-            code, message = status_for(e)
-            await context.abort(code, message)
+            await abort(context, self.model, e)
 
     async def ModelStreamInfer(self, request_iterator, context):
         async for request in request_iterator:
@@ -162,5 +172,5 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     yield kpb.ModelStreamInferResponse(
                         infer_response=self._response(request, text, final))
             except Exception as e:
-                code, message = status_for(e)
-                yield kpb.ModelStreamInferResponse(error_message=f"{code.name}: {message}")
+                err = self.model.rejected(e)
+                yield kpb.ModelStreamInferResponse(error_message=api_error_message(err))

@@ -29,7 +29,7 @@ class ServerMetrics:
         self.prompt = Counter("gptoss_edge_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.requests = Counter("gptoss_edge_requests", "Finished requests by reason",
                                 ["reason"], registry=r)
-        self.rejected = Counter("gptoss_edge_rejected_requests", "Requests refused, by gRPC code",
+        self.rejected = Counter("gptoss_edge_rejected_requests", "Requests refused, by error kind (gRPC code names)",
                                 ["code"], registry=r)
         self.kv_slots_used = Gauge("gptoss_edge_kv_slots_used", "KV slots held by requests",
                                    registry=r)
@@ -66,5 +66,17 @@ class ServerMetrics:
 
     def serve_http(self, port: int, addr: str = "127.0.0.1") -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise OSError(f"--metrics-port {port} on {addr}: cannot listen there: "
+                          f"{e.strerror or e}") from None
+        self._http = server
         return server.server_port
+
+    def close_http(self) -> None:
+        """Stop the /metrics endpoint (if started) and free its port."""
+        server, self._http = getattr(self, "_http", None), None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

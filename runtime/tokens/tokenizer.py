@@ -72,6 +72,24 @@ class Tokenizer(abc.ABC):
             self._special_id_set = cached
         return cached
 
+    @property
+    def max_token_bytes(self) -> int:
+        """The most bytes one ordinary (non-special) id stands for. `encode` never emits special
+        ids and the ids of a text spell out exactly its UTF-8 bytes, so a text of n bytes (n
+        characters or more) encodes to at least ceil(n / max_token_bytes) ids. Computed once."""
+        cached = getattr(self, "_max_token_bytes", None)
+        if cached is None:
+            specials = self._special_ids()
+            cached = max(len(self.token_bytes(i)) for i in range(self.vocab_size)
+                         if i not in specials)
+            self._max_token_bytes = cached
+        return cached
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text)) computed without encoding: ceil(characters /
+        max_token_bytes) (a character is at least one UTF-8 byte)."""
+        return -(-len(text) // self.max_token_bytes)
+
     def check_id(self, token_id: int) -> int:
         """`token_id` as a plain int (numpy integers accepted); TokenizerError if out of range."""
         if isinstance(token_id, bool) or not isinstance(token_id, numbers.Integral) \

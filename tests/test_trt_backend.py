@@ -1,0 +1,135 @@
+"""The TensorRT backend's CPU-checkable parts: its device buffer plan against `gptoss-edge plan`,
+the slot runs of a step, the CUDA runtime binding against the real libcudart (no GPU here: its
+errors), the registry/auto choice, and the one-line refusals when opening is impossible."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+
+from gptoss_edge.compiler import plan
+from gptoss_edge.compiler import trt_build as tb
+from gptoss_edge.compiler.config import preset
+from gptoss_edge.cudart import CudaError, CudaRuntime, find_libcudart
+from gptoss_edge.engine_dir import add_files, load_manifest
+from gptoss_edge.kv_layout import KvLayout
+from gptoss_edge.runtime.engine import opener
+from gptoss_edge.runtime.engine.trt_buffers import contiguous_runs, device_plan, kv_buffers
+from gptoss_edge.target_config import PlanRecord, target_config_of
+from trt_support import compile_trt_engine, without_tensorrt
+
+
+@pytest.mark.parametrize("model, context, slots", [("gpt-oss-20b", 8192, 1), ("gpt-oss-20b", 4096, 4),
+                                                   ("gpt-oss-120b", 2048, 2)])
+def test_kv_buffers_hold_what_plan_states(model, context, slots):
+    """Device KV of max_slots slots == plan's kv_cache at batch = slots (same fp16 layout)."""
+    cfg = preset(model)
+    layout = KvLayout.of(cfg, "float16")
+    d = device_plan(layout, max_slots=slots, max_context=context, max_batch=1, max_step=256,
+                    vocab=cfg.vocab_size, aliased=True, streamed_bytes=0)
+    p = plan.memory_plan(cfg, target="tensorrt", context=context, batch=slots, precision="fp16")
+    assert d.kv_cache == p.total("kv_cache") == slots * layout.slot_bytes(context)
+    bufs = kv_buffers(layout, slots, context)
+    assert [b.capacity for b in bufs] == [128 if cfg.is_sliding(i) else context for i in range(cfg.num_hidden_layers)]
+    # 20b fp16: 24 KiB per token over the full layers + 3 MiB of rings per slot (kv_layout.py)
+    if model == "gpt-oss-20b":
+        assert layout.slot_bytes(context) == 24 * 1024 * context + 3 * 2**20
+    # no aliasing: a present buffer for one engine batch (max_batch slots), not for every slot
+    na = dataclasses.replace(d, kv_present_scratch=0)
+    d2 = device_plan(layout, max_slots=slots, max_context=context, max_batch=1, max_step=256,
+                     vocab=cfg.vocab_size, aliased=False, streamed_bytes=0)
+    assert d2.kv_present_scratch == layout.slot_bytes(context) and dataclasses.replace(d2, kv_present_scratch=0) == na
+    assert d.logits == 256 * cfg.vocab_size * 4 and d.pinned_host == cfg.vocab_size * 4
+
+
+def test_contiguous_runs():
+    assert contiguous_runs([3, 0, 1, 5, 6, 7], 2) == [[0, 1], [3], [5, 6], [7]]
+    assert contiguous_runs([2], 4) == [[2]]
+    assert contiguous_runs([0, 1, 2, 3], 8) == [[0, 1, 2, 3]]
+
+
+def test_cudart_binding_against_the_real_library():
+    try:
+        path = find_libcudart()
+    except CudaError:
+        pytest.skip("no libcudart on this machine")
+    cuda = CudaRuntime(path)
+    major, minor = map(int, cuda.runtime_version().split("."))
+    assert major >= 11
+    try:
+        n = cuda.device_count()
+    except CudaError as e:        # no GPU / no driver: the failure names the call and CUDA's error
+        msg = str(e)
+        assert msg.startswith("cudaGetDeviceCount failed: cudaError") and "\n" not in msg
+        return
+    assert n >= 1
+    facts = cuda.device_facts()
+    assert facts.name and facts.total_bytes > 0 and "." in facts.compute_capability
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return compile_trt_engine(tmp_path_factory.mktemp("trt-backend"), "engine", "--precision", "fp32")
+
+
+def with_plan(engine, tmp_path):
+    """A copy of the engine whose manifest records a plan (its bytes are not a TensorRT plan:
+    only the refusals that come before deserialization are exercised)."""
+    copy = tmp_path / "planned"
+    shutil.copytree(engine, copy)
+    tc = target_config_of(load_manifest(copy))
+    (tmp_path / ".p").write_bytes(b"not a plan")
+    rec = PlanRecord(file=tb.PLAN_FILE, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                     plugin_library="/opt/gptoss-edge/lib/libgptoss_edge_plugins.so", plugin_sha256="a" * 64,
+                     kv_aliased=True, streamed_weights=(), timing_cache=None, builder_memory={})
+    add_files(copy, {tb.PLAN_FILE: tmp_path / ".p"}, dataclasses.replace(tc, plan=rec).to_manifest(), progress=None)
+    return copy
+
+
+def test_registry_runs_tensorrt_engines_on_tensorrt_or_reference(engine):
+    m = load_manifest(engine, verify=False)
+    assert opener.BACKENDS["tensorrt"][0] == frozenset({"tensorrt"}) and opener.AUTO["tensorrt"] == "tensorrt"
+    assert opener.choose_backend(m, "reference") == "reference"
+    with pytest.raises(opener.EngineOpenError, match="does not run target 'tensorrt' engines .use tensorrt or reference"):
+        opener.choose_backend(m, "onnxruntime")
+
+
+@without_tensorrt
+def test_auto_on_a_machine_without_tensorrt_names_the_reference_backend(engine):
+    with pytest.raises(opener.EngineOpenError) as e:
+        opener.open_engine(engine, opener.EngineLimits(max_slots=1, max_context=64, max_step_tokens=16))
+    assert "TensorRT is not installed here; pass --backend reference" in str(e.value)
+    # the reference backend still runs it
+    eng = opener.open_engine(engine, opener.EngineLimits(max_slots=1, max_context=64, max_step_tokens=16),
+                             backend="reference", tokenizer=False)
+    assert eng.backend.info.target == "reference"
+
+
+@without_tensorrt
+def test_tensorrt_backend_refusals_are_one_line(engine, tmp_path):
+    limits = opener.EngineLimits(max_slots=1, max_context=64, max_step_tokens=16)
+    with pytest.raises(opener.EngineOpenError) as e:
+        opener.open_engine(engine, limits, backend="tensorrt")
+    assert "has no TensorRT plan yet: run `gptoss-edge build-engine" in str(e.value) and "\n" not in str(e.value)
+    planned = with_plan(engine, tmp_path)
+    with pytest.raises(opener.EngineOpenError) as e:
+        opener.open_engine(planned, limits, backend="tensorrt")
+    assert str(e.value).startswith("TensorRT is not installed") and "--backend reference" in str(e.value)
+
+
+def test_plugin_library_search_order_and_message(tmp_path):
+    from pathlib import Path
+
+    from gptoss_edge.trt_env import TrtUnavailable, find_plugin_library, plugin_candidates
+    env = {"GPTOSS_EDGE_PLUGINS": "/env/lib.so"}
+    assert plugin_candidates("/x/lib.so", env, Path("/repo")) == [Path("/x/lib.so")]
+    assert plugin_candidates(None, env, Path("/repo")) == [
+        Path("/env/lib.so"), Path("/opt/gptoss-edge/lib/libgptoss_edge_plugins.so"),
+        Path("/repo/build/plugins/libgptoss_edge_plugins.so")]
+    lib = tmp_path / "libgptoss_edge_plugins.so"
+    lib.write_bytes(b"\x7fELF")
+    assert find_plugin_library(None, {"GPTOSS_EDGE_PLUGINS": str(lib)}) == lib
+    with pytest.raises(TrtUnavailable) as e:
+        find_plugin_library(tmp_path / "missing.so")
+    assert f"looked at {tmp_path / 'missing.so'}" in str(e.value) and "--plugins PATH" in str(e.value)
