@@ -6,7 +6,8 @@
 3. A tool round trip: the model calls `functions.lookup_signature` with JSON arguments, this
    script runs the tool for real (inspect.signature on the named stdlib object), sends the result
    back as a tool message and streams the model's final answer.
-4. SIGTERM: the server drains and exits 0.
+4. An out-of-domain question: the model says what it can answer instead of inventing an API.
+5. SIGTERM: the server drains and exits 0.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from gptoss_edge.v1 import llm_pb2 as pb
 
 QUESTION = "What does json.dumps do?"
 TOOL_QUESTION = "What is the signature of os.path.join?"
+OUT_OF_DOMAIN_QUESTION = "What is 2+2?"
 
 
 def lookup_signature(name: str) -> dict:
@@ -95,37 +97,45 @@ async def stream_reply(stub, request: pb.ChatRequest) -> list[pb.ToolCall]:
     return list(calls.values())
 
 
+async def ask(stub, question: str) -> None:
+    print(f"\nuser: {question}", end="")
+    await stream_reply(stub, pb.ChatRequest(messages=[pb.Message(role=pb.ROLE_USER, content=question)],
+                                            sampling=pb.SamplingParams(temperature=0)))
+
+
+async def tool_round_trip(stub, tool: dict) -> None:
+    """The question with the tool offered; run each call for real and stream the final answer."""
+    tools = [pb.Tool(name=tool["name"], description=tool["description"],
+                     parameters_json=json.dumps(tool["parameters"]))]
+    messages = [pb.Message(role=pb.ROLE_USER, content=TOOL_QUESTION)]
+    print(f"\nuser (tool {tool['name']} offered): {TOOL_QUESTION}", end="")
+    calls = await stream_reply(stub, pb.ChatRequest(messages=messages, tools=tools,
+                                                    sampling=pb.SamplingParams(temperature=0)))
+    if not calls:
+        print("  (the model answered without calling the tool)")
+        return
+    messages.append(pb.Message(role=pb.ROLE_ASSISTANT, tool_calls=calls))
+    for call in calls:
+        try:
+            args = json.loads(call.arguments)
+            result = lookup_signature(str(args.get("name", "")))
+        except (json.JSONDecodeError, AttributeError) as e:
+            result = {"error": f"arguments are not a JSON object: {e}"}
+        print(f"  [tool result] {json.dumps(result)}")
+        messages.append(pb.Message(role=pb.ROLE_TOOL, name=call.name, content=json.dumps(result)))
+    await stream_reply(stub, pb.ChatRequest(messages=messages, tools=tools,
+                                            sampling=pb.SamplingParams(temperature=0)))
+
+
 async def conversation(address: str) -> None:
     tool = json.loads((default_model_dir() / "tools" / "lookup_signature.json").read_text())
     async with open_channel(address) as ch:
         stub = llm_stub(ch)
         info = await stub.ModelInfo(pb.ModelInfoRequest())
         print(f"model: {info.name} (target {info.target})")
-
-        user = pb.Message(role=pb.ROLE_USER, content=QUESTION)
-        print(f"\nuser: {QUESTION}", end="")
-        await stream_reply(stub, pb.ChatRequest(messages=[user], sampling=pb.SamplingParams(temperature=0)))
-
-        tools = [pb.Tool(name=tool["name"], description=tool["description"],
-                         parameters_json=json.dumps(tool["parameters"]))]
-        messages = [pb.Message(role=pb.ROLE_USER, content=TOOL_QUESTION)]
-        print(f"\nuser (tool {tool['name']} offered): {TOOL_QUESTION}", end="")
-        calls = await stream_reply(stub, pb.ChatRequest(messages=messages, tools=tools,
-                                                        sampling=pb.SamplingParams(temperature=0)))
-        if not calls:
-            print("  (the model answered without calling the tool)")
-            return
-        messages.append(pb.Message(role=pb.ROLE_ASSISTANT, tool_calls=calls))
-        for call in calls:
-            try:
-                args = json.loads(call.arguments)
-                result = lookup_signature(str(args.get("name", "")))
-            except (json.JSONDecodeError, AttributeError) as e:
-                result = {"error": f"arguments are not a JSON object: {e}"}
-            print(f"  [tool result] {json.dumps(result)}")
-            messages.append(pb.Message(role=pb.ROLE_TOOL, name=call.name, content=json.dumps(result)))
-        await stream_reply(stub, pb.ChatRequest(messages=messages, tools=tools,
-                                                sampling=pb.SamplingParams(temperature=0)))
+        await ask(stub, QUESTION)                       # a direct answer
+        await tool_round_trip(stub, tool)               # a tool call, its result, the answer
+        await ask(stub, OUT_OF_DOMAIN_QUESTION)         # what the model can do instead
 
 
 def main() -> int:

@@ -35,3 +35,13 @@ def harmony_o200k(cache_dir: Path):
         target.write_bytes(data)
     os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(cache_dir)
     return harmony, harmony.load_harmony_encoding(harmony.HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+def reference_model(model_dir: Path):
+    """transformers' GptOssForCausalLM on the shipped checkpoint: fp32, eager, experts dequantized."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.set_num_threads(1)   # shared 2-core CI: a second thread mostly spins
+    return transformers.GptOssForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager",
+        quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()

@@ -2,7 +2,8 @@
 # Regenerate the embedded default model (gptoss_edge/models/default) from scratch, on CPU.
 #   bash recipes/tiny_model/build.sh [WORK_DIR]        (run from the repository root)
 # Stages: data -> tokenizer -> train (fp32) -> gptoss-edge quantize (MXFP4) -> package -> evaluate.
-# PYTHON and GPTOSS_EDGE override the interpreter and the CLI (default: .venv/bin/...).
+# PYTHON and GPTOSS_EDGE override the interpreter and the CLI (default: .venv/bin/...);
+# TRAIN_ARGS adds options to train.py (e.g. --keep-partials for a learning curve).
 set -euo pipefail
 WORK=${1:-/tmp/tiny_model_build}
 RECIPE=recipes/tiny_model
@@ -14,7 +15,7 @@ mkdir -p "$WORK"
 set -x
 "$PY" $RECIPE/data.py "$WORK/data"
 "$PY" $RECIPE/tokenizer.py "$WORK/data" "$WORK/tokenizer"
-"$PY" $RECIPE/train.py "$WORK/data" "$WORK/tokenizer" "$WORK/fp32" 2>&1 | tee "$WORK/train.log"
+"$PY" $RECIPE/train.py "$WORK/data" "$WORK/tokenizer" "$WORK/fp32" ${TRAIN_ARGS:-} 2>&1 | tee "$WORK/train.log"
 cp "$WORK/tokenizer/"* "$WORK/fp32/"
 "$CLI" quantize "$WORK/fp32" "$WORK/mxfp4"
 "$PY" $RECIPE/package.py "$WORK" $MODEL $TESTDATA

@@ -1,16 +1,24 @@
 """Training text for the tiny default model, generated only from Python's standard library.
 
-Three kinds of documents (separated by <|endoftext|> in the corpus files):
-  * doc chats:  "What does json.dumps do?" -> analysis -> final answer from the docstring,
-  * tool chats: "What is the signature of json.dumps?" -> analysis -> commentary tool call
-                `functions.lookup_signature` with JSON arguments -> tool result -> final answer,
-  * source code: chunks of the standard library's own .py files.
+Kinds of documents (separated by <|endoftext|> in the corpus files):
+  * doc chats:  "What does json.dumps do?" -> analysis naming it -> final answer = the docstring's
+                first paragraph (sometimes after earlier exchanges of the same kind),
+  * tool chats: "What is the signature of json.dumps?" -> analysis naming it -> commentary tool
+                call `functions.lookup_signature` with JSON arguments -> tool result -> final
+                answer stating the returned signature (or that it was not found),
+  * invented tool chats: the same with invented names (synthetic.py), so copying the name and the
+                returned signature is the only way to predict them; some get error results,
+  * out-of-domain chats: greetings, arithmetic, general questions -> one short honest answer,
+  * copy chats: "Repeat exactly: <invented names and signatures>" -> the same text (final only),
+  * source code: a fraction of the chunks of the standard library's own .py files.
 Names (functions/classes) are split into train and held-out sets by a seeded shuffle, so held-out
-perplexity is measured on names the model never saw.
+perplexity and copying are measured on names the model never saw.
 
     python recipes/tiny_model/data.py OUT_DIR [--seed 0]
-writes OUT_DIR/train.txt, OUT_DIR/heldout.txt, OUT_DIR/prompts.jsonl (evaluation prompts) and
-OUT_DIR/data_stats.json.
+writes OUT_DIR/train.txt, OUT_DIR/train_short.txt (the same chats from the last question on, for
+the first phase of training), OUT_DIR/heldout.txt, OUT_DIR/prompts.jsonl (evaluation prompts from the
+training chats), OUT_DIR/heldout_prompts.jsonl (held-out names and out-of-domain questions),
+OUT_DIR/entries.jsonl (the tool's table) and OUT_DIR/data_stats.json.
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from harmony_text import (ASSISTANT_PROMPT, ENDOFTEXT, LOOKUP_SIGNATURE, RETURN, assistant_message,
+import synthetic
+from harmony_text import (ASSISTANT_PROMPT, ENDOFTEXT, LOOKUP_SIGNATURE, RETURN, START, assistant_message,
                           developer_message, system_message, tool_call, tool_result, user_message)
 
 # A fixed list, so the corpus does not depend on which optional modules happen to import.
@@ -169,7 +178,7 @@ def source_chunks(modules=MODULES, max_chars: int = 1400) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    kind: str            # "doc" or "tool"
+    kind: str            # "doc", "tool", "ood" or "copy"
     name: str
     prompt: str          # rendered text up to and including "<|start|>assistant"
     completion: str      # what the assistant generates after the prompt (ends <|return|>/<|call|>)
@@ -194,20 +203,22 @@ def doc_answer(e: Entry) -> tuple[str, str]:
     module = e.name.rsplit(".", 1)[0]
     analysis = (f"The user asks what {e.name} does. It is a {_kind_word(e)} in {module}. "
                 f"I will answer from its docstring.")
-    return analysis, f"{e.name}: {e.summary}"
+    return analysis, e.summary
 
 
 def history(rng: random.Random, table: list[Entry]) -> str:
-    """An earlier exchange, rendered as a later turn sees it (analysis dropped, final ends <|end|>)."""
-    e = rng.choice(table)
-    return (user_message(rng.choice(DOC_QUESTIONS).format(n=e.name))
-            + assistant_message("final", doc_answer(e)[1]))
+    """Earlier exchanges, rendered as a later turn sees them (analysis dropped, finals end <|end|>)."""
+    text = ""
+    for _ in range(rng.choice((0, 0, 0, 1, 1, 2))):
+        e = rng.choice(table)
+        text += (user_message(rng.choice(DOC_QUESTIONS).format(n=e.name))
+                 + assistant_message("final", doc_answer(e)[1]))
+    return text
 
 
 def doc_sample(rng: random.Random, e: Entry, pool: list[Entry]) -> Sample:
     prompt = header(rng, with_tools=rng.random() < 0.6)
-    if rng.random() < 0.2:
-        prompt += history(rng, pool)
+    prompt += history(rng, pool)
     prompt += user_message(rng.choice(DOC_QUESTIONS).format(n=e.name)) + ASSISTANT_PROMPT
     analysis, final = doc_answer(e)
     completion = (assistant_message("analysis", analysis)[len(ASSISTANT_PROMPT):]
@@ -217,17 +228,61 @@ def doc_sample(rng: random.Random, e: Entry, pool: list[Entry]) -> Sample:
 
 def tool_sample(rng: random.Random, e: Entry, pool: list[Entry], table: dict[str, Entry]) -> Sample:
     prompt = header(rng, with_tools=True)
-    if rng.random() < 0.2:
-        prompt += history(rng, pool)
+    prompt += history(rng, pool)
     prompt += user_message(rng.choice(SIG_QUESTIONS).format(n=e.name)) + ASSISTANT_PROMPT
     analysis = f"The user wants the signature of {e.name}. I will look it up with lookup_signature."
     completion = (assistant_message("analysis", analysis)[len(ASSISTANT_PROMPT):]
                   + tool_call({"name": e.name}))
     result = lookup_signature(e.name, table)
-    final = f"The signature is {result['signature']}." if "signature" in result else \
-        f"I could not find the signature of {e.name}."
+    final = tool_answer(e.name, result)
     return Sample("tool", e.name, prompt, completion, tool_result(result),
                   assistant_message("final", final, RETURN)[len(ASSISTANT_PROMPT):])
+
+
+def tool_answer(name: str, result: dict) -> str:
+    """The final answer after a tool result: its signature, or that none was found."""
+    if "signature" in result:
+        return f"The signature is {result['signature']}."
+    return f"I could not find the signature of {name}."
+
+
+OOD_ANALYSIS = "The user's message is not a question about Python's standard library."
+
+
+def ood_sample(rng: random.Random, heldout: bool, pool: list[Entry]) -> Sample:
+    """A question outside the domain, answered by saying what the model can do."""
+    prompt = header(rng, with_tools=rng.random() < 0.5) + history(rng, pool)
+    question = synthetic.ood_question(rng, heldout)
+    prompt += user_message(question) + ASSISTANT_PROMPT
+    completion = (assistant_message("analysis", OOD_ANALYSIS)[len(ASSISTANT_PROMPT):]
+                  + assistant_message("final", synthetic.OOD_ANSWER, RETURN))
+    return Sample("ood", question, prompt, completion)
+
+
+def copy_sample(rng: random.Random, pool: list[Entry]) -> Sample:
+    """"Repeat exactly: <invented text>" -> the text: the densest copying lesson."""
+    text = synthetic.copy_text(rng)
+    prompt = header(rng, with_tools=rng.random() < 0.3) + history(rng, pool)
+    prompt += user_message(rng.choice(synthetic.COPY_REQUESTS).format(t=text)) + ASSISTANT_PROMPT
+    return Sample("copy", text, prompt, assistant_message("final", text, RETURN)[len(ASSISTANT_PROMPT):])
+
+
+def invented_entries(rng: random.Random, n: int, known: set[str]) -> list[Entry]:
+    """n invented names with invented signatures; about 1 in 6 has none (the tool then errs)."""
+    out: dict[str, Entry] = {}
+    while len(out) < n:
+        name, kind = synthetic.invented_name(rng)
+        if name in known or name in out:
+            continue
+        sig = synthetic.invented_signature(rng, name) if rng.random() < 0.85 else ""
+        out[name] = Entry(name, kind, "", sig)
+    return list(out.values())
+
+
+def invented_tool_samples(rng: random.Random, invented: list[Entry], pool: list[Entry]) -> list[Sample]:
+    """Tool chats on invented names; those without a signature are unknown to the tool."""
+    table = {e.name: e for e in invented if e.signature}
+    return [tool_sample(rng, e, pool, table) for e in invented]
 
 
 def full_text(s: Sample) -> str:
@@ -235,6 +290,12 @@ def full_text(s: Sample) -> str:
     if s.kind == "tool":
         text += s.tool_result + ASSISTANT_PROMPT + s.final
     return text
+
+
+def short_text(s: Sample) -> str:
+    """The chat without system/developer messages and earlier exchanges: the last question and
+    everything after it. Dense in copying; the curriculum's first phase trains on these."""
+    return full_text(s)[s.prompt.rindex(START + "user"):]
 
 
 def make_samples(rng: random.Random, entries: list[Entry], table: dict[str, Entry],
@@ -257,32 +318,48 @@ def split_names(entries: list[Entry], seed: int, heldout_fraction: float) -> tup
     return sorted(order[n_held:], key=lambda e: e.name), sorted(order[:n_held], key=lambda e: e.name)
 
 
-def build(out: Path, seed: int, per_entry: int, heldout_fraction: float) -> dict:
+def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invented: int,
+          ood: int, code_fraction: float, copies: int) -> dict:
     entries = harvest()
     table = {e.name: e for e in entries}
     train_e, held_e = split_names(entries, seed, heldout_fraction)
     rng = random.Random(seed + 1)
     train = make_samples(rng, train_e, table, per_entry)
     held = make_samples(rng, held_e, table, 1)
+    fake = invented_entries(rng, invented + invented // 20, set(table))
+    train_extra = invented_tool_samples(rng, fake[:invented], train_e) \
+        + [ood_sample(rng, False, train_e) for _ in range(ood)] \
+        + [copy_sample(rng, train_e) for _ in range(copies)]
+    held_extra = invented_tool_samples(rng, fake[invented:], train_e) \
+        + [ood_sample(rng, True, train_e) for _ in range(max(40, ood // 20))]
     code = source_chunks()
     rng.shuffle(code)
     n_code_held = max(1, len(code) // 20)
-    docs_train = [full_text(s) for s in train] + code[n_code_held:]
-    docs_held = [full_text(s) for s in held] + code[:n_code_held]
+    n_code_train = int((len(code) - n_code_held) * code_fraction)
+    docs_train = [full_text(s) for s in train + train_extra] + code[n_code_held:n_code_held + n_code_train]
+    docs_held = [full_text(s) for s in held + held_extra] + code[:n_code_held]
     rng.shuffle(docs_train)
+    docs_short = [short_text(s) for s in train + train_extra]
+    rng.shuffle(docs_short)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.txt").write_text(ENDOFTEXT.join(docs_train) + ENDOFTEXT, encoding="utf-8")
+    (out / "train_short.txt").write_text(ENDOFTEXT.join(docs_short) + ENDOFTEXT, encoding="utf-8")
     (out / "heldout.txt").write_text(ENDOFTEXT.join(docs_held) + ENDOFTEXT, encoding="utf-8")
     with open(out / "prompts.jsonl", "w", encoding="utf-8") as f:   # evaluation prompts (train)
         for s in train:
             f.write(json.dumps(dataclasses.asdict(s)) + "\n")
+    with open(out / "heldout_prompts.jsonl", "w", encoding="utf-8") as f:   # never trained on
+        for s in held + held_extra:
+            if s.kind != "doc" and s.name not in {e.name for e in fake}:
+                f.write(json.dumps(dataclasses.asdict(s)) + "\n")
     with open(out / "entries.jsonl", "w", encoding="utf-8") as f:   # the tool's table
         for e in entries:
             f.write(json.dumps(dataclasses.asdict(e)) + "\n")
     stats = {"python": sys.version.split()[0], "seed": seed, "names": len(entries),
              "train_names": len(train_e), "heldout_names": len(held_e),
              "train_chats": len(train), "heldout_chats": len(held),
-             "tool_chats": sum(s.kind == "tool" for s in train), "code_chunks": len(code),
+             "tool_chats": sum(s.kind == "tool" for s in train), "invented_tool_chats": invented,
+             "ood_chats": ood, "copy_chats": copies, "code_chunks": len(code), "code_chunks_train": n_code_train,
              "train_chars": sum(map(len, docs_train)), "heldout_chars": sum(map(len, docs_held))}
     (out / "data_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
@@ -294,8 +371,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-entry", type=int, default=3, help="chats per name and kind (train)")
     p.add_argument("--heldout-fraction", type=float, default=0.05)
+    p.add_argument("--invented", type=int, default=4000, help="tool chats on invented names")
+    p.add_argument("--ood", type=int, default=1500, help="out-of-domain chats")
+    p.add_argument("--copies", type=int, default=6000, help='"repeat exactly" chats on invented text')
+    p.add_argument("--code-fraction", type=float, default=0.15, help="share of source chunks kept")
     a = p.parse_args(argv)
-    print(json.dumps(build(a.out, a.seed, a.per_entry, a.heldout_fraction), indent=1))
+    print(json.dumps(build(a.out, a.seed, a.per_entry, a.heldout_fraction, a.invented, a.ood,
+                           a.code_fraction, a.copies), indent=1))
     return 0
 
 

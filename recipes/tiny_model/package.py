@@ -74,8 +74,14 @@ def record_figures(work: Path, model_dir: Path, test_data: Path) -> dict:
             ev = json.loads(path.read_text())
             figures[f"heldout_ppl_{kind}"] = ev["heldout_ppl"]
             figures["heldout_tokens"] = ev["heldout_tokens"]
+            if "heldout_assistant_ppl" in ev:
+                figures[f"heldout_assistant_ppl_{kind}"] = ev["heldout_assistant_ppl"]
+                figures["heldout_assistant_tokens"] = ev["heldout_assistant_tokens"]
             if "quality" in ev:
                 figures[f"quality_{kind}"] = {k: v for k, v in ev["quality"].items() if k != "failures"}
+            if "quality_heldout" in ev:
+                figures[f"quality_heldout_{kind}"] = {k: v for k, v in ev["quality_heldout"].items()
+                                                      if k != "failures"}
     (model_dir / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures
 

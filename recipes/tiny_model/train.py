@@ -6,7 +6,10 @@ learned sinks, YaRN RoPE as gpt-oss configures it (theta 150000, factor 32, orig
 (limit 7, alpha 1.702), biases on q/k/v/o, router and experts, untied lm_head.
 
 Batches are windows of SEQ_LEN tokens that start at a document start of the tokenized train.txt,
-so chats sit at position 0 like at inference and long ones cross the 128-token window.
+so chats sit at position 0 like at inference and long ones cross the 128-token window. The loss
+covers the tokens supervision.py selects (what the assistant writes; all of a source chunk).
+Curriculum: the first SHORT_FRACTION of the steps draw their windows from train_short.txt (the
+same chats from the last question on, ~4x more copying per token), the rest from train.txt.
 Fixed seeds and a fixed step count: the same machine reproduces the same weights.
 
     python recipes/tiny_model/train.py DATA_DIR TOKENIZER_DIR OUT_DIR [--steps 400]
@@ -26,6 +29,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import GptOssConfig, GptOssForCausalLM
 
+from supervision import encode_documents
+
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                    num_local_experts=8, num_experts_per_tok=2)
@@ -44,23 +49,23 @@ def model_config(vocab_size: int, eos_id: int, pad_id: int) -> GptOssConfig:
         eos_token_id=eos_id, pad_token_id=pad_id, attn_implementation="eager")
 
 
-def tokenize_corpus(path: Path, tok: Tokenizer, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of a corpus file (int32) and the offsets where documents start."""
+def tokenize_corpus(path: Path, tok: Tokenizer, sep_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids of a corpus file (int32), the offsets where documents start, the loss mask."""
     docs = path.read_text(encoding="utf-8").split("<|endoftext|>")
-    ids: list[int] = []
-    starts: list[int] = []
-    for enc in tok.encode_batch([d for d in docs if d]):
-        starts.append(len(ids))
-        ids.extend(enc.ids)
-        ids.append(sep_id)
-    return np.asarray(ids, dtype=np.int32), np.asarray(starts, dtype=np.int64)
+    return encode_documents(tok, [d for d in docs if d], sep_id)
 
 
-def windows(ids: np.ndarray, starts: np.ndarray, picks: np.ndarray, seq_len: int) -> torch.Tensor:
-    """[len(picks), seq_len] token windows beginning at the chosen document starts."""
+def windows(ids: np.ndarray, starts: np.ndarray, picks: np.ndarray, seq_len: int,
+            mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[len(picks), seq_len] token windows beginning at the chosen document starts, and their
+    labels (-100 where the mask leaves a token out of the loss)."""
     valid = starts[starts + seq_len <= len(ids)]
-    rows = [ids[valid[p % len(valid)]:valid[p % len(valid)] + seq_len] for p in picks]
-    return torch.from_numpy(np.stack(rows).astype(np.int64))
+    offs = [valid[p % len(valid)] for p in picks]
+    x = torch.from_numpy(np.stack([ids[o:o + seq_len] for o in offs]).astype(np.int64))
+    if mask is None:
+        return x, x.clone()
+    keep = torch.from_numpy(np.stack([mask[o:o + seq_len] for o in offs]))
+    return x, torch.where(keep, x, torch.full_like(x, -100))
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -72,44 +77,52 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 @torch.no_grad()
-def mean_loss(model, batch: torch.Tensor, chunk: int = 8) -> float:
+def mean_loss(model, batch: tuple[torch.Tensor, torch.Tensor], chunk: int = 8) -> float:
     model.eval()
-    losses = [model(input_ids=b, labels=b).loss.item() for b in batch.split(chunk)]
+    losses = [model(input_ids=x, labels=y).loss.item()
+              for x, y in zip(batch[0].split(chunk), batch[1].split(chunk))]
     model.train()
     return float(np.mean(losses))
 
 
 def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len: int,
           peak_lr: float, seed: int, log_every: int = 25, eval_every: int = 200,
-          save_every: int = 100, stop_after: int | None = None) -> dict:
+          save_every: int = 100, stop_after: int | None = None, keep_partials: bool = False,
+          short_fraction: float = 0.5) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     sep = tok.token_to_id("<|endoftext|>")
-    ids, starts = tokenize_corpus(data / "train.txt", tok, sep)
-    held_ids, held_starts = tokenize_corpus(data / "heldout.txt", tok, sep)
-    held_batch = windows(held_ids, held_starts, np.arange(0, len(held_starts), 
-                                                          max(1, len(held_starts) // 32))[:32], seq_len)
+    ids, starts, mask = tokenize_corpus(data / "train.txt", tok, sep)
+    short = tokenize_corpus(data / "train_short.txt", tok, sep) if short_fraction > 0 else None
+    short_steps = int(steps * short_fraction)
+    held_ids, held_starts, held_mask = tokenize_corpus(data / "heldout.txt", tok, sep)
+    held_batch = windows(held_ids, held_starts, np.arange(0, len(held_starts),
+                                                          max(1, len(held_starts) // 32))[:32],
+                         seq_len, held_mask)
     cfg = model_config(tok.get_vocab_size(), tok.token_to_id("<|return|>"), sep)
     model = GptOssForCausalLM(cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{n_params / 1e6:.2f}M parameters; {len(ids) / 1e6:.2f}M train tokens in "
+    print(f"{n_params / 1e6:.2f}M parameters; {len(ids) / 1e6:.2f}M train tokens "
+          f"({mask.mean():.0%} supervised) in "
           f"{len(starts)} documents; {steps} steps x {batch} x {seq_len}", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=peak_lr, betas=(0.9, 0.95), eps=1e-8)
-    log = {"params": n_params, "train_tokens": int(len(ids)), "steps": steps, "batch": batch,
-           "seq_len": seq_len, "peak_lr": peak_lr, "seed": seed, "history": []}
+    log = {"params": n_params, "train_tokens": int(len(ids)), "supervised_tokens": int(mask.sum()), "steps": steps, "batch": batch,
+           "seq_len": seq_len, "peak_lr": peak_lr, "seed": seed, "short_steps": short_steps,
+           "history": []}
     t0 = time.time()
     model.train()
     last = steps - 1 if stop_after is None else min(stop_after, steps - 1)
     for step in range(last + 1):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, peak_lr, warmup=50)
-        x = windows(ids, starts, rng.integers(0, 1 << 62, size=batch), seq_len)
-        out_ = model(input_ids=x, labels=x, output_router_logits=True)
+        corpus = short if step < short_steps else (ids, starts, mask)
+        x, y = windows(corpus[0], corpus[1], rng.integers(0, 1 << 62, size=batch), seq_len, corpus[2])
+        out_ = model(input_ids=x, labels=y, output_router_logits=True)
         out_.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -123,7 +136,7 @@ def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len:
             log["history"].append(rec)
             print(json.dumps(rec), flush=True)
         if save_every and step and step % save_every == 0 and step != last:   # fallback if stopped
-            model.save_pretrained(out / "partial")
+            model.save_pretrained(out / (f"partial-{step}" if keep_partials else "partial"))
     log["train_seconds"] = round(time.time() - t0, 1)
     log["threads"] = torch.get_num_threads()
     log["stopped_after_step"] = last
@@ -138,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("tokenizer", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -146,12 +159,16 @@ def main(argv=None) -> int:
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop once this step index is applied (the lr schedule still spans --steps);"
                         " gives the same weights as the run's partial/ save at that step")
+    p.add_argument("--short-fraction", type=float, default=0.5,
+                   help="share of the steps trained on train_short.txt first (curriculum)")
+    p.add_argument("--keep-partials", action="store_true",
+                   help="save every 100 steps to OUT_DIR/partial-STEP (learning curves), not partial/")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared 2-core machine a second thread mostly spins)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     log = train(a.data, a.tokenizer, a.out, a.steps, a.batch, a.seq_len, a.lr, a.seed,
-                stop_after=a.stop_after)
+                stop_after=a.stop_after, keep_partials=a.keep_partials, short_fraction=a.short_fraction)
     print(f"trained {log['params'] / 1e6:.2f}M parameters in {log['train_seconds']:.0f}s")
     return 0
 
