@@ -228,12 +228,15 @@ def profiles(cfg: ModelConfig, *, max_batch: int, max_context: int, opt_batch: i
              max_step_tokens: int = 512) -> dict[str, dict[str, list[int]]]:
     """Optimization-profile ranges, per symbolic dim: [min, opt, max]. `seq` is the tokens one
     step brings (1 = decode, up to max_step_tokens = a prefill chunk); `kv_capacity` the slots of
-    full-attention layers (window layers: a fixed `window`-slot ring)."""
+    full-attention layers (window layers: a fixed `window`-slot ring); `logits_rows` the positions
+    of a step whose logits are computed (1 when sampling; up to a chunk when a caller asks for
+    every position's logits)."""
     if not 1 <= opt_batch <= max_batch:
         raise LoweringError(f"--batch {opt_batch} outside [1, {max_batch}]")
     if max_context > cfg.max_position_embeddings:
         raise LoweringError(f"--max-context {max_context} exceeds the model's {cfg.max_position_embeddings}")
     return {"batch": [1, opt_batch, max_batch],
             "seq": [1, 1, min(max_step_tokens, max_context)],
+            "logits_rows": [1, 1, min(max_step_tokens, max_context)],
             "kv_capacity": [1, max_context, max_context],
             "ring": [cfg.sliding_window] * 3}

@@ -212,7 +212,9 @@ class ENGINE_IO:
     INPUT_IDS = "input_ids"        # int64 [batch, seq]
     PAST_LEN = "past_len"          # int32 [batch]
     NEW_LEN = "new_len"            # int32 [batch]
-    LOGITS = "logits"              # float32 [batch, seq, vocab]
+    LOGITS_INDEX = "logits_index"  # int64 [batch, logits_rows]: step positions (0..seq-1) whose
+                                   # logits are computed (decode and sampling: new_len - 1 only)
+    LOGITS = "logits"              # float32 [batch, logits_rows, vocab]
 
     @staticmethod
     def past_key(layer: int) -> str:

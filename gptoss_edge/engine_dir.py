@@ -5,7 +5,7 @@ plan, ...) and `manifest.json`:
 
     {
       "format": "gptoss-edge-engine",
-      "schema_version": 1,
+      "schema_version": 2,
       "created_by": "gptoss-edge 0.1.0",
       "target": "onnxruntime",                      # or "tensorrt", ...
       "opset": {"domain": "gptoss_edge", "version": 1},
@@ -61,7 +61,7 @@ from gptoss_edge.compiler.opset import DOMAIN, OPSET_VERSION
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "gptoss-edge-engine"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2             # 2: logits_index input (logits for chosen step positions only)
 VERIFY_MODES = ("full", "sizes", "none")
 CHUNK = 8 << 20                 # bytes per read while hashing
 PROGRESS_MIN_BYTES = 256 << 20  # files at least this big report hashing progress

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from gptoss_edge.kv_layout import KvLayout, KvLayoutError
 
-PROFILE_DIMS = ("batch", "seq", "kv_capacity", "ring")   # optimization-profile dims, see lower_trt.profiles
+PROFILE_DIMS = ("batch", "seq", "logits_rows", "kv_capacity", "ring")   # optimization-profile dims, see lower_trt.profiles
 KV_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}   # TensorRT precision -> KV cache dtype
 
 

@@ -75,7 +75,7 @@ def test_compile_writes_manifest_progress_and_summary(tiny_checkpoint, tmp_path,
     assert m["tokenizer"] == {"kind": "o200k_harmony"}   # no tokenizer.json beside the weights
     names = [b["name"] for b in m["bindings"]["inputs"]]
     assert names[:3] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN] and IO.past_key(cfg.num_hidden_layers - 1) in names
-    assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]}
+    assert m["bindings"]["outputs"][0] == {"name": IO.LOGITS, "dtype": "float32", "shape": ["batch", "logits_rows", cfg.vocab_size]}
     tc = m["target_config"]
     assert (tc["experts"], tc["dense"], tc["embedding"], tc["max_positions"]) == ("mxfp4", "float", "bf16", 512)
     # the default engine keeps MoeMxfp4 nodes: the runtime must load our CPU kernels, exact mode

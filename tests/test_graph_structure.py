@@ -40,7 +40,7 @@ def test_one_of_our_ops_per_layer_and_engine_io(graph):
     cfg = preset("tiny")
     ours = Counter(n.op_type for n in graph.nodes if n.domain == opset.DOMAIN)
     assert ours == {opset.SINK_ATTENTION.op_type: cfg.num_hidden_layers, opset.MOE_MXFP4.op_type: cfg.num_hidden_layers}
-    assert [v.name for v in graph.inputs] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN] + [
+    assert [v.name for v in graph.inputs] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN, IO.LOGITS_INDEX] + [
         n for i in range(cfg.num_hidden_layers) for n in (IO.past_key(i), IO.past_value(i))]
     assert [v.name for v in graph.outputs] == [IO.LOGITS] + [
         n for i in range(cfg.num_hidden_layers) for n in (IO.present_key(i), IO.present_value(i))]

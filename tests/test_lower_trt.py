@@ -42,11 +42,17 @@ def canonical(checkpoint):
     return build_model(open_checkpoint(checkpoint), max_positions=POSITIONS)
 
 
-def evaluate(graph, tokens: np.ndarray, new_len: np.ndarray) -> np.ndarray:
-    """Logits of one prefill step from empty caches through onnx.reference + our kernels."""
+def every_position(tokens: np.ndarray) -> np.ndarray:
+    return np.tile(np.arange(tokens.shape[1], dtype=np.int64), (len(tokens), 1))
+
+
+def evaluate(graph, tokens: np.ndarray, new_len: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+    """Logits of one prefill step from empty caches through onnx.reference + our kernels, at the
+    positions `index` [batch, rows] (default: every position, 0..seq-1 on every row)."""
     model = onnx_io.to_model_embedded(graph)
     feeds = {IO.INPUT_IDS: tokens.astype(np.int64), IO.PAST_LEN: np.zeros(len(tokens), np.int32),
-             IO.NEW_LEN: new_len.astype(np.int32)}
+             IO.NEW_LEN: new_len.astype(np.int32),
+             IO.LOGITS_INDEX: every_position(tokens) if index is None else index}
     for v in graph.inputs:
         if v.name.startswith(("past_key.", "past_value.")):
             cap = v.shape[2] if isinstance(v.shape[2], int) else tokens.shape[1]
@@ -68,6 +74,21 @@ def fp32_logits(canonical, batch):
 
 
 # ---- structure -------------------------------------------------------------------------------
+
+def test_logits_index_selects_the_rows_it_names(canonical, batch, fp32_logits):
+    """The final norm and lm_head run on the chosen positions only; each chosen row equals that
+    position's row of the every-position logits. Same per-row arithmetic, but BLAS blocks a
+    2-row and a 600-row product differently: float32 sums of hidden_size (64) products in
+    another order differ by <= 64 x 2^-24 x sum|x_i w_i| (a few units of |logit| <= ~5 here),
+    ~2e-5; a wrong row would differ by O(1)."""
+    tokens, new_len = batch
+    last = (new_len - 1).astype(np.int64)[:, None]                       # what sampling asks
+    np.testing.assert_allclose(evaluate(canonical, tokens, new_len, last)[:, 0],
+                               fp32_logits[np.arange(2), new_len - 1], rtol=0, atol=2e-5)
+    picks = np.array([[5, 0, 299], [170, 170, 3]], np.int64)             # any order, repeats
+    np.testing.assert_allclose(evaluate(canonical, tokens, new_len, picks),
+                               np.take_along_axis(fp32_logits, picks[..., None], 1), rtol=0, atol=2e-5)
+
 
 def test_plugin_nodes_carry_lookup_attributes_and_int8_bytes(canonical):
     g = lower_trt.lower(canonical, precision="fp16", dense="4bit", dense_format="mxfp4")
@@ -98,7 +119,7 @@ def test_checker_and_shape_inference_pass(canonical, precision, dense):
     onnx.checker.check_model(model, full_check=True)
     outputs = {o.name: o.type.tensor_type for o in model.graph.output}
     assert outputs[IO.LOGITS].elem_type == TensorProto.FLOAT
-    assert [d.dim_param or d.dim_value for d in outputs[IO.LOGITS].shape.dim] == ["batch", "seq", CFG.vocab_size]
+    assert [d.dim_param or d.dim_value for d in outputs[IO.LOGITS].shape.dim] == ["batch", "logits_rows", CFG.vocab_size]
     low = lower_trt.PRECISIONS[precision]
     for i in range(CFG.num_hidden_layers):
         present = outputs[IO.present_key(i)]
@@ -204,7 +225,8 @@ def test_dense_4bit_projection_error_bounded(canonical, batch, fmt):
     assert len(projections) == 4 * CFG.num_hidden_layers + 1
     model = onnx_io.to_model_embedded(canonical)
     tokens, new_len = batch
-    feeds = {IO.INPUT_IDS: tokens[:1], IO.PAST_LEN: np.zeros(1, np.int32), IO.NEW_LEN: new_len[:1].astype(np.int32)}
+    feeds = {IO.INPUT_IDS: tokens[:1], IO.PAST_LEN: np.zeros(1, np.int32), IO.NEW_LEN: new_len[:1].astype(np.int32),
+             IO.LOGITS_INDEX: every_position(tokens[:1])}
     for v in canonical.inputs:
         if v.name.startswith(("past_key.", "past_value.")):
             cap = v.shape[2] if isinstance(v.shape[2], int) else tokens.shape[1]
@@ -261,12 +283,13 @@ def test_manifest_records_profiles_plugins_and_bindings(engine):
     m = load_manifest(engine)
     tc = m.target_config
     assert m.target == "tensorrt" and tc["precision"] == "fp32" and tc["experts"] == "mxfp4"
-    assert tc["profiles"] == {"batch": [1, 1, 2], "seq": [1, 1, 320], "kv_capacity": [1, POSITIONS, POSITIONS],
+    assert tc["profiles"] == {"batch": [1, 1, 2], "seq": [1, 1, 320], "logits_rows": [1, 1, 320],
+                              "kv_capacity": [1, POSITIONS, POSITIONS],
                               "ring": [CFG.sliding_window] * 3}
     assert {p["name"] for p in tc["plugins"]} == {opset.SINK_ATTENTION.op_type, opset.MOE_MXFP4.op_type}
     assert all(p["namespace"] == opset.PLUGIN_NAMESPACE for p in tc["plugins"])
     names = [b["name"] for b in m.bindings["inputs"]]
-    assert names[:3] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN]
+    assert names[:4] == [IO.INPUT_IDS, IO.PAST_LEN, IO.NEW_LEN, IO.LOGITS_INDEX]
     assert tc["kv_layout"]["ring_layers"] == [i for i in range(CFG.num_hidden_layers) if CFG.is_sliding(i)]
     from gptoss_edge.target_config import TensorRTConfig, target_config_of
     typed = target_config_of(m)

@@ -12,7 +12,7 @@ import pytest
 from gptoss_edge import cli
 from gptoss_edge.compiler.config import preset
 from gptoss_edge.engine_dir import EngineDirError
-from gptoss_edge.runtime.engine.backend import BackendError, StepRow
+from gptoss_edge.runtime.engine.backend import BackendError, StepRow, logits_index, row_result
 from gptoss_edge.runtime.engine.generate import generate
 from gptoss_edge.runtime.engine.ort_backend import OrtBackend
 
@@ -61,6 +61,33 @@ def test_batched_steps_equal_unbatched(engine):
     be.release(0)
     last = be.step([StepRow(0, ps[2])])[0]
     np.testing.assert_allclose(last, alone[2][-1], atol=1e-5 * np.abs(last).max(), rtol=0)
+
+
+def test_logits_index_rows():
+    # sampling: one row per slot, its last new token (idle rows, new_len 0, point at 0)
+    np.testing.assert_array_equal(logits_index([3, 0, 1], 3, False), [[2], [0], [0]])
+    # a row of the step wants all its logits: every position for every row
+    np.testing.assert_array_equal(logits_index([3, 1], 3, True), [[0, 1, 2], [0, 1, 2]])
+    out = np.arange(12, dtype=np.float32).reshape(3, 4)          # [rows, vocab]
+    np.testing.assert_array_equal(row_result(out, 2, True, True), out[:2])
+    np.testing.assert_array_equal(row_result(out, 2, True, False), out[1])
+    np.testing.assert_array_equal(row_result(out[:1], 2, False, False), out[0])
+
+
+def test_sampling_steps_match_all_logits_steps(engine):
+    """Steps that compute one logits row per slot (the default) give the last row of what the
+    every-position steps give, also beside an idle slot and in a step where another row asks
+    for all its logits."""
+    be = OrtBackend(engine, max_slots=3, max_context=512, max_step_tokens=128)
+    a, b, c = prompts(5, (100, 37, 64))
+    alone = {name: run_alone(be, p, 128) for name, p in (("a", a), ("b", b), ("c", c + a[:5]))}
+    tol = 1e-5 * max(np.abs(x).max() for x in alone.values())
+    out = be.step([StepRow(2, c), StepRow(0, a)])                 # slot 1 idle inside the range
+    np.testing.assert_allclose(out[0], alone["c"][len(c) - 1], atol=tol, rtol=0)
+    np.testing.assert_allclose(out[1], alone["a"][-1], atol=tol, rtol=0)
+    out = be.step([StepRow(1, b, all_logits=True), StepRow(2, a[:5])])
+    np.testing.assert_allclose(out[0], alone["b"], atol=tol, rtol=0)
+    np.testing.assert_allclose(out[1], alone["c"][-1], atol=tol, rtol=0)
 
 
 def test_idle_slots_inside_the_range_are_untouched(engine):

@@ -18,7 +18,7 @@ CFG = preset("tiny")
 def trt_config(**kw) -> TensorRTConfig:
     base = dict(model_file="model.onnx", precision="fp16", dense="16bit", dense_format=None, experts="mxfp4",
                 max_batch=2, max_context=512, max_step_tokens=64, max_positions=512,
-                profiles={"batch": (1, 1, 2), "seq": (1, 1, 64), "kv_capacity": (1, 512, 512),
+                profiles={"batch": (1, 1, 2), "seq": (1, 1, 64), "logits_rows": (1, 1, 64), "kv_capacity": (1, 512, 512),
                           "ring": (128, 128, 128)},
                 plugins=(PluginRef("SinkAttention", "1", "gptoss_edge"),),
                 opset={"domain": "gptoss_edge", "version": 1}, kv_layout=kv_layout(CFG, "fp16"),

@@ -81,6 +81,7 @@ def test_externalized_graph_fed_from_the_data_file_gives_identical_logits(engine
     feeds[IO.INPUT_IDS] = tokens.astype(np.int64)
     feeds[IO.PAST_LEN] = np.zeros(1, np.int32)
     feeds[IO.NEW_LEN] = np.array([40], np.int32)
+    feeds[IO.LOGITS_INDEX] = np.arange(40, dtype=np.int64)[None]     # every position's logits
     for i in range(CFG.num_hidden_layers):
         cap = CFG.sliding_window if CFG.is_sliding(i) else 64
         for name in (IO.past_key(i), IO.past_value(i)):

@@ -1,9 +1,12 @@
 """The whole gpt-oss decoder as one canonical graph in our op set.
 
 Inputs (ENGINE_IO): input_ids int64 [batch, seq], past_len int32 [batch], new_len int32 [batch],
+logits_index int64 [batch, logits_rows] (the step positions whose logits are wanted: the final
+norm and the lm_head run on those rows only, so a 512-token prompt chunk projects one row onto
+the 201088-entry vocabulary, not 512),
 past_key.i / past_value.i float32 [batch, num_kv_heads, capacity_i, head_dim] (capacity_i: the
 window on sliding layers (ring), symbolic `kv_capacity` on full layers).
-Outputs: logits float32 [batch, seq, vocab], present_key.i / present_value.i (same shapes).
+Outputs: logits float32 [batch, logits_rows, vocab], present_key.i / present_value.i (same shapes).
 Nothing is read from the checkpoint here: initializers are lazy (see ir.py).
 """
 from __future__ import annotations
@@ -50,10 +53,11 @@ def build_model(ckpt: WeightSource, max_positions: int | None = None) -> Graph:
     ids = g.add_input(IO.INPUT_IDS, TensorProto.INT64, ["batch", "seq"])
     past_len = g.add_input(IO.PAST_LEN, TensorProto.INT32, ["batch"])
     new_len = g.add_input(IO.NEW_LEN, TensorProto.INT32, ["batch"])
-    g.add_output(IO.LOGITS, TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])
+    logits_index = g.add_input(IO.LOGITS_INDEX, TensorProto.INT64, ["batch", "logits_rows"])
+    g.add_output(IO.LOGITS, TensorProto.FLOAT, ["batch", "logits_rows", cfg.vocab_size])
     cos, sin = rope_tables(g, cfg, max_positions or cfg.max_position_embeddings)
     x = build_embedding(g, ckpt, ids)
     for layer in range(cfg.num_hidden_layers):
         x = build_layer(g, ckpt, layer, x, past_len, new_len, cos, sin)
-    build_lm_head(g, ckpt, x, IO.LOGITS)
+    build_lm_head(g, ckpt, x, logits_index, IO.LOGITS)
     return g

@@ -121,3 +121,22 @@ def validate_rows(rows: Sequence[StepRow], info: BackendInfo, lengths: Sequence[
         if bad:
             raise BackendError(f"slot {r.slot}: token id {bad[0]} outside the vocabulary "
                                f"[0, {info.config.vocab_size})")
+
+
+# ---- which step positions get logits (the engine's logits_index input) ----------------------
+
+def logits_index(new_lens: Sequence[int], seq: int, every_position: bool) -> np.ndarray:
+    """[batch, rows] int64 positions of a step's [batch, seq] tokens whose logits the engine
+    computes: all seq positions when some row of the step asks for all its logits, else one per
+    row, its last new token (an idle row, new_len 0, points at 0; its output is dropped)."""
+    if every_position:
+        return np.tile(np.arange(seq, dtype=np.int64), (len(new_lens), 1))
+    return np.maximum(np.asarray(new_lens, np.int64) - 1, 0).reshape(-1, 1)
+
+
+def row_result(logits: np.ndarray, n: int, every_position: bool, all_logits: bool) -> np.ndarray:
+    """One row's step result from its engine output `logits` [rows, vocab] (see logits_index):
+    [n, vocab] when the row asked for all its logits, else its last new token's [vocab]."""
+    if all_logits:
+        return logits[:n].copy()
+    return (logits[n - 1] if every_position else logits[0]).copy()

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from gptoss_edge.engine_dir import EngineManifest, load_manifest
+from gptoss_edge.compiler.opset import DOMAIN, OPSET_VERSION
+from gptoss_edge.engine_dir import FORMAT, SCHEMA_VERSION, EngineManifest, load_manifest
 from gptoss_edge.runtime.engine.backend import Backend, BackendError, kv_layout_of
 from gptoss_edge.runtime.engine.kv import slots_in_budget
 from gptoss_edge.runtime.engine.prefix import MAX_SAVED
@@ -166,14 +167,16 @@ def default_engine_dir() -> Path:
 
 
 def default_model_source() -> tuple[Path, str]:
-    """(embedded default model dir, 16-hex digest of its files): caches key on the digest."""
+    """(embedded default model dir, 16-hex digest of its files and of the engine format this
+    gptoss-edge writes): caches key on the digest, so an upgrade that changes the engine format
+    recompiles the cached default engine instead of refusing it."""
     try:
         from gptoss_edge.models import default_model_dir
         src = default_model_dir()
     except (ImportError, FileNotFoundError) as e:
         raise EngineOpenError(f"no ENGINE_DIR given and the embedded default model is not "
                               f"available ({e}); pass an engine dir") from None
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"{FORMAT} {SCHEMA_VERSION} {DOMAIN} {OPSET_VERSION}".encode())
     for f in sorted(p for p in src.iterdir() if p.is_file()):
         digest.update(f.name.encode() + f.read_bytes())
     return src, digest.hexdigest()[:16]

@@ -24,8 +24,8 @@ import onnxruntime as ort
 from gptoss_edge.compiler import opset
 from gptoss_edge.engine_dir import load_manifest
 from gptoss_edge.target_config import OnnxRuntimeConfig
-from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
-                                                validate_rows)
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, logits_index,
+                                                row_result, target_config, validate_rows)
 from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 
 IO = opset.ENGINE_IO
@@ -138,24 +138,26 @@ class OrtBackend:
             ids[r.slot - lo, :len(r.token_ids)] = r.token_ids
             past[r.slot - lo] = self._lengths[r.slot]
             new[r.slot - lo] = len(r.token_ids)
-        logits = np.empty((hi - lo, s, self.cfg.vocab_size), np.float32)
-        self._run(ids, past, new, lo, hi, logits)
+        every = any(r.all_logits for r in rows)
+        index = logits_index(new, s, every)
+        logits = np.empty((hi - lo, index.shape[1], self.cfg.vocab_size), np.float32)
+        self._run(ids, past, new, index, lo, hi, logits)
         out = []
         for r in rows:
             n = len(r.token_ids)
             self._lengths[r.slot] += n
-            row = logits[r.slot - lo]
-            out.append(row[:n].copy() if r.all_logits else row[n - 1].copy())
+            out.append(row_result(logits[r.slot - lo], n, every, r.all_logits))
         return out
 
     # ---- internals --------------------------------------------------------------------------
-    def _run(self, ids, past, new, lo: int, hi: int, logits) -> None:
+    def _run(self, ids, past, new, index, lo: int, hi: int, logits) -> None:
         if self.session is None:
             raise BackendError("backend is closed")
         io = self.session.io_binding()
         io.bind_cpu_input(IO.INPUT_IDS, ids)
         io.bind_cpu_input(IO.PAST_LEN, past)
         io.bind_cpu_input(IO.NEW_LEN, new)
+        io.bind_cpu_input(IO.LOGITS_INDEX, index)
         for layer, (k, v) in enumerate(zip(self._keys, self._values)):
             for name_in, name_out, buf in ((IO.past_key(layer), IO.present_key(layer), k[lo:hi]),
                                            (IO.past_value(layer), IO.present_value(layer), v[lo:hi])):

@@ -20,8 +20,8 @@ from onnx.reference import ReferenceEvaluator
 from gptoss_edge.compiler import opset, schemas
 from gptoss_edge.engine_dir import EngineManifest, load_manifest
 from gptoss_edge.compiler.reference_kernels import REFERENCE_OPS
-from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
-                                                validate_rows)
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, logits_index,
+                                                row_result, target_config, validate_rows)
 from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 
 IO = opset.ENGINE_IO
@@ -147,6 +147,8 @@ class ReferenceBackend:
         feeds = {IO.INPUT_IDS: ids,
                  IO.PAST_LEN: np.array([self._lengths[r.slot] for r in rows], np.int32),
                  IO.NEW_LEN: np.array([len(r.token_ids) for r in rows], np.int32)}
+        every = any(r.all_logits for r in rows)
+        feeds[IO.LOGITS_INDEX] = logits_index(feeds[IO.NEW_LEN], seq, every)
         for past, _ in self._cache_pairs:
             feeds[past] = np.stack([c[past] for c in caches])
         names = [IO.LOGITS] + [present for _, present in self._cache_pairs]
@@ -156,6 +158,5 @@ class ReferenceBackend:
             n = len(r.token_ids)
             self._caches[r.slot] = {past: outs[present][b].copy() for past, present in self._cache_pairs}
             self._lengths[r.slot] += n
-            logits = outs[IO.LOGITS][b, :n].astype(np.float32)
-            results.append(logits if r.all_logits else logits[-1])
+            results.append(row_result(outs[IO.LOGITS][b].astype(np.float32), n, every, r.all_logits))
         return results

@@ -45,8 +45,8 @@ import onnx
 from gptoss_edge.compiler import opset
 from gptoss_edge.cudart import D2D, D2H, H2D, CudaError, CudaRuntime
 from gptoss_edge.engine_dir import load_manifest
-from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, target_config,
-                                                validate_rows)
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, logits_index,
+                                                target_config, validate_rows)
 from gptoss_edge.runtime.engine.trt_buffers import contiguous_runs, device_plan, kv_buffers
 
 IO = opset.ENGINE_IO
@@ -136,6 +136,7 @@ class TrtBackend:
         self._ids = self._alloc(B * S * 8)
         self._past_len = self._alloc(B * 4)
         self._new_len = self._alloc(B * 4)
+        self._logits_index = self._alloc(B * S * 8)
         self._logits = self._alloc(B * S * V * 4)
         self._host_logits_ptr = self._pin(B * V * 4)
         self._host_logits = np.ctypeslib.as_array((ctypes.c_float * (B * V)).from_address(self._host_logits_ptr)
@@ -251,23 +252,27 @@ class TrtBackend:
             ids[b, :len(r.token_ids)] = r.token_ids
         past = np.array([self._lengths[r.slot] for r in rows], np.int32)
         new = np.array([len(r.token_ids) for r in rows], np.int32)
+        every = any(r.all_logits for r in rows)
+        index = logits_index(new, seq, every)
         cuda.copy_async(self._ids, ids.ctypes.data, ids.nbytes, H2D, self.stream)
         cuda.copy_async(self._past_len, past.ctypes.data, past.nbytes, H2D, self.stream)
         cuda.copy_async(self._new_len, new.ctypes.data, new.nbytes, H2D, self.stream)
+        cuda.copy_async(self._logits_index, index.ctypes.data, index.nbytes, H2D, self.stream)
         if seq == 1 and self._use_graphs:
-            self._decode_graph(lo, n)
+            self._decode_graph(lo, n)         # seq 1: one logits row per slot, index 0
         else:
-            self._bind(lo, n, seq)
+            self._bind(lo, n, seq, index.shape[1])
             self._execute()
-        results = self._fetch_logits(rows, seq)
+        results = self._fetch_logits(rows, index.shape[1], every)
         for r in rows:
             self._lengths[r.slot] += len(r.token_ids)
         return results
 
-    def _bind(self, lo: int, n: int, seq: int) -> None:
+    def _bind(self, lo: int, n: int, seq: int, logits_rows: int) -> None:
         cfg = self._info.config
         for name, shape, ptr in ((IO.INPUT_IDS, (n, seq), self._ids), (IO.PAST_LEN, (n,), self._past_len),
-                                 (IO.NEW_LEN, (n,), self._new_len)):
+                                 (IO.NEW_LEN, (n,), self._new_len),
+                                 (IO.LOGITS_INDEX, (n, logits_rows), self._logits_index)):
             self._set_shape(name, shape)
             self._set_address(name, ptr)
         self._set_address(IO.LOGITS, self._logits)
@@ -300,7 +305,7 @@ class TrtBackend:
         if exe:                               # addresses and shapes are baked into the graph
             self.cuda.graph_launch(exe, self.stream)
             return
-        self._bind(lo, n, 1)
+        self._bind(lo, n, 1, 1)
         self._execute()                       # eager first: TensorRT settles shape-dependent state
         if key in self._graphs:               # capture failed before: stay eager
             return
@@ -318,18 +323,20 @@ class TrtBackend:
                   file=sys.stderr)
         # the captured graph has not run: the eager execution above produced this step's output
 
-    def _fetch_logits(self, rows: list[StepRow], seq: int) -> dict[int, np.ndarray]:
+    def _fetch_logits(self, rows: list[StepRow], k: int, every: bool) -> dict[int, np.ndarray]:
+        """The engine's logits [n, k, vocab] (k rows per slot, see backend.logits_index): each
+        row's last new token into pinned memory, and all positions for rows that asked."""
         V = self._info.config.vocab_size
         row_bytes = V * 4
         out: dict[int, np.ndarray] = {}
         full = [(b, r) for b, r in enumerate(rows) if r.all_logits]
         for b, r in enumerate(rows):
-            src = self._logits + (b * seq + len(r.token_ids) - 1) * row_bytes
+            src = self._logits + (b * k + (len(r.token_ids) - 1 if every else 0)) * row_bytes
             self.cuda.copy_async(self._host_logits_ptr + b * row_bytes, src, row_bytes, D2H, self.stream)
         alls = {}
         for b, r in full:
             arr = np.empty((len(r.token_ids), V), np.float32)
-            self.cuda.copy_async(arr.ctypes.data, self._logits + b * seq * row_bytes, arr.nbytes, D2H, self.stream)
+            self.cuda.copy_async(arr.ctypes.data, self._logits + b * k * row_bytes, arr.nbytes, D2H, self.stream)
             alls[r.slot] = arr
         self.cuda.synchronize(self.stream)
         for b, r in enumerate(rows):

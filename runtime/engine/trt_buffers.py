@@ -8,9 +8,10 @@ CPU against `gptoss-edge plan`).
   * Without past/present aliasing (a TensorRT that cannot alias plugin I/O, PlanRecord.kv_aliased
     false) a second, per-step `present` buffer of max_batch slots receives the plugin's output
     and is copied back into the slots after the step: + max_batch x slot_bytes.
-  * Step I/O: input_ids [max_batch, max_step] int64, past_len/new_len [max_batch] int32, logits
-    [max_batch, max_step, vocab] float32 (the graph computes every position's logits; only the
-    sampled rows are copied to the host, into a pinned [max_batch, vocab] buffer).
+  * Step I/O: input_ids and logits_index [max_batch, max_step] int64, past_len/new_len
+    [max_batch] int32, logits [max_batch, max_step, vocab] float32 (sized for a step that asks for
+    every position's logits; a sampling step computes one row per slot, and only those rows are
+    copied to the host, into a pinned [max_batch, vocab] buffer).
   * Weights outside the plan (build-engine's streamed weights): their bytes, loaded once.
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ def device_plan(layout: KvLayout, *, max_slots: int, max_context: int, max_batch
     kv = 2 * sum(b.nbytes for b in kv_buffers(layout, max_slots, max_context))
     scratch = 0 if aliased else max_batch * layout.slot_bytes(max_context)
     return DevicePlan(kv_cache=kv, kv_present_scratch=scratch,
-                      step_io=max_batch * max_step * 8 + 2 * max_batch * 4,
+                      step_io=2 * max_batch * max_step * 8 + 2 * max_batch * 4,
                       logits=max_batch * max_step * vocab * 4, pinned_host=max_batch * vocab * 4,
                       streamed_weights=streamed_bytes)
 
