@@ -1,10 +1,14 @@
 """The TensorRT backend's CPU-checkable parts: its device buffer plan against `gptoss-edge plan`,
 the slot runs of a step, the CUDA runtime binding against the real libcudart (no GPU here: its
-errors), the registry/auto choice, and the one-line refusals when opening is impossible."""
+errors), the registry/auto choice, the one-line refusals when opening is impossible, and which bytes
+prefix reuse copies (on host memory)."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import shutil
+
+import numpy as np
 
 import pytest
 
@@ -15,6 +19,9 @@ from gptoss_edge.cudart import CudaError, CudaRuntime, find_libcudart
 from gptoss_edge.engine_dir import add_files, load_manifest
 from gptoss_edge.kv_layout import KvLayout
 from gptoss_edge.runtime.engine import opener
+from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo
+from gptoss_edge.runtime.engine.prefix import SavedPrefixes
+from gptoss_edge.runtime.engine.trt_backend import TrtBackend
 from gptoss_edge.runtime.engine.trt_buffers import contiguous_runs, device_plan, kv_buffers
 from gptoss_edge.target_config import PlanRecord, target_config_of
 from trt_support import compile_trt_engine, without_tensorrt
@@ -133,3 +140,67 @@ def test_plugin_library_search_order_and_message(tmp_path):
     with pytest.raises(TrtUnavailable) as e:
         find_plugin_library(tmp_path / "missing.so")
     assert f"looked at {tmp_path / 'missing.so'}" in str(e.value) and "--plugins PATH" in str(e.value)
+
+
+# ---- prefix reuse: the copies save_prefix/truncate make, on host memory -------------------------
+
+class HostCopies:
+    """The two CUDA calls prefix reuse makes, on host memory (the 'device' addresses are host
+    pointers): what is tested is which bytes go where, not CUDA."""
+
+    def copy_async(self, dst: int, src: int, nbytes: int, kind, stream) -> None:
+        ctypes.memmove(dst, src, nbytes)
+
+    def synchronize(self, stream) -> None:
+        pass
+
+
+def host_backend(slots: int, context: int):
+    """A TrtBackend whose KV buffers are host arrays (opening a real one needs TensorRT)."""
+    cfg = preset("tiny")
+    layout = KvLayout.of(cfg, "float16")
+    be = TrtBackend.__new__(TrtBackend)
+    be.cuda, be.stream = HostCopies(), 0
+    be._info = BackendInfo(config=cfg, target="tensorrt", max_slots=slots, max_context=context,
+                           max_step_tokens=64, kv_layout=layout)
+    be._kv = kv_buffers(layout, slots, context)
+    rng = np.random.default_rng(0)
+    mem = {(i, kv): rng.integers(0, 256, b.nbytes, dtype=np.uint8) for i, b in enumerate(be._kv) for kv in "kv"}
+    be._keys = [mem[i, "k"].ctypes.data for i in range(len(be._kv))]
+    be._values = [mem[i, "v"].ctypes.data for i in range(len(be._kv))]
+    be._lengths = [0] * slots
+    be._saved = SavedPrefixes()
+    return be, mem
+
+
+def test_prefix_reuse_restores_the_window_rings_and_nothing_else():
+    be, mem = host_backend(slots=2, context=512)
+    rings = set(be.info.kv_layout.ring_layers)
+    assert rings and len(rings) < len(be._kv)          # the tiny preset has both kinds of layer
+
+    def slot_bytes(slot):
+        return {key: a.reshape(2, -1)[slot].copy() for key, a in mem.items()}
+
+    be._lengths[1] = 300
+    be.save_prefix(1)
+    at_300 = slot_bytes(1)
+    for a in mem.values():                              # the slot runs on: every buffer changes
+        a[:] = np.random.default_rng(1).integers(0, 256, a.size, dtype=np.uint8)
+    be._lengths[1] = 450
+    later, slot0 = slot_bytes(1), slot_bytes(0)
+    assert be.truncate(1, 400) == 300 and be.slot_length(1) == 300   # longest save <= 400
+    now = slot_bytes(1)
+    for (layer, kv), got in now.items():
+        # rings come back as they were at 300; full layers keep their rows (rows < 300 unchanged
+        # by later steps in a real run; here: untouched by truncate)
+        np.testing.assert_array_equal(got, at_300[layer, kv] if be._kv[layer].layer in rings else later[layer, kv])
+    for key, got in slot_bytes(0).items():              # the other slot is left alone
+        np.testing.assert_array_equal(got, slot0[key])
+    assert be.truncate(1, 300) == 300                   # nothing to cut
+    assert be.truncate(1, 200) == 0                     # no save at or below 200
+    with pytest.raises(BackendError, match="cannot keep 301 of its 0"):
+        be.truncate(1, 301)
+    be._lengths[0] = 100
+    be.save_prefix(0)
+    be.release(0)
+    assert be._saved.count(0) == 0 and be.slot_length(0) == 0

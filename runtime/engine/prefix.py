@@ -20,8 +20,8 @@ system prompt is reused up to the last multiple below the point where two prompt
 A slot keeps at most `limit` (MAX_SAVED) saved prefixes; beyond that the second-lowest goes
 (the lowest, a shared system prompt's first save point, and the latest turns stay).
 One saved prefix costs the slot's window buffers: KvLayout.ring_bytes_per_slot x ring_slots
-(gpt-oss-20b fp16: 3 MiB; float32 6 MiB), so at most 4 x that per slot; --max-memory does not
-count it yet (runtime/SERVING.md).
+(gpt-oss-20b fp16: 3 MiB; float32 6 MiB), so at most 4 x that per slot, which --max-memory
+counts (opener.EngineLimits.saved_prefixes; runtime/SERVING.md).
 """
 from __future__ import annotations
 

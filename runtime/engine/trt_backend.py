@@ -15,12 +15,17 @@ A step: the rows' slots are cut into runs of consecutive slots (trt_buffers.cont
 run executes once with the KV bindings pointing at its slots' block of every cache buffer
 (past == present when the plan aliases them; otherwise present goes to a scratch buffer that is
 copied back). Rows are right-padded to the run's longest row (past_len/new_len say which tokens
-are real). Only the logits rows that are returned are copied to the host (the graph still
-computes every position's logits: a logits-indices input is the graph's job).
+are real). The graph computes logits only for the positions `logits_index` names (one row per
+slot when sampling) and only the rows that are returned are copied to the host.
+
+Prefix reuse (runtime/engine/prefix.py): `save_prefix` copies a slot's window-layer rings to host
+memory (gpt-oss-20b fp16: 3 MiB per save, at most MAX_SAVED per slot); `truncate` copies one back
+and cuts the slot's length, so the slot is bit for bit the state it had at that length (the full
+layers' rows below the length are never rewritten).
 
 Decode runs (every row one token) are captured as CUDA graphs, one per (first slot, run length),
 on first use after one eager execution of that shape, and replayed afterwards; the inputs
-(ids, past_len, new_len) live at fixed device addresses and are copied in before each launch.
+(ids, past_len, new_len, logits_index) live at fixed device addresses and are copied in before each launch.
 A capture that fails disables graphs for that shape (eager from then on). Set
 GPTOSS_EDGE_TRT_CUDA_GRAPHS=0 to disable them entirely.
 
@@ -47,6 +52,7 @@ from gptoss_edge.cudart import D2D, D2H, H2D, CudaError, CudaRuntime
 from gptoss_edge.engine_dir import load_manifest
 from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, logits_index,
                                                 target_config, validate_rows)
+from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 from gptoss_edge.runtime.engine.trt_buffers import contiguous_runs, device_plan, kv_buffers
 
 IO = opset.ENGINE_IO
@@ -84,6 +90,7 @@ class TrtBackend:
                                  max_step_tokens=max_step, kv_layout=tc.kv_layout)
         self._max_batch = tc.profiles["batch"][2]
         self._lengths = [0] * max_slots
+        self._saved = SavedPrefixes()                   # prefix reuse: ring copies per slot
         self._graphs: dict[tuple[int, int], int | None] = {}
         self._use_graphs = os.environ.get("GPTOSS_EDGE_TRT_CUDA_GRAPHS", "1") != "0"
         self._allocs: list[int] = []
@@ -211,6 +218,44 @@ class TrtBackend:
     def release(self, slot: int) -> None:
         self._check_slot(slot)
         self._lengths[slot] = 0           # stale cache rows are never read again
+        self._saved.clear(slot)
+
+    def save_prefix(self, slot: int) -> None:
+        """Prefix reuse: copy the slot's window-layer rings (K and V) to host memory."""
+        self._check_slot(slot)
+        copies = []
+        try:
+            for ptr, nbytes in self._ring_regions(slot):
+                host = np.empty(nbytes, np.uint8)
+                self.cuda.copy_async(host.ctypes.data, ptr, nbytes, D2H, self.stream)
+                copies.append(host)
+            self.cuda.synchronize(self.stream)
+        except CudaError as e:
+            raise BackendError(f"CUDA error while saving slot {slot}'s prefix: {e}") from None
+        self._saved.add(slot, self._lengths[slot], copies)
+
+    def truncate(self, slot: int, length: int) -> int:
+        """Prefix reuse: continue from the longest exact prefix <= length."""
+        self._check_slot(slot)
+        try:
+            kept, copies = truncation(self._saved, slot, length, self._lengths[slot])
+        except ValueError as e:
+            raise BackendError(str(e)) from None
+        try:
+            for (ptr, nbytes), host in zip(self._ring_regions(slot), copies or ()):
+                self.cuda.copy_async(ptr, host.ctypes.data, nbytes, H2D, self.stream)
+            self.cuda.synchronize(self.stream)
+        except CudaError as e:
+            raise BackendError(f"CUDA error while restoring slot {slot}'s prefix: {e}") from None
+        self._lengths[slot] = kept
+        return kept
+
+    def _ring_regions(self, slot: int) -> list[tuple[int, int]]:
+        """(device address, bytes) of the slot's K and V rows in every window-layer ring."""
+        rings = set(self._info.kv_layout.ring_layers)
+        return [(base + slot * b.slot_stride, b.slot_stride)
+                for i, b in enumerate(self._kv) if b.layer in rings
+                for base in (self._keys[i], self._values[i])]
 
     def close(self) -> None:
         cuda, self.cuda = self.cuda, None
