@@ -18,6 +18,7 @@ medians of the runs, from this one run.
     pip install -e '.[bench]'        # llama-cpp-python, built from source (the [bench] extra)
     python benchmarks/cpu_peers.py [--layers 4] [--runs 3] [--threads 2]
            [--configs mxfp4:float:int8 mxfp4:4bit:int8]   # EXPERTS:DENSE:ACTIVATIONS
+           [--every-logits-too]     # + ours prefilling with every position's logits (old graphs' work)
 
 llama.cpp's converter is not in the wheel: it is taken from the llama-cpp-python source
 distribution of the installed version (pip download, into --data), or from --llama-src.
@@ -60,7 +61,7 @@ def phase_ours(a: argparse.Namespace) -> dict:
     load_s = time.monotonic() - t0
     vocab = be.info.config.vocab_size
     t0 = time.monotonic()
-    be.step([StepRow(0, _prompt(a.prefill, vocab, 0))])
+    be.step([StepRow(0, _prompt(a.prefill, vocab, 0), all_logits=a.every_logits)])
     prefill_s = time.monotonic() - t0
     be.release(0)
     logits = be.step([StepRow(0, _prompt(DECODE_PROMPT, vocab, 1))])[0]
@@ -231,6 +232,10 @@ def main() -> int:
     p.add_argument("--configs", nargs="+", default=["mxfp4:float:int8", "mxfp4:float:float", "mxfp4:4bit:int8"],
                    help="our engines, EXPERTS:DENSE:ACTIVATIONS (compiler/formats.py)")
     p.add_argument("--no-mmap-too", action="store_true", help="also run llama.cpp with use_mmap=False")
+    p.add_argument("--every-logits-too", action="store_true",
+                   help="also run each of ours with a prefill that computes every position's logits (what "
+                        "engines before the logits_index input did): the same-run baseline of that change")
+    p.add_argument("--every-logits", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--llama-src", type=Path, default=None)
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--engine", type=Path, help=argparse.SUPPRESS)
@@ -258,7 +263,11 @@ def main() -> int:
             print(f"compiled {engine.name}: {json.dumps(c)}", flush=True)
         name = f"ours {config}"
         runners[name] = ["ours", "--engine", str(engine)]
+        if a.every_logits_too:
+            runners[f"{name}, prefill with every position's logits"] = ["ours", "--engine", str(engine), "--every-logits"]
         bpt[name] = ort_20b.bytes_per_token(engine)["per_token"]
+        if a.every_logits_too:
+            bpt[f"{name}, prefill with every position's logits"] = bpt[name]
     bw = run_phase("bandwidth", common)["bytes_per_s"]
     results: dict[str, list[dict]] = {name: [] for name in runners}
     for r in range(a.runs):
