@@ -228,7 +228,9 @@ def test_dockerfile_runtime_contract(path):
     kind, target = parse_listen(args.listen)
     grpc_port = int(target.rpartition(":")[2])
     assert kind == "tcp" and args.metrics_host == "0.0.0.0"
-    assert set(last(final, "EXPOSE").split()) == {str(grpc_port), str(args.metrics_port)}
+    http_host, _, http_port = args.http.rpartition(":")
+    assert http_host == "0.0.0.0"                          # the OpenAI-compatible endpoint too
+    assert set(last(final, "EXPOSE").split()) == {str(grpc_port), http_port, str(args.metrics_port)}
     assert str(args.engine_dir).startswith(exec_form(last(final, "VOLUME"))[0] + "/")
     user = last(final, "USER").split(":")[0]
     assert user not in ("0", "root"), "image must run as non-root"
