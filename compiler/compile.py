@@ -105,10 +105,13 @@ def expert_candidates(opts: CompileOptions) -> list[str]:
 def choose_formats(graph: Graph, cfg: ModelConfig, opts: CompileOptions) -> tuple[str, str, str, int]:
     """(experts, dense, reason, weight bytes): the given formats, or for the ones left open the
     most exact whose weights + one slot's KV cache (budget_context tokens) fit max_memory_gib.
-    Preference: expert_candidates() order with float dense, then the same with 4-bit dense."""
+    Preference: expert_candidates() order with float dense, then the same with 8-bit, then 4-bit
+    dense (formats needing our CPU kernels only where they were built)."""
+    from gptoss_edge import cpu_kernels
     kv = KvLayout.of(cfg).slot_bytes(opts.budget_context)
     budget = opts.max_memory_gib * GiB
-    dense_modes = [opts.dense] if opts.dense else list(formats.DENSE_MODES)
+    dense_modes = [opts.dense] if opts.dense else [
+        d for d in formats.DENSE_MODES if cpu_kernels.available() or not formats.dense(d, opts.dense_format).custom_ops]
     sizes = {(e, d): lower_ort.lower(graph, e, d, opts.embedding or "float", opts.activations,
                                      opts.dense_format).total_weight_bytes()
              for d in dense_modes for e in expert_candidates(opts)}

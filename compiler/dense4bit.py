@@ -8,6 +8,10 @@
          value the block can hold, |error| <= scale / 2 (at the block max: 7x the float16
          rounding of the scale, < scale / 2^8 for normal float16 scales).
 Both: [N, K/32, 16] bytes, byte j holds elements 2j (low nibble) and 2j+1 (high nibble).
+  q8:    the op set's Gemm8bit (llama.cpp's q8_0, CPU target only): d = max|w| / 127 rounded to
+         float16, q = w / d rounded to nearest (ties to even) and clipped to [-127, 127]:
+         |error| <= d / 2 (the clip at the block max costs at most 127 x d x 2^-11 < d / 16).
+         [N, K/32, 32] int8 in natural order, float16 scales [N, K/32].
 Peak memory: one 32 MB group of output rows read from the checkpoint and its encoding
 temporaries (~0.4 GB for MXFP4), see quantize_lazy.
 """
@@ -38,20 +42,35 @@ def quantize_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mxfp4.pack_nibbles(codes), scale
 
 
-QUANTIZERS = {"mxfp4": quantize_mxfp4, "int4": quantize_int4}
+def quantize_q8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float [N, K] -> (q int8 [N, K/32, 32], float16 scales [N, K/32])."""
+    n, k = w.shape
+    blocks = w.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
+    d = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float16)
+    if not np.isfinite(d).all():
+        raise ValueError("a weight block's max |w| / 127 overflows float16")
+    d32 = d.astype(np.float32)[..., None]
+    q = np.rint(np.divide(blocks, d32, out=np.zeros_like(blocks), where=d32 > 0))
+    return np.clip(q, -127, 127).astype(np.int8), d
+
+
+QUANTIZERS = {"mxfp4": quantize_mxfp4, "int4": quantize_int4, "q8": quantize_q8}
+# (blocks dtype, bytes per block, scales dtype) of each format's two initializers
+LAYOUTS = {"mxfp4": (np.uint8, 16, np.uint8), "int4": (np.uint8, 16, np.float16), "q8": (np.int8, 32, np.float16)}
 
 
 def quantize_lazy(name: str, w_t: Initializer, fmt: str,
                   read_rows: Callable[[int, int], np.ndarray] | None = None,
                   group_bytes: int = 32 << 20) -> tuple[Initializer, Initializer]:
-    """W^T [K, N] float -> lazy (blocks [N, K/32, 16] uint8, scales [N, K/32]) initializers.
+    """W^T [K, N] float -> lazy (blocks [N, K/32, 16] uint8 or [N, K/32, 32] int8 (q8), scales
+    [N, K/32]) initializers.
 
     read_rows(start, stop): rows start..stop of W [N, K] itself (the checkpoint tensor,
     `weights.get(w_t.source, rows=...)`): peak memory = one group of group_bytes rows (32 MB)
     plus the encoder's temporaries (MXFP4 encodes in float64: ~12x the group).
     Without it W^T is materialized and transposed (twice the matrix; small models, tests)."""
     if fmt not in QUANTIZERS:
-        raise ValueError(f"dense 4-bit format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"dense block format must be one of {', '.join(QUANTIZERS)}, got {fmt!r}")
     k, n = w_t.shape
     if k % BLOCK:
         raise ValueError(f"{w_t.name}: in_features {k} is not a multiple of {BLOCK}")
@@ -85,8 +104,8 @@ def quantize_lazy(name: str, w_t: Initializer, fmt: str,
         else:
             yield from (s for _, s in chunks())
 
-    scale_dtype = np.uint8 if fmt == "mxfp4" else np.float16
-    return (lazy(f"{name}_blocks", np.uint8, [n, k // BLOCK, 16], blocks, source=w_t.source),
+    block_dtype, block_bytes, scale_dtype = LAYOUTS[fmt]
+    return (lazy(f"{name}_blocks", block_dtype, [n, k // BLOCK, block_bytes], blocks, source=w_t.source),
             lazy(f"{name}_scales", scale_dtype, [n, k // BLOCK], scales, source=w_t.source))
 
 
@@ -110,7 +129,8 @@ class Gemm4bitParts:
 
 
 def gemm4bit_parts(g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights=None) -> Gemm4bitParts:
-    """The Gemm4bit replacing MatMul node `n` (and its bias Add when it is the only consumer).
+    """The Gemm4bit (Gemm8bit for fmt "q8") replacing MatMul node `n` (and its bias Add when it
+    is the only consumer).
     `weights` (the checkpoint) lets the quantizer read W row groups directly (bounded memory)."""
     w_t = g.initializers[n.input[1]]
     k, n_out = w_t.shape
@@ -122,6 +142,7 @@ def gemm4bit_parts(g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights=Non
     if (len(uses) == 1 and uses[0].op_type == "Add" and uses[0].input[0] == n.output[0]
             and uses[0].input[1] in g.initializers and g.initializers[uses[0].input[1]].shape == (n_out,)):
         bias, absorbed, y = uses[0].input[1], {uses[0].name}, uses[0].output[0]
-    name = n.name.rsplit("/", 1)[0] + "/gemm4bit" if "/" in n.name else n.name
-    return Gemm4bitParts(name, n.input[0], blocks, scales, bias, y, absorbed,
-                         dict(format=fmt, in_features=k, out_features=n_out))
+    op = "gemm8bit" if fmt == "q8" else "gemm4bit"
+    name = n.name.rsplit("/", 1)[0] + f"/{op}" if "/" in n.name else n.name
+    attrs = dict(in_features=k, out_features=n_out) if fmt == "q8" else dict(format=fmt, in_features=k, out_features=n_out)
+    return Gemm4bitParts(name, n.input[0], blocks, scales, bias, y, absorbed, attrs)

@@ -4,7 +4,8 @@ lowering), `plan` and the backend read these entries instead of strings of their
 
 Bytes per parameter, as stored (weights + block scales):
   MXFP4 block of 32: 16 bytes of nibbles + 1 E8M0 byte = 17/32 (the checkpoint's bytes);
-  Gemm4bit int4: 16 bytes + float16 scale = 18/32; QMoE int8: 1 + 4/32, int4: 0.5 + 4/32
+  Gemm4bit int4: 16 bytes + float16 scale = 18/32; Gemm8bit: 32 bytes + float16 scale = 34/32;
+  QMoE int8: 1 + 4/32, int4: 0.5 + 4/32
   (float32 scales); float32: 4.
 Runtime requirement `custom_ops`: the engine's graph keeps our op-set nodes (MoeMxfp4, Gemm4bit)
 and the session needs our CPU kernel library (cpu_kernels/, gptoss_edge.cpu_kernels), with the
@@ -46,12 +47,15 @@ EXPERT_PREFERENCE = ("mxfp4", "float", "int8", "int4")
 
 DENSE: dict[str, Format] = {f.name: f for f in (
     Format("float", 4.0, True, "MatMul", False, ACTIVATIONS, "float32 MatMul"),
+    Format("8bit", 34 / 32, False, "Gemm8bit", True, ACTIVATIONS,
+           "int8 blocks of 32 with float16 scales (llama.cpp's q8_0; |error| <= half a step, "
+           "1/254 of each block's max), our Gemm8bit CPU kernel"),
     Format("4bit-mxfp4", MXFP4_B, False, "Gemm4bit", True, ACTIVATIONS,
            "MXFP4 blocks of 32 (compiler/dense4bit.py), our Gemm4bit CPU kernel (lossy)"),
     Format("4bit-int4", 18 / 32, False, "Gemm4bit", True, ACTIVATIONS,
            "int4 blocks of 32 with float16 scales, our Gemm4bit CPU kernel (lossy)"),
 )}
-DENSE_MODES = ("float", "4bit")
+DENSE_MODES = ("float", "8bit", "4bit")
 DENSE_4BIT_FORMATS = ("mxfp4", "int4")
 
 
@@ -62,11 +66,11 @@ def expert(name: str) -> Format:
 
 
 def dense(mode: str, dense_format: str = "mxfp4") -> Format:
-    """--dense float | 4bit (with --dense-format mxfp4 | int4)."""
+    """--dense float | 8bit | 4bit (with --dense-format mxfp4 | int4)."""
     if mode not in DENSE_MODES:
         raise ValueError(f"--dense must be one of {', '.join(DENSE_MODES)}, got {mode!r}")
-    if mode == "float":
-        return DENSE["float"]
+    if mode in ("float", "8bit"):
+        return DENSE[mode]
     if dense_format not in DENSE_4BIT_FORMATS:
         raise ValueError(f"--dense-format must be one of {', '.join(DENSE_4BIT_FORMATS)}, got {dense_format!r}")
     return DENSE[f"4bit-{dense_format}"]

@@ -16,8 +16,9 @@ ONNX Runtime contrib ops (com.microsoft) elsewhere. Formats come from compiler/f
                    "int4": block 32, lossy weights, float32 or int8 activations), gpt-oss SwiGLU
                    (interleaved gate/linear rows, limit, alpha 1.702, beta 1), softmax over the
                    top-k selected logits (normalize_routing_weights=1).
-  MatMul(x, W^T initializer) [+ Add(bias)] -> Gemm4bit (dense "4bit": MXFP4 or int4 blocks of
-                   32, compiler/dense4bit.py, our CPU kernel), or left as is (dense "float").
+  MatMul(x, W^T initializer) [+ Add(bias)] -> Gemm8bit (dense "8bit": int8 blocks of 32, as
+                   llama.cpp's q8_0) or Gemm4bit (dense "4bit": MXFP4 or int4 blocks of 32),
+                   compiler/dense4bit.py, our CPU kernels; or left as is (dense "float").
   Gather(embedding table)  -> Gather on a bfloat16 table + Cast to float32 (embedding "bf16":
                    exact for a checkpoint that stores it in bf16, as released; half the bytes).
 Expert weights are converted expert by expert (a 20b layer's dequantized gate_up is 2 GB of
@@ -78,8 +79,8 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
             raise ValueError(f"node {n.name}: no ONNX Runtime lowering for {n.op_type}")
         elif embedding == "bf16" and _is_embedding(g, n):
             _lower_embedding_bf16(out, g, n)
-        elif dense == "4bit" and dense4bit.is_dense(g, n):
-            skip |= _lower_dense(out, g, n, consumers, dense_format, weights)
+        elif dense in ("4bit", "8bit") and dense4bit.is_dense(g, n):
+            skip |= _lower_dense(out, g, n, consumers, "q8" if dense == "8bit" else dense_format, weights)
         else:
             out.nodes.append(n)
     _keep_used_initializers(out, g)
@@ -157,13 +158,15 @@ def _lower_moe(out: Graph, g: Graph, n: onnx.NodeProto, experts: str, accuracy: 
              **common)
 
 
-# ---- dense 4-bit -------------------------------------------------------------------------------
+# ---- dense 8-bit / 4-bit -----------------------------------------------------------------------
 def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, dense_format: str, weights) -> set[str]:
-    """MatMul(x, W^T) [+ Add(b)] -> our Gemm4bit; returns the names of the nodes it absorbed."""
+    """MatMul(x, W^T) [+ Add(b)] -> our Gemm8bit (format q8) or Gemm4bit; returns the names of
+    the nodes it absorbed."""
+    spec = opset.GEMM_8BIT if dense_format == "q8" else opset.GEMM_4BIT
     p = dense4bit.gemm4bit_parts(g, n, consumers, dense_format, weights)
     inputs = [p.x, out.add_initializer(p.blocks), out.add_initializer(p.scales)] + ([p.bias] if p.bias else [])
-    out.node(opset.GEMM_4BIT.op_type, inputs, p.name, outputs=[p.output], domain=opset.DOMAIN,
-             **opset.validate_attrs(opset.GEMM_4BIT, p.attrs))
+    out.node(spec.op_type, inputs, p.name, outputs=[p.output], domain=opset.DOMAIN,
+             **opset.validate_attrs(spec, p.attrs))
     return p.absorbed
 
 

@@ -50,7 +50,8 @@ def lower(g: Graph, *, precision: str = "fp16", dense: str = "16bit", dense_form
     if precision not in PRECISIONS:
         raise LoweringError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if dense not in DENSE_MODES:
-        raise LoweringError(f"--dense must be one of {', '.join(DENSE_MODES)}, got {dense!r}")
+        raise LoweringError(f"--dense must be one of {', '.join(DENSE_MODES)} on tensorrt, got {dense!r}"
+                            + (" (8bit is the onnxruntime target's Gemm8bit)" if dense == "8bit" else ""))
     if dense_format not in dense4bit.FORMATS:
         raise LoweringError(f"--dense-format must be one of {', '.join(dense4bit.FORMATS)}, got {dense_format!r}")
     out = Graph(g.name, opsets=dict(g.opsets))

@@ -23,7 +23,7 @@ from typing import Any
 
 DOMAIN = "gptoss_edge"            # ONNX domain of our nodes
 PLUGIN_NAMESPACE = "gptoss_edge"  # TensorRT plugin namespace
-OPSET_VERSION = 1                 # ONNX opset version of DOMAIN; bump on any contract change
+OPSET_VERSION = 2                 # ONNX opset version of DOMAIN; bump on any contract change (2: Gemm8bit)
 ACTIVATION_TYPES = ("float16", "bfloat16", "float32")
 BYTES = "uint8|int8"              # dtype of packed-weight/scale ports (see module docstring)
 # String attributes TensorRT's ONNX parser reads on a node it does not know, to find the
@@ -57,6 +57,7 @@ class OpSpec:
     outputs: tuple[Port, ...]
     attrs: tuple[Attr, ...]
     doc: str
+    targets: tuple[str, ...] = ("onnxruntime", "tensorrt")   # engines with a kernel for it
 
     def input_index(self, name: str) -> int:
         return [p.name for p in self.inputs].index(name)
@@ -196,7 +197,30 @@ Padded query rows (s >= new_len[b]) produce zeros.""",
     ),
 )
 
-OPS: tuple[OpSpec, ...] = (MOE_MXFP4, GEMM_4BIT, SINK_ATTENTION)
+GEMM_8BIT = OpSpec(
+    op_type="Gemm8bit",
+    plugin_version="1",
+    doc="""Dense y = x @ W^T + bias with W stored in 8-bit blocks of 32 (llama.cpp's q8_0).
+
+weight [N, K/32, 32] int8: element k = 32b + j of row n at [n, b, j], q in [-127, 127];
+weight_scales float16 [N, K/32]: d; w = q * d (exact in float32: 7 + 11 significant bits).
+Accumulation in float32; output in T. CPU target only (our ONNX Runtime kernel library): the
+TensorRT target keeps dense layers in 16 bits or uses Gemm4bit.""",
+    inputs=(
+        Port("input", "T", ("*", "in_features")),
+        Port("weight", "int8", ("out_features", "in_features/32", "32")),
+        Port("weight_scales", "float16", ("out_features", "in_features/32")),
+        Port("bias", "float32", ("out_features",), optional=True),
+    ),
+    outputs=(Port("output", "T", ("*", "out_features")),),
+    attrs=(
+        Attr("in_features", "int"),
+        Attr("out_features", "int"),
+    ),
+    targets=("onnxruntime",),
+)
+
+OPS: tuple[OpSpec, ...] = (MOE_MXFP4, GEMM_4BIT, SINK_ATTENTION, GEMM_8BIT)
 
 
 def spec(op_type: str) -> OpSpec:

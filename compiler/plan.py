@@ -12,8 +12,10 @@ Activations of one step (T = batch x chunk tokens, chunk = prefill chunk):
   T x [3 x hidden x 4 (float32 residual stream, normed copy, block output)
        + (2 x q_size + 2 x kv_size) x p (q, k, v, attention output)
        + top_k x 3 x intermediate x 4 (MoE gate_up + SwiGLU, float32 accumulation)
-       + vocab x (p + 4) (logits in p, cast to float32)]
-  + ONNX Runtime only: batch x heads x chunk x context x 4 (unfused attention scores);
+       + vocab x (p + 4) (logits in p, cast to float32; TensorRT sizes its activation memory
+         for the profile's largest logits_rows, a chunk)]
+  ONNX Runtime computes logits for one row per sequence (logits_index; batch x vocab x 4 when
+  sampling) and adds batch x heads x chunk x context x 4 (unfused attention scores);
   TensorRT's SinkAttention plugin streams keys in tiles, its scratch is inside the workspace.
 Runtime overhead (assumed, stated): TensorRT workspace cap 256 MiB + CUDA context and
   TensorRT/cuBLAS code ~0.6 GB; ONNX Runtime arena slack and code ~0.3 GB.
@@ -111,14 +113,21 @@ def _weights(cfg, target, p, dense, dense_format, experts) -> list[Item]:
         dnote = f"4-bit {dense_format} blocks of 32"
     elif dense == "16bit":
         db, dnote = p, f"{8 * p}-bit"
+    elif dense == "8bit" and target == "onnxruntime":
+        db, dnote = formats.dense("8bit").bytes_per_param, "8-bit blocks of 32 (q8_0)"
+    elif dense == "8bit":
+        raise PlanError(f"--dense 8bit is not available on {target} (our Gemm8bit runs on the CPU target; "
+                        "choose 16bit or 4bit)")
     else:
-        raise PlanError(f"--dense must be 4bit or 16bit, got {dense!r}")
-    bias_b = 4 if dense == "4bit" or p == 4 else p
+        raise PlanError(f"--dense must be 4bit, 8bit (onnxruntime) or 16bit, got {dense!r}")
+    bias_b = 4 if dense in ("4bit", "8bit") or p == 4 else p
+    # ONNX Runtime keeps a bf16 checkpoint's embedding in bf16 (compile's default, Gather + Cast)
+    eb_embed, enote = (2, "bf16 (Gather + Cast)") if target == "onnxruntime" else (p, f"{8 * p}-bit (Gather)")
     return [
         Item("weights", "experts", n["experts"] * eb, f"{experts}, {n['experts'] / 1e9:.2f}G params"),
         Item("weights", "expert biases", n["expert_bias"] * 4, "float32"),
         Item("weights", "attention q/k/v/o", n["attention"] * db + n["attention_bias"] * bias_b, dnote),
-        Item("weights", "embedding", n["embedding"] * p, f"{8 * p}-bit (Gather)"),
+        Item("weights", "embedding", n["embedding"] * eb_embed, enote),
         Item("weights", "lm_head", n["lm_head"] * db, dnote),
         Item("weights", "router, sinks, norms", (n["router"] + n["sinks"] + n["norms"]) * 4, "float32"),
     ]
@@ -140,8 +149,9 @@ def _activations(cfg, target, p, context, batch, chunk) -> list[Item]:
     t = batch * c
     per_token = (3 * cfg.hidden_size * 4 + (2 * cfg.q_size + 2 * cfg.kv_size) * p
                  + cfg.num_experts_per_tok * 3 * cfg.intermediate_size * 4)
+    rows = batch if target == "onnxruntime" else t          # see the module docstring
     items = [Item("activations", "layer activations", t * per_token, f"{t} tokens per step"),
-             Item("activations", "logits", t * cfg.vocab_size * (p + 4), f"{t} x {cfg.vocab_size}")]
+             Item("activations", "logits", rows * cfg.vocab_size * (p + 4), f"{rows} x {cfg.vocab_size}")]
     if target == "onnxruntime":
         items.append(Item("activations", "attention scores", batch * cfg.num_attention_heads * c * context * 4,
                           "unfused, float32"))

@@ -1,6 +1,6 @@
 """Numpy reference kernels for the gptoss_edge op set, straight from the opset docstrings.
 
-Each op is a pure function (`moe_mxfp4`, `gemm_4bit`, `sink_attention`) plus an
+Each op is a pure function (`moe_mxfp4`, `gemm_4bit`, `gemm_8bit`, `sink_attention`) plus an
 `onnx.reference.op_run.OpRun` subclass built from the OpSpec (class name = op_type, domain =
 opset.DOMAIN), so `ReferenceEvaluator(model, new_ops=REFERENCE_OPS)` runs the exact graph the
 TensorRT parser consumes. Arithmetic is float64 (router logits rounded to float32, as the spec says), the
@@ -135,6 +135,26 @@ def gemm_4bit(input, weight_blocks, weight_scales, bias=None, *, format: str, in
     return y.astype(input.dtype)
 
 
+# ---- Gemm8bit -------------------------------------------------------------------------------
+
+def gemm_8bit(input, weight, weight_scales, bias=None, *, in_features: int, out_features: int) -> np.ndarray:
+    """y = x @ (q * d)^T (+ bias), float64 accumulation (q int8 [N, K/32, 32], d float16 [N, K/32])."""
+    op, N, K = "Gemm8bit", out_features, in_features
+    if input.shape[-1] != K:
+        raise KernelError(f"{op}: input 'input' has last dim {input.shape[-1]}, expected {K}")
+    _check_shape(op, "weight", weight, (N, K // 32, 32))
+    _check_shape(op, "weight_scales", weight_scales, (N, K // 32))
+    if weight.dtype != np.int8 or weight_scales.dtype != np.float16:
+        raise KernelError(f"{op}: 'weight' must be int8 and 'weight_scales' float16, got "
+                          f"{weight.dtype} and {weight_scales.dtype}")
+    w = (weight.astype(np.float64) * weight_scales.astype(np.float64)[..., None]).reshape(N, K)
+    y = input.astype(np.float64) @ w.T
+    if bias is not None:
+        _check_shape(op, "bias", bias, (N,))
+        y = y + bias.astype(np.float64)
+    return y.astype(input.dtype)
+
+
 # ---- SinkAttention --------------------------------------------------------------------------
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -245,6 +265,7 @@ def _op_class(spec: opset.OpSpec, fn: Callable[..., Any]) -> type[OpRun]:
 KERNELS: dict[str, Callable[..., Any]] = {
     opset.MOE_MXFP4.op_type: moe_mxfp4,
     opset.GEMM_4BIT.op_type: gemm_4bit,
+    opset.GEMM_8BIT.op_type: gemm_8bit,
     opset.SINK_ATTENTION.op_type: sink_attention,
 }
 REFERENCE_OPS: list[type[OpRun]] = [_op_class(opset.spec(name), fn) for name, fn in KERNELS.items()]

@@ -79,24 +79,34 @@ void layout_f32(const float* x, int64_t T, int64_t nb, int group, float* out) {
       for (int e = 0; e < 32; ++e) out[t * K + laid_index(b, e, nb, group)] = x[t * K + b * 32 + e];
 }
 
+// One block of 32 activations -> int8 q (nearest, ties to even) with d = max|x| / 127.
+static float quantize_block(const float* xb, int8_t* q) {
+  float amax = 0.f;
+  for (int e = 0; e < 32; ++e) amax = std::fmax(amax, std::fabs(xb[e]));
+  const float db = amax / 127.f;
+  for (int e = 0; e < 32; ++e) q[e] = int8_t(db > 0.f ? std::nearbyint(xb[e] / db) : 0.f);
+  return db;
+}
+
 void quantize_i8(const float* x, int64_t T, int64_t nb, int group, int8_t* q, float* d4, float* xsum) {
   const int64_t K = nb * 32;
+  int8_t qb[32];
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + t * K + b * 32;
-      float amax = 0.f;
-      for (int e = 0; e < 32; ++e) amax = std::fmax(amax, std::fabs(xb[e]));
-      const float db = amax / 127.f;
+      const float db = quantize_block(x + t * K + b * 32, qb);
       for (int j = 0; j < 4; ++j) d4[(t * nb + b) * 4 + j] = db;
       int32_t sum = 0;
       for (int e = 0; e < 32; ++e) {
-        const float v = db > 0.f ? std::nearbyint(xb[e] / db) : 0.f;   // nearest, ties to even
-        q[t * K + laid_index(b, e, nb, group)] = int8_t(v);
-        sum += int32_t(v);
+        q[t * K + laid_index(b, e, nb, group)] = qb[e];
+        sum += qb[e];
       }
       xsum[t * nb + b] = db * float(sum);
     }
   }
+}
+
+void quantize_i8_natural(const float* x, int64_t T, int64_t nb, int8_t* q, float* d) {
+  for (int64_t i = 0; i < T * nb; ++i) d[i] = quantize_block(x + i * 32, q + i * 32);
 }
 
 // ---- portable kernels (group 1) -----------------------------------------------------------
@@ -152,8 +162,48 @@ static void rows_i8_portable(const Rows& w, const Acts& a, int64_t r0, int64_t r
   }
 }
 
+// 8-bit rows: per block, the 32 exact products summed in float32 (f32) or int32 (i8), times
+// the block scale(s), accumulated in float32.
+void rows8_f32_portable(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+                        float* y, int64_t ldy) {
+  const int64_t K = w.nb * 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = w.q + r * K;
+    for (int i = 0; i < ntok; ++i) {
+      const float* x = a.xf + int64_t(tok[i]) * K;
+      float acc = 0.f;
+      for (int64_t b = 0; b < w.nb; ++b) {
+        const float d = half_to_float(w.d[r * w.nb + b]);
+        float s = 0.f;
+        for (int e = 0; e < 32; ++e) s += x[b * 32 + e] * (float(row[b * 32 + e]) * d);
+        acc += s;
+      }
+      y[i * ldy + r] = acc;
+    }
+  }
+}
+
+void rows8_i8_portable(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+                       float* y, int64_t ldy) {
+  const int64_t K = w.nb * 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = w.q + r * K;
+    for (int i = 0; i < ntok; ++i) {
+      const int8_t* x = a.xq + int64_t(tok[i]) * K;
+      const float* xd = a.xd + int64_t(tok[i]) * w.nb;
+      float acc = 0.f;
+      for (int64_t b = 0; b < w.nb; ++b) {
+        int32_t s = 0;
+        for (int e = 0; e < 32; ++e) s += int32_t(x[b * 32 + e]) * row[b * 32 + e];
+        acc += float(s) * (half_to_float(w.d[r * w.nb + b]) * xd[b]);
+      }
+      y[i * ldy + r] = acc;
+    }
+  }
+}
+
 const Isa& isa_portable() {
-  static const Isa isa{"portable", 1, rows_f32_portable, rows_i8_portable};
+  static const Isa isa{"portable", 1, rows_f32_portable, rows_i8_portable, rows8_f32_portable, rows8_i8_portable};
   return isa;
 }
 

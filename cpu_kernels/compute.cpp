@@ -1,4 +1,4 @@
-// gemm_4bit and moe_mxfp4 (see compute.h): activation preparation, routing, row-chunk tasks.
+// gemm_4bit, gemm_8bit and moe_mxfp4 (see compute.h): activation preparation, routing, row-chunk tasks.
 #include "compute.h"
 
 #include <algorithm>
@@ -158,6 +158,39 @@ void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x,
     jobs.push_back(Job{w, n_rows, tok.data() + t0, n, y + t0 * n_rows});
   }
   run_jobs(eng, p.acts, jobs);
+  if (bias)
+    parallel(eng, T, 8, [&](int64_t t) {
+      for (int64_t r = 0; r < n_rows; ++r) y[t * n_rows + r] += bias[r];
+    });
+}
+
+void gemm_8bit(const Engine& eng, const Rows8& w, int64_t n_rows, const float* x, int64_t T,
+               const float* bias, float* y) {
+  Acts8 a{w.nb, x, nullptr, nullptr};                  // f32: the activations as they are
+  std::vector<int8_t> xq;
+  std::vector<float> xd;
+  if (eng.mode == ActMode::I8) {
+    xq.resize(size_t(T * w.nb * 32));
+    xd.resize(size_t(T * w.nb));
+    parallel(eng, T, 16, [&](int64_t t) {
+      quantize_i8_natural(x + t * w.nb * 32, 1, w.nb, xq.data() + t * w.nb * 32, xd.data() + t * w.nb);
+    });
+    a = Acts8{w.nb, nullptr, xq.data(), xd.data()};
+  }
+  const Rows8Fn fn = eng.mode == ActMode::F32 ? eng.isa->rows8_f32 : eng.isa->rows8_i8;
+  // Tasks: (token group of <= 64, row chunk), as gemm_4bit's jobs.
+  std::vector<int32_t> tok(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) tok[size_t(t)] = int32_t(t);
+  std::vector<std::pair<int64_t, int64_t>> items;      // (first token, first row)
+  for (int64_t t0 = 0; t0 < T; t0 += 64)
+    for (int64_t r0 = 0; r0 < n_rows; r0 += chunk_rows(int(std::min<int64_t>(64, T - t0))))
+      items.emplace_back(t0, r0);
+  parallel(eng, int64_t(items.size()), 1, [&](int64_t i) {
+    const auto [t0, r0] = items[size_t(i)];
+    const int n = int(std::min<int64_t>(64, T - t0));
+    const int64_t r1 = std::min(n_rows, r0 + chunk_rows(n));
+    fn(w, a, r0, r1, tok.data() + t0, n, y + t0 * n_rows, n_rows);
+  });
   if (bias)
     parallel(eng, T, 8, [&](int64_t t) {
       for (int64_t r = 0; r < n_rows; ++r) y[t * n_rows + r] += bias[r];

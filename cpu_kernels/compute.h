@@ -1,5 +1,6 @@
 // The op computations on top of the ISA kernels (no ONNX Runtime here).
 //   gemm_4bit: y [T, N] = x [T, K] . W^T (+ bias), W 4-bit rows (kernels.h)
+//   gemm_8bit: the same with 8-bit rows (Gemm8bit)
 //   moe_mxfp4: the op set's MoeMxfp4 (router, top-k softmax, gate_up, clamped SwiGLU, down,
 //              weighted sum); a step reads only the selected experts' blocks.
 // Work is split into row chunks run through Pool (ONNX Runtime's intra-op pool in the glue).
@@ -26,6 +27,10 @@ struct Engine {
 };
 
 void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x, int64_t T,
+               const float* bias, float* y);
+
+// gemm_8bit: y [T, N] = x [T, K] . W^T (+ bias), W 8-bit rows (kernels.h Rows8).
+void gemm_8bit(const Engine& eng, const Rows8& w, int64_t n_rows, const float* x, int64_t T,
                const float* bias, float* y);
 
 struct MoeShape {

@@ -124,6 +124,72 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
   }
 }
 
+// ---- 8-bit rows (kernels.h Rows8): one block = one 32-byte load --------------------------------
+
+void rows8_f32(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+               float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = w.q + r * K;
+    const uint16_t* dr = w.d + r * nb;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const float* x[4];
+      __m256 acc[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xf + int64_t(tok[t0 + i]) * K;
+        acc[i] = _mm256_setzero_ps();
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(dr[b]));
+        const int8_t* q = row + b * 32;
+        __m256 wf[4];                                     // q * d: exact in float32
+        for (int j = 0; j < 4; ++j)
+          wf[j] = _mm256_mul_ps(widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * j))), d);
+        for (int i = 0; i < n; ++i) {
+          const float* xp = x[i] + b * 32;
+          for (int j = 0; j < 4; ++j) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8 * j), wf[j], acc[i]);
+        }
+      }
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]);
+    }
+  }
+}
+
+// |q| u8 times (x with q's sign) s8, summed in pairs: |sum| <= 2 * 127 * 127 < 2^15, no saturation.
+inline __m256i dot8(__m256i q, __m256i x) {
+  return to32(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)));
+}
+
+void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+              float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = w.q + r * K;
+    const uint16_t* dr = w.d + r * nb;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const int8_t* x[4];
+      const float* xd[4];
+      __m256 acc[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
+        xd[i] = a.xd + int64_t(tok[t0 + i]) * nb;
+        acc[i] = _mm256_setzero_ps();
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
+        const float d = _cvtsh_ss(dr[b]);
+        for (int i = 0; i < n; ++i) {
+          const __m256i p = dot8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd[i][b]), acc[i]);
+        }
+      }
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gek
 
@@ -131,7 +197,7 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
 
 namespace gek {
 const Isa* isa_avx2() {   // compiled for the baseline: safe to call on any x86-64
-  static const Isa isa{"avx2", 2, rows_f32, rows_i8};
+  static const Isa isa{"avx2", 2, rows_f32, rows_i8, rows8_f32, rows8_i8};
   const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return ok ? &isa : nullptr;
 }

@@ -133,6 +133,69 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
   }
 }
 
+// ---- 8-bit rows (kernels.h Rows8): one block = two 16-float halves / one 32-byte VNNI dot ---
+
+void rows8_f32(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+               float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = w.q + r * K;
+    const uint16_t* dr = w.d + r * nb;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const float* x[4];
+      __m512 acc[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xf + int64_t(tok[t0 + i]) * K;
+        acc[i] = _mm512_setzero_ps();
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(dr[b]));
+        const __m128i* q = reinterpret_cast<const __m128i*>(row + b * 32);
+        const __m512 w0 = _mm512_mul_ps(widen(_mm_loadu_si128(q)), d);       // q * d: exact
+        const __m512 w1 = _mm512_mul_ps(widen(_mm_loadu_si128(q + 1)), d);
+        for (int i = 0; i < n; ++i) {
+          const float* xp = x[i] + b * 32;
+          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(xp), w0, acc[i]);
+          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), w1, acc[i]);
+        }
+      }
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum(acc[i], _mm256_setzero_ps());
+    }
+  }
+}
+
+void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+              float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = w.q + r * K;
+    const uint16_t* dr = w.d + r * nb;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      const int8_t* x[4];
+      const float* xd[4];
+      __m256 acc[4];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
+        xd[i] = a.xd + int64_t(tok[t0 + i]) * nb;
+        acc[i] = _mm256_setzero_ps();
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
+        const __m256i qa = _mm256_sign_epi8(q, q);      // |q| as u8 (128 for -128: still right)
+        const float d = _cvtsh_ss(dr[b]);
+        for (int i = 0; i < n; ++i) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32));
+          const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qa, _mm256_sign_epi8(xv, q));
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd[i][b]), acc[i]);
+        }
+      }
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gek
 
@@ -140,7 +203,7 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
 
 namespace gek {
 const Isa* isa_avx512() {   // compiled for the baseline: safe to call on any x86-64
-  static const Isa isa{"avx512", 4, rows_f32, rows_i8};
+  static const Isa isa{"avx512", 4, rows_f32, rows_i8, rows8_f32, rows8_i8};
   const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                   __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&

@@ -98,7 +98,8 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
 
 namespace gek {
 const Isa* isa_neon() {
-  static const Isa isa{"neon", 1, rows_f32, rows_i8};
+  // 8-bit rows: the portable kernels (no NEON version yet; the compiler vectorizes them)
+  static const Isa isa{"neon", 1, rows_f32, rows_i8, rows8_f32_portable, rows8_i8_portable};
   return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? &isa : nullptr;
 }
 }  // namespace gek

@@ -50,16 +50,47 @@ struct Acts {
                       // (w + offset) . x subtract offset * sum_b scale_b * xsum_b
 };
 
+// 8-bit weight rows (the op set's Gemm8bit, llama.cpp's q8_0): [rows, nb, 32] int8 q in
+// [-127, 127] in natural order, float16 block scales d [rows, nb]; w = q * d exactly (a 7-bit
+// integer times an 11-bit significand fits float32's 24 bits).
+struct Rows8 {
+  const int8_t* q;
+  const uint16_t* d;
+  int64_t nb;
+};
+
+// Activations for 8-bit rows, natural order (no re-layout): f32 mode xf [T, K]; i8 mode xq
+// [T, K] quantized per block of 32 as quantize_i8 does, with block scales xd [T, nb].
+struct Acts8 {
+  int64_t nb;
+  const float* xf;
+  const int8_t* xq;
+  const float* xd;
+};
+
+using RowsFn = void (*)(const Rows&, const Acts&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+                        float* y, int64_t ldy);
+using Rows8Fn = void (*)(const Rows8&, const Acts8&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+                         float* y, int64_t ldy);
+
 // One ISA: dot products of rows [r0, r1) with tokens; y[t * ldy + r] = row r . token t.
 // Tokens are processed in fours (weights decoded once per 4 tokens).
 struct Isa {
   const char* name;
   int group;
-  void (*rows_f32)(const Rows&, const Acts&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
-                   float* y, int64_t ldy);
-  void (*rows_i8)(const Rows&, const Acts&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
-                  float* y, int64_t ldy);
+  RowsFn rows_f32;
+  RowsFn rows_i8;
+  Rows8Fn rows8_f32;
+  Rows8Fn rows8_i8;
 };
+
+// Portable 8-bit row kernels (an ISA without its own uses these).
+void rows8_f32_portable(const Rows8&, const Acts8&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+                        float* y, int64_t ldy);
+void rows8_i8_portable(const Rows8&, const Acts8&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+                       float* y, int64_t ldy);
+// Natural-order int8 quantization of T tokens (for Acts8): q [T, K], d [T, nb].
+void quantize_i8_natural(const float* x, int64_t T, int64_t nb, int8_t* q, float* d);
 
 const Isa& isa_portable();
 const Isa* isa_avx2();     // null when not compiled in / CPU lacks it

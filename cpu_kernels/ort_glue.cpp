@@ -1,4 +1,4 @@
-// ONNX Runtime glue: the custom-op domain "gptoss_edge" with MoeMxfp4 and Gemm4bit (CPU, float32
+// ONNX Runtime glue: the custom-op domain "gptoss_edge" with MoeMxfp4, Gemm4bit and Gemm8bit (CPU, float32
 // activations), registered by RegisterCustomOps (SessionOptions.register_custom_ops_library).
 // Op names, port order/optionality/dtypes and attribute names/defaults come from
 // plugins/common/opset_generated.h (generated from compiler/opset.py): nothing typed twice.
@@ -211,6 +211,47 @@ OrtStatus* gemm_compute(GemmKernel* k, OrtKernelContext* ctx) {
   return nullptr;
 }
 
+struct Gemm8Kernel {
+  Config cfg;
+  int64_t K, N;
+};
+
+OrtStatus* gemm8_compute(Gemm8Kernel* k, OrtKernelContext* ctx) {
+  namespace g = ops::gemm8bit;
+  size_t n_in = 0;
+  if (OrtStatus* st = g_api->fn<FnKernelContext_GetInputCount>(KernelContext_GetInputCount)(ctx, &n_in)) return st;
+  Tensor in[g::kNbInputs];
+  for (size_t i = 0; i < n_in && i < g::kNbInputs; ++i)
+    if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
+  const int64_t K = k->K, N = k->N;
+  const Tensor& x = in[g::kInputIn];
+  if (x.shape.empty() || x.shape.back() != K)
+    return error(std::string(g::kOpType) + ": input 'input' has shape " + shape_str(x.shape) + ", last dim expected " +
+                 std::to_string(K));
+  if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightIn].name, in[g::kWeightIn], {N, K / 32, 32})) return st;
+  if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightScalesIn].name, in[g::kWeightScalesIn], {N, K / 32}))
+    return st;
+  if (in[g::kWeightIn].type != ELEM_INT8 || in[g::kWeightScalesIn].type != ELEM_FLOAT16)
+    return error(std::string(g::kOpType) + ": 'weight' must be int8 and 'weight_scales' float16");
+  const float* bias = nullptr;
+  if (in[g::kBiasIn].value) {
+    if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kBiasIn].name, in[g::kBiasIn], {N})) return st;
+    bias = static_cast<const float*>(in[g::kBiasIn].data);
+  }
+  std::vector<int64_t> oshape = x.shape;
+  oshape.back() = N;
+  int64_t T = 1;
+  for (size_t i = 0; i + 1 < x.shape.size(); ++i) T *= x.shape[i];
+  float* out = nullptr;
+  if (OrtStatus* st = output(ctx, g::kOutputOut, oshape, &out)) return st;
+  if (T == 0) return nullptr;
+  const gek::Rows8 w{static_cast<const int8_t*>(in[g::kWeightIn].data),
+                     static_cast<const uint16_t*>(in[g::kWeightScalesIn].data), K / 32};
+  PoolCtx pc{ctx};
+  gek::gemm_8bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(x.data), T, bias, out);
+  return nullptr;
+}
+
 template <typename F>
 OrtStatus* guarded(F f) {
   try {
@@ -234,6 +275,8 @@ struct Op {
 int port_type(const ops::PortDesc& p) {
   if (p.dtypes == ops::kDtypeT || p.dtypes == ops::kDtypeFloat32) return ELEM_FLOAT;
   if (p.dtypes == ops::kDtypeUint8) return ELEM_UINT8;
+  if (p.dtypes == ops::kDtypeInt8) return ELEM_INT8;
+  if (p.dtypes == ops::kDtypeFloat16) return ELEM_FLOAT16;
   return ELEM_UNDEFINED;
 }
 
@@ -288,13 +331,30 @@ OrtStatus* create_gemm(const CustomOp* c, const Api*, const OrtKernelInfo* info,
   });
 }
 
+OrtStatus* create_gemm8(const CustomOp* c, const Api*, const OrtKernelInfo* info, void** kernel) {
+  return guarded([&]() -> OrtStatus* {
+    namespace g = ops::gemm8bit;
+    int64_t K = 0, N = 0;
+    if (OrtStatus* st = attr_int(info, g::kAttrs[g::kInFeaturesAttr].name, &K)) return st;
+    if (OrtStatus* st = attr_int(info, g::kAttrs[g::kOutFeaturesAttr].name, &N)) return st;
+    if (K % 32 || K <= 0 || N <= 0)
+      return error("Gemm8bit: in_features must be a positive multiple of 32 and out_features positive");
+    *kernel = new Gemm8Kernel{self(c)->cfg, K, N};
+    return nullptr;
+  });
+}
+
 OrtStatus* compute_moe(void* k, OrtKernelContext* ctx) {
   return guarded([&] { return moe_compute(static_cast<MoeKernel*>(k), ctx); });
 }
 OrtStatus* compute_gemm(void* k, OrtKernelContext* ctx) {
   return guarded([&] { return gemm_compute(static_cast<GemmKernel*>(k), ctx); });
 }
+OrtStatus* compute_gemm8(void* k, OrtKernelContext* ctx) {
+  return guarded([&] { return gemm8_compute(static_cast<Gemm8Kernel*>(k), ctx); });
+}
 void destroy_moe(void* k) { delete static_cast<MoeKernel*>(k); }
+void destroy_gemm8(void* k) { delete static_cast<Gemm8Kernel*>(k); }
 void destroy_gemm(void* k) { delete static_cast<GemmKernel*>(k); }
 
 const char* op_name(const CustomOp* c) { return self(c)->name; }
@@ -385,7 +445,9 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
     Op* gemm = make_op(ops::gemm4bit::kOpType, ops::gemm4bit::kInputs, cfg, create_gemm, compute_gemm, destroy_gemm);
     OrtCustomOpDomain* domain = nullptr;
     if (OrtStatus* st = g_api->fn<FnCreateCustomOpDomain>(CreateCustomOpDomain)(ops::kDomain, &domain)) return st;
-    for (Op* op : {moe, gemm})
+    Op* gemm8 = make_op(ops::gemm8bit::kOpType, ops::gemm8bit::kInputs, cfg, create_gemm8, compute_gemm8,
+                        destroy_gemm8);
+    for (Op* op : {moe, gemm, gemm8})
       if (OrtStatus* st = g_api->fn<FnCustomOpDomain_Add>(CustomOpDomain_Add)(domain, &op->base)) return st;
     return g_api->fn<FnAddCustomOpDomain>(AddCustomOpDomain)(so, domain);
   });

@@ -127,7 +127,8 @@ def load_hf(checkpoint: str | Path):
 # inputs explains ~80% of its error, not all of it. See tests/test_parity.py.)
 #   "dense4bit-mxfp4" / "dense4bit-int4": q/k/v/o and lm_head weights as the TensorRT target's
 #                   --dense 4bit Gemm4bit blocks hold them (compiler/dense4bit.py), decoded.
-VARIANTS = ("exact", "int4-weights", "dense4bit-mxfp4", "dense4bit-int4")
+#   "dense8bit":    the same projections as --dense 8bit Gemm8bit blocks hold them (q8: q x d).
+VARIANTS = ("exact", "int4-weights", "dense4bit-mxfp4", "dense4bit-int4", "dense8bit")
 
 
 def int4_block_rounding(w: torch.Tensor) -> torch.Tensor:
@@ -148,6 +149,14 @@ def dense_4bit_rounding(w: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.from_numpy(decoded.astype(np.float32))
 
 
+def dense_8bit_rounding(w: torch.Tensor) -> torch.Tensor:
+    """w [out, in] -> the values a Gemm8bit node holds: q * d, decoded here in float64."""
+    from gptoss_edge.compiler import dense4bit
+    q, d = dense4bit.quantize_q8(w.detach().float().numpy())
+    decoded = (q.astype(np.float64) * d.astype(np.float64)[..., None]).reshape(w.shape)
+    return torch.from_numpy(decoded.astype(np.float32))
+
+
 def load_hf_variant(checkpoint: str | Path, variant: str):
     """The HF oracle with a lossy mode's rounding applied to its own parameters: expert weights
     (HF stores them [E, K, N]: transposed here to round blocks along K) or dense projections."""
@@ -159,14 +168,15 @@ def load_hf_variant(checkpoint: str | Path, variant: str):
             for layer in model.model.layers:
                 for p in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
                     p.copy_(int4_block_rounding(p.transpose(1, 2)).transpose(1, 2))
-    if variant.startswith("dense4bit-"):
-        fmt = variant.split("-", 1)[1]
+    if variant.startswith("dense"):
+        fmt = variant.split("-", 1)[1] if "-" in variant else "q8"
+        rounding = dense_8bit_rounding if fmt == "q8" else (lambda w: dense_4bit_rounding(w, fmt))
         with torch.no_grad():
             for layer in model.model.layers:
                 a = layer.self_attn
                 for proj in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
-                    proj.weight.copy_(dense_4bit_rounding(proj.weight, fmt))
-            model.lm_head.weight.copy_(dense_4bit_rounding(model.lm_head.weight, fmt))
+                    proj.weight.copy_(rounding(proj.weight))
+            model.lm_head.weight.copy_(rounding(model.lm_head.weight))
     return model
 
 

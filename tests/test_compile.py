@@ -37,11 +37,23 @@ def test_tiny_formats_follow_the_budget(budget, want, says):
     assert (experts, dense) == want and says in reason
 
 
-def test_gpt_oss_20b_fits_14_gib_with_mxfp4_experts_and_4bit_dense():
+@pytest.mark.parametrize("budget, want", [(14, "8bit"), (11.7, "4bit"), (16, "float")])
+def test_gpt_oss_20b_dense_format_follows_the_budget(budget, want):
+    """Weights + a 4096-token KV: mxfp4 experts and bf16 embedding with float32 dense 15.32 GiB,
+    with q8_0 dense 12.00 GiB, with 4-bit dense 11.39 GiB: the most exact that fits wins."""
+    cfg = preset("gpt-oss-20b")
+    experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
+                                                  CompileOptions(embedding="bf16", max_memory_gib=budget))
+    assert (experts, dense) == ("mxfp4", want)
+    assert size + KvLayout.of(cfg).slot_bytes(4096) <= budget * GiB
+    assert f"fit --max-memory {budget:g}" in reason
+
+
+def test_gpt_oss_20b_fits_14_gib_with_mxfp4_experts_and_8bit_dense():
     cfg = preset("gpt-oss-20b")
     experts, dense, reason, size = choose_formats(build_model(ConfigOnly(cfg)), cfg,
                                                   CompileOptions(embedding="bf16", max_memory_gib=14))
-    assert (experts, dense) == ("mxfp4", "4bit")
+    assert (experts, dense) == ("mxfp4", "8bit")
     assert size + KvLayout.of(cfg).slot_bytes(4096) <= 14 * GiB
     assert "fit --max-memory 14" in reason
 

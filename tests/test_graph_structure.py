@@ -70,11 +70,12 @@ def test_lowering_leaves_ort_ops_and_our_kernels_ops(graph, experts, dense):
     moe = {"mxfp4": (opset.DOMAIN, "MoeMxfp4"), "float": ("com.microsoft", "MoE")}.get(
         experts, ("com.microsoft", "QMoE"))
     assert ops[moe] == layers
-    # dense 4bit: q,k,v,o per layer + lm_head become our Gemm4bit; the router stays float
+    # dense 4bit / 8bit: q,k,v,o per layer + lm_head become our Gemm4bit / Gemm8bit; the router stays float
     assert ops[(opset.DOMAIN, "Gemm4bit")] == (4 * layers + 1 if dense == "4bit" else 0)
+    assert ops[(opset.DOMAIN, "Gemm8bit")] == (4 * layers + 1 if dense == "8bit" else 0)
     # nothing else of our op set survives (SinkAttention always becomes GroupQueryAttention)
-    assert sum(c for (d, _), c in ops.items() if d == opset.DOMAIN) == ops[(opset.DOMAIN, "Gemm4bit")] + (
-        layers if experts == "mxfp4" else 0)
+    assert sum(c for (d, _), c in ops.items() if d == opset.DOMAIN) == (
+        ops[(opset.DOMAIN, "Gemm4bit")] + ops[(opset.DOMAIN, "Gemm8bit")] + (layers if experts == "mxfp4" else 0))
     cfg = preset("tiny")
     caps = [v.shape[2] for v in low.inputs if v.name.startswith("past_key.")]
     assert caps == [cfg.sliding_window if cfg.is_sliding(i) else "kv_capacity" for i in range(layers)]

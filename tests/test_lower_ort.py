@@ -155,6 +155,28 @@ def test_dense_4bit_is_our_gemm4bit_on_the_stated_blocks(tmp_path, dense_format)
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+def test_dense_8bit_is_our_gemm8bit_on_q8_blocks(tmp_path):
+    rng = np.random.default_rng(4)
+    k, n = 96, 40
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    lowered = lower_ort.lower(dense_graph(w, b), dense="8bit")
+    assert [(n_.domain, n_.op_type) for n_ in lowered.nodes] == [(opset.DOMAIN, "Gemm8bit")]   # Add absorbed
+    assert {i.dtype for i in lowered.initializers.values()} >= {np.dtype(np.int8), np.dtype(np.float16)}
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    (y,) = run_graph(dense_graph(w, b), tmp_path, {"x": x}, dense="8bit")
+    q, d = dense4bit.quantize_q8(w)
+    ref = reference_kernels.gemm_8bit(x.astype(np.float64), q, d, b, in_features=k, out_features=n)
+    # Same 8-bit weights (exact in fp32), float32 activations: fp32 summation order only, 96
+    # terms: |err| <= 96 * 2^-24 * sum|x w| ~ 6e-6 relative; 1e-5 asserted.
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    # and q8 is close to the float layer: |w err| <= d/2 = max|w_block| / 254 per weight
+    exact = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    assert np.abs(y - exact).max() <= np.abs(x).sum(-1).max() * np.abs(w).max() / 254 * 1.01
+    with pytest.raises(ValueError, match="--dense must be one of"):
+        lower_ort.lower(dense_graph(w, b), dense="2bit")
+
+
 # ---- bf16 embedding -------------------------------------------------------------------------------
 def embedding_graph(table: np.ndarray) -> Graph:
     g = canonical("embed")

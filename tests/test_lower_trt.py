@@ -94,7 +94,7 @@ def test_plugin_nodes_carry_lookup_attributes_and_int8_bytes(canonical):
     g = lower_trt.lower(canonical, precision="fp16", dense="4bit", dense_format="mxfp4")
     ours = [n for n in g.nodes if n.domain == opset.DOMAIN]
     kinds = {n.op_type for n in ours}
-    assert kinds == {s.op_type for s in opset.OPS}
+    assert kinds == {s.op_type for s in opset.OPS if "tensorrt" in s.targets}
     for n in ours:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         assert attrs["plugin_version"] == opset.spec(n.op_type).plugin_version.encode()

@@ -20,13 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         + ". Default: the most exact that fits --max-memory (mxfp4)")
     p.add_argument("--dense", choices=sorted(set(lower_ort.DENSE_MODES) | set(lower_trt.DENSE_MODES)),
                    default=None, help="attention and lm_head weights: float/16bit (the activation "
-                   "precision) or 4bit (our Gemm4bit on both targets, blocks of 32, --dense-format); "
-                   "default: the most exact that fits --max-memory")
+                   "precision), 8bit (onnxruntime: our Gemm8bit, int8 blocks of 32 with float16 scales, "
+                   "as llama.cpp's q8_0) or 4bit (our Gemm4bit on both targets, blocks of 32, "
+                   "--dense-format); default: the most exact that fits --max-memory")
     p.add_argument("--embedding", choices=lower_ort.EMBEDDING_MODES, default=None,
                    help="onnxruntime: embedding table bf16 (exact for bf16 checkpoints, half the bytes) "
                         "or float; default: bf16 when the checkpoint stores it in bf16")
     p.add_argument("--activations", choices=lower_ort.ACTIVATION_MODES, default="float",
-                   help="onnxruntime: inputs of the quantized GEMMs (mxfp4/int8/int4 experts, 4bit dense) stay "
+                   help="onnxruntime: inputs of the quantized GEMMs (mxfp4/int8/int4 experts, 8bit/4bit dense) stay "
                         "float32 (exact on the stored weights) or are quantized to int8 per block of 32 "
                         "(faster; int8 experts always run this way)")
     p.add_argument("--precision", choices=sorted(lower_trt.PRECISIONS), default="fp16",

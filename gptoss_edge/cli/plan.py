@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--target", choices=P.TARGETS, default="tensorrt")
     sp.add_argument("--context", type=int, default=8192, help="tokens per sequence (prompt + generated)")
     sp.add_argument("--batch", type=int, default=1, help="sequences held at once")
-    sp.add_argument("--dense", choices=("4bit", "16bit"), default=None,
-                    help="q/k/v/o and lm_head: 4-bit blocks or the activation precision (default: "
-                         "16bit when that fits the budget, else 4bit)")
+    sp.add_argument("--dense", choices=("4bit", "8bit", "16bit"), default=None,
+                    help="q/k/v/o and lm_head: 4-bit blocks, 8-bit blocks (onnxruntime) or the activation "
+                         "precision (default: 16bit when that fits the budget, else 4bit)")
     sp.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4")
     sp.add_argument("--experts", help=f"tensorrt: mxfp4; onnxruntime: {'|'.join(formats.EXPERTS)} (default mxfp4)")
     sp.add_argument("--precision", choices=tuple(P.PRECISION_BYTES), help="default: tensorrt fp16, onnxruntime fp32")

@@ -9,7 +9,7 @@ namespace opset
 {
 constexpr char const* kDomain = "gptoss_edge";
 constexpr char const* kPluginNamespace = "gptoss_edge";
-constexpr int32_t kOpsetVersion = 1;
+constexpr int32_t kOpsetVersion = 2;
 // Node attributes the ONNX parser consumes to find the creator; never plugin fields.
 constexpr char const* kPluginAttrs[] = {"plugin_version", "plugin_namespace"};
 constexpr int32_t kNbPluginAttrs = 2;
@@ -202,6 +202,45 @@ constexpr PortDesc kOutputs[kNbOutputs] = {
     {"present_value", kDtypeT, false},
 };
 } // namespace sink_attention
+
+// ---- Gemm8bit --------------------------------------------------------------------------------
+namespace gemm8bit
+{
+constexpr char const* kOpType = "Gemm8bit";
+constexpr char const* kPluginVersion = "1";
+enum Input : int32_t
+{
+    kInputIn = 0,
+    kWeightIn = 1,
+    kWeightScalesIn = 2,
+    kBiasIn = 3,
+    kNbInputs = 4
+};
+enum Output : int32_t
+{
+    kOutputOut = 0,
+    kNbOutputs = 1
+};
+enum Attr : int32_t
+{
+    kInFeaturesAttr = 0,
+    kOutFeaturesAttr = 1,
+    kNbAttrs = 2
+};
+constexpr AttrDesc kAttrs[kNbAttrs] = {
+    {"in_features", AttrKind::kInt, true, 0.0, ""},
+    {"out_features", AttrKind::kInt, true, 0.0, ""},
+};
+constexpr PortDesc kInputs[kNbInputs] = {
+    {"input", kDtypeT, false},
+    {"weight", kDtypeInt8, false},
+    {"weight_scales", kDtypeFloat16, false},
+    {"bias", kDtypeFloat32, true},
+};
+constexpr PortDesc kOutputs[kNbOutputs] = {
+    {"output", kDtypeT, false},
+};
+} // namespace gemm8bit
 
 } // namespace opset
 } // namespace gptoss_edge
