@@ -165,33 +165,53 @@ void rows8_f32(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int
   }
 }
 
+// Two blocks per 512-bit step: |q| (u8) dotted with x negated where q < 0 (VNNI dpbusd: 8 int32
+// lanes per block), times the row's and the token's block scales repeated 8 times.
+constexpr int kTok8 = 8;   // tokens per pass over a weight row (weights loaded once per 8)
+
 void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
               float* y, int64_t ldy) {
-  const int64_t nb = w.nb, K = nb * 32;
+  const int64_t nb = w.nb, K = nb * 32, n2 = nb / 2;
+  float dq8[8 * kMaxBlocks];
   for (int64_t r = r0; r < r1; ++r) {
     const int8_t* row = w.q + r * K;
     const uint16_t* dr = w.d + r * nb;
-    for (int t0 = 0; t0 < ntok; t0 += 4) {
-      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
-      const int8_t* x[4];
-      const float* xd[4];
-      __m256 acc[4];
+    for (int64_t b = 0; b < nb; ++b) _mm256_storeu_ps(dq8 + 8 * b, _mm256_set1_ps(_cvtsh_ss(dr[b])));
+    for (int t0 = 0; t0 < ntok; t0 += kTok8) {
+      const int n = ntok - t0 < kTok8 ? ntok - t0 : kTok8;
+      const int8_t* x[kTok8];
+      const float* xd8[kTok8];
+      __m512 acc[kTok8];
       for (int i = 0; i < n; ++i) {
         x[i] = a.xq + int64_t(tok[t0 + i]) * K;
-        xd[i] = a.xd + int64_t(tok[t0 + i]) * nb;
-        acc[i] = _mm256_setzero_ps();
+        xd8[i] = a.xd8 + int64_t(tok[t0 + i]) * nb * 8;
+        acc[i] = _mm512_setzero_ps();
       }
-      for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t g = 0; g < n2; ++g) {
+        const __m512i q = _mm512_loadu_si512(row + 64 * g);
+        const __m512i qa = _mm512_abs_epi8(q);          // |q| as u8 (128 for -128: still right)
+        const __mmask64 neg = _mm512_movepi8_mask(q);
+        const __m512 dw = _mm512_loadu_ps(dq8 + 16 * g);
+        for (int i = 0; i < n; ++i) {
+          const __m512i xv = _mm512_loadu_si512(x[i] + 64 * g);
+          const __m512i xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
+          const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, xs);
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(xd8[i] + 16 * g)), acc[i]);
+        }
+      }
+      __m256 tail[kTok8];
+      for (int i = 0; i < n; ++i) tail[i] = _mm256_setzero_ps();
+      if (nb % 2) {                                     // the last block, 256 bits
+        const int64_t b = nb - 1;
         const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
-        const __m256i qa = _mm256_sign_epi8(q, q);      // |q| as u8 (128 for -128: still right)
-        const float d = _cvtsh_ss(dr[b]);
+        const __m256i qa = _mm256_sign_epi8(q, q);
         for (int i = 0; i < n; ++i) {
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32));
           const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qa, _mm256_sign_epi8(xv, q));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd[i][b]), acc[i]);
+          tail[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dq8[8 * b] * xd8[i][8 * b]));
         }
       }
-      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]);
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum(acc[i], tail[i]);
     }
   }
 }

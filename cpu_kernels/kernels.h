@@ -60,12 +60,14 @@ struct Rows8 {
 };
 
 // Activations for 8-bit rows, natural order (no re-layout): f32 mode xf [T, K]; i8 mode xq
-// [T, K] quantized per block of 32 as quantize_i8 does, with block scales xd [T, nb].
+// [T, K] quantized per block of 32 as quantize_i8 does, with block scales xd [T, nb] and the
+// same scales repeated 8 times, xd8 [T, nb * 8] (a 512-bit int32 dot holds 8 lanes per block).
 struct Acts8 {
   int64_t nb;
   const float* xf;
   const int8_t* xq;
   const float* xd;
+  const float* xd8;
 };
 
 using RowsFn = void (*)(const Rows&, const Acts&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,

@@ -337,8 +337,8 @@ OrtStatus* create_gemm8(const CustomOp* c, const Api*, const OrtKernelInfo* info
     int64_t K = 0, N = 0;
     if (OrtStatus* st = attr_int(info, g::kAttrs[g::kInFeaturesAttr].name, &K)) return st;
     if (OrtStatus* st = attr_int(info, g::kAttrs[g::kOutFeaturesAttr].name, &N)) return st;
-    if (K % 32 || K <= 0 || N <= 0)
-      return error("Gemm8bit: in_features must be a positive multiple of 32 and out_features positive");
+    if (K % 32 || K > kMaxK || K <= 0 || N <= 0)
+      return error("Gemm8bit: in_features must be a positive multiple of 32 up to 32768 and out_features positive");
     *kernel = new Gemm8Kernel{self(c)->cfg, K, N};
     return nullptr;
   });
