@@ -164,6 +164,39 @@ OrtStatus* moe_compute(MoeKernel* k, OrtKernelContext* ctx) {
   return nullptr;
 }
 
+// What Gemm4bit and Gemm8bit share (same port order: input, weight, weight_scales, bias):
+// the inputs read, x's last dim and the optional bias checked, the output [..., N] allocated.
+static_assert(ops::gemm4bit::kInputIn == 0 && ops::gemm8bit::kInputIn == 0 && ops::gemm4bit::kBiasIn == 3 &&
+              ops::gemm8bit::kBiasIn == 3 && ops::gemm4bit::kNbInputs == 4 && ops::gemm8bit::kNbInputs == 4,
+              "Gemm4bit and Gemm8bit ports: input, weight, weight_scales, bias");
+struct GemmIO {
+  Tensor in[4];
+  const float* bias = nullptr;
+  float* out = nullptr;
+  int64_t T = 0;                                      // rows of x (all dims but the last)
+};
+
+OrtStatus* gemm_io(OrtKernelContext* ctx, const char* op, const ops::PortDesc* ports, int64_t K, int64_t N,
+                   GemmIO& io) {
+  size_t n_in = 0;
+  if (OrtStatus* st = g_api->fn<FnKernelContext_GetInputCount>(KernelContext_GetInputCount)(ctx, &n_in)) return st;
+  for (size_t i = 0; i < n_in && i < 4; ++i)
+    if (OrtStatus* st = read_tensor(ctx, i, io.in[i])) return st;
+  const Tensor& x = io.in[0];
+  if (x.shape.empty() || x.shape.back() != K)
+    return error(std::string(op) + ": input 'input' has shape " + shape_str(x.shape) + ", last dim expected " +
+                 std::to_string(K));
+  if (io.in[3].value) {
+    if (OrtStatus* st = expect(op, ports[3].name, io.in[3], {N})) return st;
+    io.bias = static_cast<const float*>(io.in[3].data);
+  }
+  std::vector<int64_t> oshape = x.shape;
+  oshape.back() = N;
+  io.T = 1;
+  for (size_t i = 0; i + 1 < x.shape.size(); ++i) io.T *= x.shape[i];
+  return output(ctx, 0, oshape, &io.out);
+}
+
 struct GemmKernel {
   Config cfg;
   bool mxfp4;
@@ -172,16 +205,10 @@ struct GemmKernel {
 
 OrtStatus* gemm_compute(GemmKernel* k, OrtKernelContext* ctx) {
   namespace g = ops::gemm4bit;
-  size_t n_in = 0;
-  if (OrtStatus* st = g_api->fn<FnKernelContext_GetInputCount>(KernelContext_GetInputCount)(ctx, &n_in)) return st;
-  Tensor in[g::kNbInputs];
-  for (size_t i = 0; i < n_in && i < g::kNbInputs; ++i)
-    if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
   const int64_t K = k->K, N = k->N;
-  const Tensor& x = in[g::kInputIn];
-  if (x.shape.empty() || x.shape.back() != K)
-    return error(std::string(g::kOpType) + ": input 'input' has shape " + shape_str(x.shape) + ", last dim expected " +
-                 std::to_string(K));
+  GemmIO io;
+  if (OrtStatus* st = gemm_io(ctx, g::kOpType, g::kInputs, K, N, io)) return st;
+  const Tensor* in = io.in;
   if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightBlocksIn].name, in[g::kWeightBlocksIn], {N, K / 32, 16}))
     return st;
   if (in[g::kWeightBlocksIn].type != ELEM_UINT8 && in[g::kWeightBlocksIn].type != ELEM_INT8)
@@ -191,23 +218,12 @@ OrtStatus* gemm_compute(GemmKernel* k, OrtKernelContext* ctx) {
   if (k->mxfp4 ? (sc.type != ELEM_UINT8 && sc.type != ELEM_INT8) : sc.type != ELEM_FLOAT16)
     return error(std::string(g::kOpType) + ": 'weight_scales' must be " + (k->mxfp4 ? "uint8/int8 (E8M0)" : "float16") +
                  " for format " + (k->mxfp4 ? g::kFormatMxfp4 : g::kFormatInt4));
-  const float* bias = nullptr;
-  if (in[g::kBiasIn].value) {
-    if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kBiasIn].name, in[g::kBiasIn], {N})) return st;
-    bias = static_cast<const float*>(in[g::kBiasIn].data);
-  }
-  std::vector<int64_t> oshape = x.shape;
-  oshape.back() = N;
-  int64_t T = 1;
-  for (size_t i = 0; i + 1 < x.shape.size(); ++i) T *= x.shape[i];
-  float* out = nullptr;
-  if (OrtStatus* st = output(ctx, g::kOutputOut, oshape, &out)) return st;
-  if (T == 0) return nullptr;
+  if (io.T == 0) return nullptr;
   const gek::Rows w{static_cast<const uint8_t*>(in[g::kWeightBlocksIn].data), sc.data,
                     k->mxfp4 ? gek::ScaleKind::E8M0 : gek::ScaleKind::F16,
                     k->mxfp4 ? &gek::mxfp4_lut() : &gek::int4_lut(), K / 32};
   PoolCtx pc{ctx};
-  gek::gemm_4bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(x.data), T, bias, out);
+  gek::gemm_4bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(in[g::kInputIn].data), io.T, io.bias, io.out);
   return nullptr;
 }
 
@@ -218,37 +234,20 @@ struct Gemm8Kernel {
 
 OrtStatus* gemm8_compute(Gemm8Kernel* k, OrtKernelContext* ctx) {
   namespace g = ops::gemm8bit;
-  size_t n_in = 0;
-  if (OrtStatus* st = g_api->fn<FnKernelContext_GetInputCount>(KernelContext_GetInputCount)(ctx, &n_in)) return st;
-  Tensor in[g::kNbInputs];
-  for (size_t i = 0; i < n_in && i < g::kNbInputs; ++i)
-    if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
   const int64_t K = k->K, N = k->N;
-  const Tensor& x = in[g::kInputIn];
-  if (x.shape.empty() || x.shape.back() != K)
-    return error(std::string(g::kOpType) + ": input 'input' has shape " + shape_str(x.shape) + ", last dim expected " +
-                 std::to_string(K));
+  GemmIO io;
+  if (OrtStatus* st = gemm_io(ctx, g::kOpType, g::kInputs, K, N, io)) return st;
+  const Tensor* in = io.in;
   if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightIn].name, in[g::kWeightIn], {N, K / 32, 32})) return st;
   if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kWeightScalesIn].name, in[g::kWeightScalesIn], {N, K / 32}))
     return st;
   if (in[g::kWeightIn].type != ELEM_INT8 || in[g::kWeightScalesIn].type != ELEM_FLOAT16)
     return error(std::string(g::kOpType) + ": 'weight' must be int8 and 'weight_scales' float16");
-  const float* bias = nullptr;
-  if (in[g::kBiasIn].value) {
-    if (OrtStatus* st = expect(g::kOpType, g::kInputs[g::kBiasIn].name, in[g::kBiasIn], {N})) return st;
-    bias = static_cast<const float*>(in[g::kBiasIn].data);
-  }
-  std::vector<int64_t> oshape = x.shape;
-  oshape.back() = N;
-  int64_t T = 1;
-  for (size_t i = 0; i + 1 < x.shape.size(); ++i) T *= x.shape[i];
-  float* out = nullptr;
-  if (OrtStatus* st = output(ctx, g::kOutputOut, oshape, &out)) return st;
-  if (T == 0) return nullptr;
+  if (io.T == 0) return nullptr;
   const gek::Rows8 w{static_cast<const int8_t*>(in[g::kWeightIn].data),
                      static_cast<const uint16_t*>(in[g::kWeightScalesIn].data), K / 32};
   PoolCtx pc{ctx};
-  gek::gemm_8bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(x.data), T, bias, out);
+  gek::gemm_8bit(engine(k->cfg, &pc), w, N, static_cast<const float*>(in[g::kInputIn].data), io.T, io.bias, io.out);
   return nullptr;
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from tiny_model_support import REPO, default_model_dir
+from tiny_model_support import REPO, default_model_dir, reference_model
 
 from gptoss_edge.compiler.checkpoint import open_checkpoint
 from gptoss_edge.compiler.config import FULL, SLIDING, load_config
@@ -42,12 +42,7 @@ def tokenizer(model_dir):
 
 @pytest.fixture(scope="module")
 def hf_model(model_dir):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.set_num_threads(1)   # shared 2-core CI: a second thread mostly spins
-    return transformers.GptOssForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager",
-        quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()
+    return reference_model(model_dir)
 
 
 def test_declared_architecture(model_dir):
