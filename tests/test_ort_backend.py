@@ -107,6 +107,23 @@ def test_idle_slots_inside_the_range_are_untouched(engine):
     np.testing.assert_allclose(be.step([StepRow(2, c, all_logits=True)])[0], alone["c"], atol=tol, rtol=0)
 
 
+def test_prefill_steps_leave_idle_slots_out_decode_steps_take_the_range(engine):
+    """A chunk step over slots 0 and 3 runs twice (slots 1-2 would carry 64 padded tokens each
+    through every layer); a decode step over the same slots runs once (1 padded token each)."""
+    be = OrtBackend(engine, max_slots=4, max_context=256, max_step_tokens=64)
+    ranges = []
+    run = be._run
+    be._run = lambda ids, past, new, index, lo, hi, logits: (ranges.append((lo, hi, ids.shape[1])),
+                                                            run(ids, past, new, index, lo, hi, logits))
+    a, b = prompts(7, (64, 40))
+    be.step([StepRow(0, a), StepRow(3, b)])
+    assert ranges == [(0, 1, 64), (3, 4, 40)]
+    ranges.clear()
+    be.step([StepRow(0, [1]), StepRow(3, [2])])
+    assert ranges == [(0, 4, 1)]
+    assert [be.slot_length(i) for i in range(4)] == [65, 0, 0, 41]
+
+
 def test_release_makes_slot_reusable(engine):
     be = OrtBackend(engine, max_slots=2, max_context=256)
     a, b = prompts(1, (40, 60))

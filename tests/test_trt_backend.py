@@ -22,7 +22,8 @@ from gptoss_edge.runtime.engine import opener
 from gptoss_edge.runtime.engine.backend import BackendError, BackendInfo
 from gptoss_edge.runtime.engine.prefix import SavedPrefixes
 from gptoss_edge.runtime.engine.trt_backend import TrtBackend
-from gptoss_edge.runtime.engine.trt_buffers import contiguous_runs, device_plan, kv_buffers
+from gptoss_edge.runtime.engine.backend import contiguous_runs
+from gptoss_edge.runtime.engine.trt_buffers import device_plan, kv_buffers
 from gptoss_edge.target_config import PlanRecord, target_config_of
 from trt_support import compile_trt_engine, without_tensorrt
 

@@ -140,3 +140,15 @@ def row_result(logits: np.ndarray, n: int, every_position: bool, all_logits: boo
     if all_logits:
         return logits[:n].copy()
     return (logits[n - 1] if every_position else logits[0]).copy()
+
+
+def contiguous_runs(slots: list[int], max_batch: int) -> list[list[int]]:
+    """Sorted slots cut into runs of consecutive slots, each at most max_batch long: one engine
+    execution per run (the run's cache rows are one contiguous block of every KV buffer)."""
+    runs: list[list[int]] = []
+    for s in sorted(slots):
+        if runs and s == runs[-1][-1] + 1 and len(runs[-1]) < max_batch:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs

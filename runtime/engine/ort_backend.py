@@ -8,10 +8,12 @@ shape; ONNX Runtime keeps the most recent positions there and evicts itself). Ze
 nothing until touched. GroupQueryAttention writes in place: past_* and present_* are bound to
 the same memory, no cache is ever copied.
 
-A step over several slots runs the contiguous slot range [lowest, highest] as one right-padded
+A step over several slots runs a contiguous slot range [lowest, highest] as one right-padded
 batch: each stepping row brings its tokens (past_len = tokens cached, new_len = valid tokens); a
 slot of the range that is not in the step rides along idle (new_len 0: its cache is left as it
-is, its outputs are dropped). Padded positions never enter a cache.
+is, its outputs are dropped). Padded positions never enter a cache. Decode steps run the whole
+range at once; longer steps run each range of consecutive stepping slots separately
+(`step_groups`), so idle slots never carry a chunk of padding.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import onnxruntime as ort
 from gptoss_edge.compiler import opset
 from gptoss_edge.engine_dir import load_manifest
 from gptoss_edge.target_config import OnnxRuntimeConfig
-from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, logits_index,
-                                                row_result, target_config, validate_rows)
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, contiguous_runs,
+                                                logits_index, row_result, target_config, validate_rows)
 from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 
 IO = opset.ENGINE_IO
@@ -55,6 +57,17 @@ def add_custom_ops(so: ort.SessionOptions, tc: OnnxRuntimeConfig) -> None:
         cpu_kernels.register(so, tc.custom_ops.get("activations", "fp32"))
     except cpu_kernels.CpuKernelsMissing as e:
         raise BackendError(f"engine uses our CPU kernels: {e}") from None
+
+
+def step_groups(rows: Sequence[StepRow], max_slots: int) -> list[list[StepRow]]:
+    """The executions of one step. Decode steps (one token per row) run the whole slot range at
+    once: an idle slot inside it costs one padded token. Longer steps run each range of
+    consecutive stepping slots on its own, so an idle slot never carries a whole chunk of padding
+    through the MoE and the GEMMs."""
+    if max(len(r.token_ids) for r in rows) == 1:
+        return [list(rows)]
+    by_slot = {r.slot: r for r in rows}
+    return [[by_slot[s] for s in run] for run in contiguous_runs(list(by_slot), max_slots)]
 
 
 class OrtBackend:
@@ -127,6 +140,14 @@ class OrtBackend:
 
     def step(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
         self._validate(rows)
+        out: dict[int, np.ndarray] = {}
+        for group in step_groups(rows, self._info.max_slots):
+            out.update(zip((r.slot for r in group), self._step_range(group)))
+        return [out[r.slot] for r in rows]
+
+    # ---- internals --------------------------------------------------------------------------
+    def _step_range(self, rows: Sequence[StepRow]) -> list[np.ndarray]:
+        """One execution over the slot range [lowest, highest] of `rows` (module docstring)."""
         lo, hi = min(r.slot for r in rows), max(r.slot for r in rows) + 1
         s = max(len(r.token_ids) for r in rows)
         ids = np.zeros((hi - lo, s), np.int64)
@@ -149,7 +170,6 @@ class OrtBackend:
             out.append(row_result(logits[r.slot - lo], n, every, r.all_logits))
         return out
 
-    # ---- internals --------------------------------------------------------------------------
     def _run(self, ids, past, new, index, lo: int, hi: int, logits) -> None:
         if self.session is None:
             raise BackendError("backend is closed")

@@ -11,7 +11,7 @@ Memory (runtime/engine/trt_buffers.py): KV buffers resident on the device for ma
 from model.onnx.data through a pinned staging buffer; a pinned [max_batch, vocab] host buffer
 receives the sampled rows' logits.
 
-A step: the rows' slots are cut into runs of consecutive slots (trt_buffers.contiguous_runs); a
+A step: the rows' slots are cut into runs of consecutive slots (backend.contiguous_runs); a
 run executes once with the KV bindings pointing at its slots' block of every cache buffer
 (past == present when the plan aliases them; otherwise present goes to a scratch buffer that is
 copied back). Rows are right-padded to the run's longest row (past_len/new_len say which tokens
@@ -50,10 +50,10 @@ import onnx
 from gptoss_edge.compiler import opset
 from gptoss_edge.cudart import D2D, D2H, H2D, CudaError, CudaRuntime
 from gptoss_edge.engine_dir import load_manifest
-from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, logits_index,
-                                                target_config, validate_rows)
+from gptoss_edge.runtime.engine.backend import (BackendError, BackendInfo, StepRow, contiguous_runs,
+                                                logits_index, target_config, validate_rows)
 from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
-from gptoss_edge.runtime.engine.trt_buffers import contiguous_runs, device_plan, kv_buffers
+from gptoss_edge.runtime.engine.trt_buffers import device_plan, kv_buffers
 
 IO = opset.ENGINE_IO
 STAGING = 64 << 20          # pinned staging buffer for loading weights outside the plan

@@ -67,14 +67,3 @@ def device_plan(layout: KvLayout, *, max_slots: int, max_context: int, max_batch
                       logits=max_batch * max_step * vocab * 4, pinned_host=max_batch * vocab * 4,
                       streamed_weights=streamed_bytes)
 
-
-def contiguous_runs(slots: list[int], max_batch: int) -> list[list[int]]:
-    """Sorted slots cut into runs of consecutive slots, each at most max_batch long: one engine
-    execution per run (the run's cache rows are one contiguous block of every KV buffer)."""
-    runs: list[list[int]] = []
-    for s in sorted(slots):
-        if runs and s == runs[-1][-1] + 1 and len(runs[-1]) < max_batch:
-            runs[-1].append(s)
-        else:
-            runs.append([s])
-    return runs
