@@ -48,7 +48,8 @@ def test_kv_buffers_hold_what_plan_states(model, context, slots):
     d2 = device_plan(layout, max_slots=slots, max_context=context, max_batch=1, max_step=256,
                      vocab=cfg.vocab_size, aliased=False, streamed_bytes=0)
     assert d2.kv_present_scratch == layout.slot_bytes(context) and dataclasses.replace(d2, kv_present_scratch=0) == na
-    assert d.logits == 256 * cfg.vocab_size * 4 and d.pinned_host == cfg.vocab_size * 4
+    assert d.logits == cfg.vocab_size * 4 == d.pinned_host            # one sampled row per slot
+    assert d.every_position_logits == 256 * cfg.vocab_size * 4          # only if asked for
 
 
 def test_contiguous_runs():

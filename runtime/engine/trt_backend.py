@@ -133,7 +133,8 @@ class TrtBackend:
                         aliased=self._aliased, streamed_bytes=0)
         print(f"tensorrt: KV cache {d.kv_cache / 2**20:.1f} MiB on the device"
               f"{'' if self._aliased else f' + {d.kv_present_scratch / 2**20:.1f} MiB present scratch (no aliasing)'}, "
-              f"logits {d.logits / 2**20:.1f} MiB", file=sys.stderr)
+              f"logits {d.logits / 2**20:.1f} MiB (+ {d.every_position_logits / 2**20:.1f} MiB if a step asks for "
+              f"every position's logits)", file=sys.stderr)
         self._keys = [self._alloc(b.nbytes, zero=True) for b in self._kv]
         self._values = [self._alloc(b.nbytes, zero=True) for b in self._kv]
         scratch_slots = 0 if self._aliased else self._max_batch
@@ -144,7 +145,8 @@ class TrtBackend:
         self._past_len = self._alloc(B * 4)
         self._new_len = self._alloc(B * 4)
         self._logits_index = self._alloc(B * S * 8)
-        self._logits = self._alloc(B * S * V * 4)
+        self._logits = self._alloc(B * V * 4)          # one row per slot (sampling)
+        self._logits_all = 0                           # [B, S, V]: on the first step that needs it
         self._host_logits_ptr = self._pin(B * V * 4)
         self._host_logits = np.ctypeslib.as_array((ctypes.c_float * (B * V)).from_address(self._host_logits_ptr)
                                                   ).reshape(B, V)
@@ -320,7 +322,7 @@ class TrtBackend:
                                  (IO.LOGITS_INDEX, (n, logits_rows), self._logits_index)):
             self._set_shape(name, shape)
             self._set_address(name, ptr)
-        self._set_address(IO.LOGITS, self._logits)
+        self._set_address(IO.LOGITS, self._logits_for(logits_rows))
         for i, b in enumerate(self._kv):
             shape = (n, cfg.num_key_value_heads, b.capacity, cfg.head_dim)
             for past, present, base, scratch in (
@@ -368,6 +370,15 @@ class TrtBackend:
                   file=sys.stderr)
         # the captured graph has not run: the eager execution above produced this step's output
 
+    def _logits_for(self, k: int) -> int:
+        """Device buffer for a step's logits [n, k, vocab]: the resident one-row buffer, or (k > 1,
+        every position asked for) the [max_batch, max_step, vocab] one, allocated once on first use."""
+        if k == 1:
+            return self._logits
+        if not self._logits_all:
+            self._logits_all = self._alloc(self._max_batch * self._info.max_step_tokens * self._info.config.vocab_size * 4)
+        return self._logits_all
+
     def _fetch_logits(self, rows: list[StepRow], k: int, every: bool) -> dict[int, np.ndarray]:
         """The engine's logits [n, k, vocab] (k rows per slot, see backend.logits_index): each
         row's last new token into pinned memory, and all positions for rows that asked."""
@@ -376,12 +387,12 @@ class TrtBackend:
         out: dict[int, np.ndarray] = {}
         full = [(b, r) for b, r in enumerate(rows) if r.all_logits]
         for b, r in enumerate(rows):
-            src = self._logits + (b * k + (len(r.token_ids) - 1 if every else 0)) * row_bytes
+            src = self._logits_for(k) + (b * k + (len(r.token_ids) - 1 if every else 0)) * row_bytes
             self.cuda.copy_async(self._host_logits_ptr + b * row_bytes, src, row_bytes, D2H, self.stream)
         alls = {}
         for b, r in full:
             arr = np.empty((len(r.token_ids), V), np.float32)
-            self.cuda.copy_async(arr.ctypes.data, self._logits + b * k * row_bytes, arr.nbytes, D2H, self.stream)
+            self.cuda.copy_async(arr.ctypes.data, self._logits_for(k) + b * k * row_bytes, arr.nbytes, D2H, self.stream)
             alls[r.slot] = arr
         self.cuda.synchronize(self.stream)
         for b, r in enumerate(rows):

@@ -9,9 +9,10 @@ CPU against `gptoss-edge plan`).
     false) a second, per-step `present` buffer of max_batch slots receives the plugin's output
     and is copied back into the slots after the step: + max_batch x slot_bytes.
   * Step I/O: input_ids and logits_index [max_batch, max_step] int64, past_len/new_len
-    [max_batch] int32, logits [max_batch, max_step, vocab] float32 (sized for a step that asks for
-    every position's logits; a sampling step computes one row per slot, and only those rows are
-    copied to the host, into a pinned [max_batch, vocab] buffer).
+    [max_batch] int32, logits [max_batch, 1, vocab] float32 (a sampling step computes one row per
+    slot; copied to the host into a pinned [max_batch, vocab] buffer). A chunk step that asks for
+    every position's logits (selftest, perplexity) needs [max_batch, max_step, vocab]: that buffer
+    (`every_position_logits`) is allocated on the first such step and kept.
   * Weights outside the plan (build-engine's streamed weights): their bytes, loaded once.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ class DevicePlan:
     kv_present_scratch: int
     step_io: int
     logits: int
+    every_position_logits: int     # allocated on first use only (not in device_total)
     pinned_host: int
     streamed_weights: int
 
@@ -64,6 +66,7 @@ def device_plan(layout: KvLayout, *, max_slots: int, max_context: int, max_batch
     scratch = 0 if aliased else max_batch * layout.slot_bytes(max_context)
     return DevicePlan(kv_cache=kv, kv_present_scratch=scratch,
                       step_io=2 * max_batch * max_step * 8 + 2 * max_batch * 4,
-                      logits=max_batch * max_step * vocab * 4, pinned_host=max_batch * vocab * 4,
+                      logits=max_batch * vocab * 4, every_position_logits=max_batch * max_step * vocab * 4,
+                      pinned_host=max_batch * vocab * 4,
                       streamed_weights=streamed_bytes)
 
