@@ -35,7 +35,9 @@ OUT_OF_DOMAIN_QUESTION = "What is 2+2?"
 
 
 def lookup_signature(name: str) -> dict:
-    """The tool, for real: resolve a dotted stdlib name and return its call signature."""
+    """The tool, for real: resolve a dotted stdlib name and return its call signature. Results
+    have the shapes the model was trained on (recipes/tiny_model/data.py lookup_signature):
+    {"name", "signature"}, {"error": "unknown name X"}, {"name", "error": "signature not available"}."""
     parts = name.split(".")
     for split in range(len(parts), 0, -1):
         try:
@@ -45,10 +47,13 @@ def lookup_signature(name: str) -> dict:
         try:
             for attr in parts[split:]:
                 obj = getattr(obj, attr)
+        except AttributeError:
+            return {"error": f"unknown name {name}"}
+        try:
             return {"name": name, "signature": f"{name}{inspect.signature(obj)}"}
-        except (AttributeError, TypeError, ValueError) as e:
-            return {"name": name, "error": f"{type(e).__name__}: {e}"}
-    return {"name": name, "error": f"no module for {name!r}"}
+        except (TypeError, ValueError):
+            return {"name": name, "error": "signature not available"}
+    return {"error": f"unknown name {name}"}
 
 
 async def wait_serving(address: str, server: subprocess.Popen, timeout_s: float) -> None:

@@ -5,14 +5,13 @@ seeds, limits and errors; and the same request over gRPC gives the same reply (o
 scheduler under both)."""
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +19,9 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from gptoss_edge.models import default_model_dir  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from demo import lookup_signature  # noqa: E402  (the demo's tool, run for real)
 from gptoss_edge.v1 import llm_pb2 as pb  # noqa: E402
 from gptoss_edge.v1 import llm_pb2_grpc  # noqa: E402
 
@@ -28,23 +30,6 @@ TOOLS = [{"type": "function", "function": TOOL}]
 SYSTEM = {"role": "system", "content": "You answer questions about the Python standard library."}
 ASK_TOOL = {"role": "user", "content": "What is the signature of os.path.join?"}
 ASK = {"role": "user", "content": "What does json.dumps do?"}
-
-
-def lookup_signature(name: str) -> dict:
-    """The tool, for real (as scripts/demo.py runs it)."""
-    parts = name.split(".")
-    for split in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        try:
-            for attr in parts[split:]:
-                obj = getattr(obj, attr)
-            return {"name": name, "signature": f"{name}{inspect.signature(obj)}"}
-        except (AttributeError, TypeError, ValueError) as e:
-            return {"name": name, "error": f"{type(e).__name__}: {e}"}
-    return {"name": name, "error": f"no module for {name!r}"}
 
 
 @pytest.fixture(scope="module")
