@@ -109,7 +109,7 @@ def quantize_lazy(name: str, w_t: Initializer, fmt: str,
             lazy(f"{name}_scales", scale_dtype, [n, k // BLOCK], scales, source=w_t.source))
 
 
-# ---- MatMul(x, W^T) [+ Add(b)] -> Gemm4bit, shared by the TensorRT and ONNX Runtime lowerings ----
+# ---- MatMul(x, W^T) [+ Add(b)] -> Gemm4bit / Gemm8bit, shared by the lowerings ----
 def is_dense(g: Graph, n: onnx.NodeProto) -> bool:
     """A projection the lowerings may make 4-bit: MatMul by a 2-D initializer, K a multiple of 32."""
     return (n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and n.input[1] in g.initializers
@@ -117,18 +117,18 @@ def is_dense(g: Graph, n: onnx.NodeProto) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Gemm4bitParts:
+class DenseGemmParts:
     name: str                  # node name
     x: str                     # input activation
     blocks: Initializer
     scales: Initializer
     bias: str | None           # the absorbed Add's bias initializer
     output: str
-    absorbed: set[str]         # names of the canonical nodes the Gemm4bit replaces (the Add)
+    absorbed: set[str]         # names of the canonical nodes the Gemm4bit/Gemm8bit replaces (the Add)
     attrs: dict
 
 
-def gemm4bit_parts(g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights=None) -> Gemm4bitParts:
+def dense_gemm_parts(g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights=None) -> DenseGemmParts:
     """The Gemm4bit (Gemm8bit for fmt "q8") replacing MatMul node `n` (and its bias Add when it
     is the only consumer).
     `weights` (the checkpoint) lets the quantizer read W row groups directly (bounded memory)."""
@@ -145,4 +145,4 @@ def gemm4bit_parts(g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights=Non
     op = "gemm8bit" if fmt == "q8" else "gemm4bit"
     name = n.name.rsplit("/", 1)[0] + f"/{op}" if "/" in n.name else n.name
     attrs = dict(in_features=k, out_features=n_out) if fmt == "q8" else dict(format=fmt, in_features=k, out_features=n_out)
-    return Gemm4bitParts(name, n.input[0], blocks, scales, bias, y, absorbed, attrs)
+    return DenseGemmParts(name, n.input[0], blocks, scales, bias, y, absorbed, attrs)

@@ -163,7 +163,7 @@ def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, dense_forma
     """MatMul(x, W^T) [+ Add(b)] -> our Gemm8bit (format q8) or Gemm4bit; returns the names of
     the nodes it absorbed."""
     spec = opset.GEMM_8BIT if dense_format == "q8" else opset.GEMM_4BIT
-    p = dense4bit.gemm4bit_parts(g, n, consumers, dense_format, weights)
+    p = dense4bit.dense_gemm_parts(g, n, consumers, dense_format, weights)
     inputs = [p.x, out.add_initializer(p.blocks), out.add_initializer(p.scales)] + ([p.bias] if p.bias else [])
     out.node(spec.op_type, inputs, p.name, outputs=[p.output], domain=opset.DOMAIN,
              **opset.validate_attrs(spec, p.attrs))

@@ -119,7 +119,7 @@ def plugin_node(g: Graph, s: opset.OpSpec, name: str, inputs: list[str], outputs
 
 def _lower_dense(out: Graph, g: Graph, n: onnx.NodeProto, consumers, fmt: str, weights) -> set[str]:
     """MatMul(x, W^T) [+ Add(b)] -> Gemm4bit; returns the names of the nodes it absorbed."""
-    p = dense4bit.gemm4bit_parts(g, n, consumers, fmt, weights)
+    p = dense4bit.dense_gemm_parts(g, n, consumers, fmt, weights)
     inputs = [p.x, out.add_initializer(_as_int8(p.blocks)),
               out.add_initializer(_as_int8(p.scales) if fmt == "mxfp4" else p.scales)]
     plugin_node(out, opset.GEMM_4BIT, p.name, inputs + ([p.bias] if p.bias else []), [p.output], **p.attrs)

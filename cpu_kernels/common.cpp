@@ -105,8 +105,11 @@ void quantize_i8(const float* x, int64_t T, int64_t nb, int group, int8_t* q, fl
   }
 }
 
-void quantize_i8_natural(const float* x, int64_t T, int64_t nb, int8_t* q, float* d) {
-  for (int64_t i = 0; i < T * nb; ++i) d[i] = quantize_block(x + i * 32, q + i * 32);
+void quantize_i8_natural(const float* x, int64_t T, int64_t nb, int8_t* q, float* d8) {
+  for (int64_t i = 0; i < T * nb; ++i) {
+    const float d = quantize_block(x + i * 32, q + i * 32);
+    for (int j = 0; j < 8; ++j) d8[8 * i + j] = d;
+  }
 }
 
 // ---- portable kernels (group 1) -----------------------------------------------------------
@@ -190,12 +193,12 @@ void rows8_i8_portable(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, c
     const int8_t* row = w.q + r * K;
     for (int i = 0; i < ntok; ++i) {
       const int8_t* x = a.xq + int64_t(tok[i]) * K;
-      const float* xd = a.xd + int64_t(tok[i]) * w.nb;
+      const float* xd8 = a.xd8 + int64_t(tok[i]) * w.nb * 8;
       float acc = 0.f;
       for (int64_t b = 0; b < w.nb; ++b) {
         int32_t s = 0;
         for (int e = 0; e < 32; ++e) s += int32_t(x[b * 32 + e]) * row[b * 32 + e];
-        acc += float(s) * (half_to_float(w.d[r * w.nb + b]) * xd[b]);
+        acc += float(s) * (half_to_float(w.d[r * w.nb + b]) * xd8[8 * b]);
       }
       y[i * ldy + r] = acc;
     }

@@ -166,19 +166,17 @@ void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x,
 
 void gemm_8bit(const Engine& eng, const Rows8& w, int64_t n_rows, const float* x, int64_t T,
                const float* bias, float* y) {
-  Acts8 a{w.nb, x, nullptr, nullptr, nullptr};         // f32: the activations as they are
+  Acts8 a{w.nb, x, nullptr, nullptr};                  // f32: the activations as they are
   std::vector<int8_t> xq;
-  std::vector<float> xd, xd8;
+  std::vector<float> xd8;
   if (eng.mode == ActMode::I8) {
     const int64_t nb = w.nb;
     xq.resize(size_t(T * nb * 32));
-    xd.resize(size_t(T * nb));
     xd8.resize(size_t(T * nb * 8));
     parallel(eng, T, 16, [&](int64_t t) {
-      quantize_i8_natural(x + t * nb * 32, 1, nb, xq.data() + t * nb * 32, xd.data() + t * nb);
-      for (int64_t i = 0; i < nb * 8; ++i) xd8[size_t(t * nb * 8 + i)] = xd[size_t(t * nb + i / 8)];
+      quantize_i8_natural(x + t * nb * 32, 1, nb, xq.data() + t * nb * 32, xd8.data() + t * nb * 8);
     });
-    a = Acts8{nb, nullptr, xq.data(), xd.data(), xd8.data()};
+    a = Acts8{nb, nullptr, xq.data(), xd8.data()};
   }
   const Rows8Fn fn = eng.mode == ActMode::F32 ? eng.isa->rows8_f32 : eng.isa->rows8_i8;
   // Tasks: (token group of <= 64, row chunk), as gemm_4bit's jobs.

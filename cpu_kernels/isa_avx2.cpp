@@ -170,11 +170,11 @@ void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int3
     for (int t0 = 0; t0 < ntok; t0 += 4) {
       const int n = ntok - t0 < 4 ? ntok - t0 : 4;
       const int8_t* x[4];
-      const float* xd[4];
+      const float* xd8[4];
       __m256 acc[4];
       for (int i = 0; i < n; ++i) {
         x[i] = a.xq + int64_t(tok[t0 + i]) * K;
-        xd[i] = a.xd + int64_t(tok[t0 + i]) * nb;
+        xd8[i] = a.xd8 + int64_t(tok[t0 + i]) * nb * 8;
         acc[i] = _mm256_setzero_ps();
       }
       for (int64_t b = 0; b < nb; ++b) {
@@ -182,7 +182,7 @@ void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int3
         const float d = _cvtsh_ss(dr[b]);
         for (int i = 0; i < n; ++i) {
           const __m256i p = dot8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd[i][b]), acc[i]);
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd8[i][8 * b]), acc[i]);
         }
       }
       for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]);

@@ -60,13 +60,12 @@ struct Rows8 {
 };
 
 // Activations for 8-bit rows, natural order (no re-layout): f32 mode xf [T, K]; i8 mode xq
-// [T, K] quantized per block of 32 as quantize_i8 does, with block scales xd [T, nb] and the
-// same scales repeated 8 times, xd8 [T, nb * 8] (a 512-bit int32 dot holds 8 lanes per block).
+// [T, K] quantized per block of 32 as quantize_i8 does, with each block scale written 8 times,
+// xd8 [T, nb * 8] (a 512-bit int32 dot holds 8 lanes per block; block b's scale is xd8[8 b]).
 struct Acts8 {
   int64_t nb;
   const float* xf;
   const int8_t* xq;
-  const float* xd;
   const float* xd8;
 };
 
@@ -91,8 +90,8 @@ void rows8_f32_portable(const Rows8&, const Acts8&, int64_t r0, int64_t r1, cons
                         float* y, int64_t ldy);
 void rows8_i8_portable(const Rows8&, const Acts8&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
                        float* y, int64_t ldy);
-// Natural-order int8 quantization of T tokens (for Acts8): q [T, K], d [T, nb].
-void quantize_i8_natural(const float* x, int64_t T, int64_t nb, int8_t* q, float* d);
+// Natural-order int8 quantization of T tokens (for Acts8): q [T, K], scales d8 [T, nb * 8].
+void quantize_i8_natural(const float* x, int64_t T, int64_t nb, int8_t* q, float* d8);
 
 const Isa& isa_portable();
 const Isa* isa_avx2();     // null when not compiled in / CPU lacks it
