@@ -15,7 +15,10 @@ ONNX Runtime contrib ops (com.microsoft) elsewhere. Formats come from compiler/f
                    lossless weights, activations always quantized to int8 by ORT's CPU kernel;
                    "int4": block 32, lossy weights, float32 or int8 activations), gpt-oss SwiGLU
                    (interleaved gate/linear rows, limit, alpha 1.702, beta 1), softmax over the
-                   top-k selected logits (normalize_routing_weights=1).
+                   top-k selected logits (normalize_routing_weights=1). ORT's MoE/QMoE have
+                   no new_len: they route padded rows like real ones (wasted work, never read:
+                   attention skips padded rows and logits_index never picks them); our kernel
+                   skips them.
   MatMul(x, W^T initializer) [+ Add(bias)] -> Gemm8bit (dense "8bit": int8 blocks of 32, as
                    llama.cpp's q8_0) or Gemm4bit (dense "4bit": MXFP4 or int4 blocks of 32),
                    compiler/dense4bit.py, our CPU kernels; or left as is (dense "float").
@@ -126,7 +129,7 @@ def _lower_attention(out: Graph, n: onnx.NodeProto) -> None:
 # ---- MoE ---------------------------------------------------------------------------------------
 def _lower_moe(out: Graph, g: Graph, n: onnx.NodeProto, experts: str, accuracy: int) -> None:
     s = opset.MOE_MXFP4
-    port = {p.name: n.input[i] for i, p in enumerate(s.inputs)}
+    port = {p.name: name for p, name in zip(s.inputs, n.input)}
     a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
     a = opset.validate_attrs(s, a)
     name = n.name

@@ -23,7 +23,8 @@ from typing import Any
 
 DOMAIN = "gptoss_edge"            # ONNX domain of our nodes
 PLUGIN_NAMESPACE = "gptoss_edge"  # TensorRT plugin namespace
-OPSET_VERSION = 2                 # ONNX opset version of DOMAIN; bump on any contract change (2: Gemm8bit)
+OPSET_VERSION = 3                 # ONNX opset version of DOMAIN; bump on any contract change
+                                  # (2: Gemm8bit; 3: MoeMxfp4 new_len, padded rows skipped)
 ACTIVATION_TYPES = ("float16", "bfloat16", "float32")
 BYTES = "uint8|int8"              # dtype of packed-weight/scale ports (see module docstring)
 # String attributes TensorRT's ONNX parser reads on a node it does not know, to find the
@@ -89,6 +90,11 @@ Per selected expert e:
   y_e  = dequant(down[e]) @ a + down_bias[e]                  # [H]
 out = sum_e routing_weight_e * y_e   (bias added before the routing weight)
 
+Padded rows (optional new_len, int32 [batch], the attention's port): hidden's tokens are then
+batch rows of S = tokens / batch (tokens must be a multiple of batch); token t = b*S + s is padded
+when s >= new_len[b]. Padded tokens are not routed (no expert reads or FLOPs, no capacity taken)
+and their output rows are zeros. Without new_len every token is real.
+
 MXFP4 layout (identical to the checkpoint, chosen because it is already what a decode GEMV
 wants: each output row is contiguous along the input dim, 16-byte blocks give 128-bit loads):
   *_blocks [E, N, K/32, 16] bytes: block b of row n holds inputs 32b..32b+31; byte j holds
@@ -106,6 +112,7 @@ gate_up: N = 2*intermediate_size, K = hidden_size; down: N = hidden_size, K = in
         Port("down_blocks", BYTES, ("num_experts", "hidden_size", "intermediate_size/32", "16")),
         Port("down_scales", BYTES, ("num_experts", "hidden_size", "intermediate_size/32")),
         Port("down_bias", "float32", ("num_experts", "hidden_size")),
+        Port("new_len", "int32", ("batch",), "valid tokens per batch row (see padded rows)", optional=True),
     ),
     outputs=(Port("output", "T", ("tokens", "hidden_size")),),
     attrs=(

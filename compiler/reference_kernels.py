@@ -83,8 +83,21 @@ def swiglu(gate_up: np.ndarray, limit: float, alpha: float, offset: float) -> np
     return g / (1.0 + np.exp(-alpha * g)) * (lin + offset)
 
 
+def real_tokens(tokens: int, new_len) -> np.ndarray:
+    """Bool [tokens]: which of `tokens` (batch rows of tokens / batch, flattened) are real under
+    MoeMxfp4's optional new_len [batch]; all of them without it."""
+    if new_len is None:
+        return np.ones(tokens, dtype=bool)
+    new_len = np.asarray(new_len)
+    if new_len.ndim != 1 or new_len.size == 0 or tokens % new_len.size:
+        raise KernelError(f"MoeMxfp4: input 'new_len' has shape {new_len.shape}; the {tokens} tokens "
+                          "must be a whole number of its batch rows")
+    seq = tokens // new_len.size
+    return (np.arange(seq)[None, :] < new_len[:, None]).reshape(-1)
+
+
 def moe_mxfp4(hidden, router_weight, router_bias, gate_up_blocks, gate_up_scales, gate_up_bias,
-              down_blocks, down_scales, down_bias, *, num_experts: int, top_k: int,
+              down_blocks, down_scales, down_bias, new_len=None, *, num_experts: int, top_k: int,
               hidden_size: int, intermediate_size: int, swiglu_limit: float,
               swiglu_alpha: float, swiglu_linear_offset: float) -> np.ndarray:
     op, E, H, I = "MoeMxfp4", num_experts, hidden_size, intermediate_size
@@ -99,10 +112,12 @@ def moe_mxfp4(hidden, router_weight, router_bias, gate_up_blocks, gate_up_scales
                            ("down_blocks", down_blocks, (E, H, I // 32, 16)),
                            ("down_scales", down_scales, (E, H, I // 32)), ("down_bias", down_bias, (E, H))):
         _check_shape(op, port, a, shape)
+    real = real_tokens(hidden.shape[0], new_len)
     x = hidden.astype(np.float64)
     experts, weights = route(hidden, router_weight, router_bias, top_k)
+    experts[~real] = -1                                  # padded tokens: not routed, output 0
     out = np.zeros_like(x)
-    for e in np.unique(experts):
+    for e in np.unique(experts[experts >= 0]):
         rows, slot = np.nonzero(experts == e)
         gu = x[rows] @ dequant_mxfp4(gate_up_blocks[e], gate_up_scales[e]).T + gate_up_bias[e]
         a = swiglu(gu, swiglu_limit, swiglu_alpha, swiglu_linear_offset)

@@ -122,6 +122,26 @@ void parallel_for(void* c, void (*fn)(void*, size_t), size_t n, void* user) {
 gek::Engine engine(const Config& cfg, PoolCtx* pc) { return gek::Engine{cfg.isa, cfg.mode, {parallel_for, pc}}; }
 
 // ---- kernels ------------------------------------------------------------------------------
+// MoeMxfp4's optional new_len [batch]: token t = b*S + s (S = T / batch) is real when
+// s < new_len[b]. `real` gets the real tokens' indices, ascending (all of 0..T-1 without new_len).
+OrtStatus* real_tokens(const Tensor& new_len, int64_t T, std::vector<int64_t>& real) {
+  real.clear();
+  if (!new_len.value) {
+    real.resize(size_t(T));
+    for (int64_t t = 0; t < T; ++t) real[size_t(t)] = t;
+    return nullptr;
+  }
+  const int64_t B = new_len.shape.size() == 1 ? new_len.shape[0] : 0;
+  if (new_len.type != ELEM_INT32 || B <= 0 || T % B)
+    return error("MoeMxfp4: input 'new_len' must be int32 [batch] with the " + std::to_string(T) +
+                 " tokens a whole number of batch rows; got shape " + shape_str(new_len.shape));
+  const int64_t S = T / B;
+  const auto* len = static_cast<const int32_t*>(new_len.data);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S && s < len[b]; ++s) real.push_back(b * S + s);
+  return nullptr;
+}
+
 struct MoeKernel {
   Config cfg;
   gek::MoeShape s;
@@ -130,7 +150,9 @@ struct MoeKernel {
 OrtStatus* moe_compute(MoeKernel* k, OrtKernelContext* ctx) {
   namespace m = ops::moe_mxfp4;
   Tensor in[m::kNbInputs];
-  for (size_t i = 0; i < m::kNbInputs; ++i)
+  size_t n_in = 0;
+  if (OrtStatus* st = g_api->fn<FnKernelContext_GetInputCount>(KernelContext_GetInputCount)(ctx, &n_in)) return st;
+  for (size_t i = 0; i < m::kNbInputs && i < n_in; ++i)
     if (OrtStatus* st = read_tensor(ctx, i, in[i])) return st;
   const int64_t E = k->s.experts, H = k->s.hidden, I = k->s.inter;
   const Tensor& x = in[m::kHiddenIn];
@@ -159,8 +181,21 @@ OrtStatus* moe_compute(MoeKernel* k, OrtKernelContext* ctx) {
   const gek::MoeWeights w{f32(m::kRouterWeightIn), f32(m::kRouterBiasIn),
                           rows(m::kGateUpBlocksIn, m::kGateUpScalesIn, H / 32), f32(m::kGateUpBiasIn),
                           rows(m::kDownBlocksIn, m::kDownScalesIn, I / 32), f32(m::kDownBiasIn)};
+  std::vector<int64_t> real;
+  if (OrtStatus* st = real_tokens(in[m::kNewLenIn], T, real)) return st;
   PoolCtx pc{ctx};
-  gek::moe_mxfp4(engine(k->cfg, &pc), k->s, w, f32(m::kHiddenIn), T, out);
+  const float* hid = f32(m::kHiddenIn);
+  if (int64_t(real.size()) == T) {
+    gek::moe_mxfp4(engine(k->cfg, &pc), k->s, w, hid, T, out);
+    return nullptr;
+  }
+  // Padded rows: route only the real tokens (gathered), zeros elsewhere.
+  const int64_t R = int64_t(real.size());
+  std::vector<float> xs(size_t(R * H)), ys(size_t(R * H));
+  for (int64_t r = 0; r < R; ++r) std::memcpy(&xs[size_t(r * H)], hid + real[r] * H, size_t(H) * sizeof(float));
+  if (R) gek::moe_mxfp4(engine(k->cfg, &pc), k->s, w, xs.data(), R, ys.data());
+  std::memset(out, 0, size_t(T * H) * sizeof(float));
+  for (int64_t r = 0; r < R; ++r) std::memcpy(out + real[r] * H, &ys[size_t(r * H)], size_t(H) * sizeof(float));
   return nullptr;
 }
 
@@ -276,6 +311,7 @@ int port_type(const ops::PortDesc& p) {
   if (p.dtypes == ops::kDtypeUint8) return ELEM_UINT8;
   if (p.dtypes == ops::kDtypeInt8) return ELEM_INT8;
   if (p.dtypes == ops::kDtypeFloat16) return ELEM_FLOAT16;
+  if (p.dtypes == ops::kDtypeInt32) return ELEM_INT32;
   return ELEM_UNDEFINED;
 }
 

@@ -135,17 +135,23 @@ def moe_weights(seed=0):
                 gate_up_bias=f(E, 2 * I), down_blocks=db, down_scales=ds, down_bias=f(E, H))
 
 
-def moe_session(w, **kw):
+MOE_WEIGHTS = [p.name for p in opset.MOE_MXFP4.inputs[1:] if p.name != "new_len"]
+
+
+def moe_session(w, new_len=False, **kw):
     s = opset.MOE_MXFP4
-    node = helper.make_node(s.op_type, ["x"] + [p.name for p in s.inputs[1:]], ["y"], domain=opset.DOMAIN,
-                            num_experts=E, top_k=TOP_K, hidden_size=H, intermediate_size=I)
-    return session([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", H])], w, **kw)
+    node = helper.make_node(s.op_type, ["x"] + MOE_WEIGHTS + (["new_len"] if new_len else []), ["y"],
+                            domain=opset.DOMAIN, num_experts=E, top_k=TOP_K, hidden_size=H, intermediate_size=I)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", H])]
+    if new_len:
+        inputs.append(helper.make_tensor_value_info("new_len", TensorProto.INT32, ["b"]))
+    return session([node], inputs, w, **kw)
 
 
-def moe_reference(w, x):
+def moe_reference(w, x, new_len=None):
     attrs = dict(num_experts=E, top_k=TOP_K, hidden_size=H, intermediate_size=I, swiglu_limit=7.0,
                  swiglu_alpha=1.702, swiglu_linear_offset=1.0)
-    return rk.moe_mxfp4(x.astype(np.float64), *[w[p.name] for p in opset.MOE_MXFP4.inputs[1:]], **attrs)
+    return rk.moe_mxfp4(x.astype(np.float64), *[w[name] for name in MOE_WEIGHTS], new_len, **attrs)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -186,6 +192,38 @@ def test_moe_mxfp4_decode_reads_only_the_selected_experts():
     for p in ("gate_up_scales", "down_scales"):
         poisoned[p][others] = 255                          # 2^127: inf/NaN if ever multiplied
     np.testing.assert_array_equal(moe_session(poisoned).run(None, {"x": x})[0], clean)
+
+
+@pytest.mark.parametrize("activations", ["fp32", "int8"])
+def test_moe_mxfp4_padded_rows_are_not_routed_and_give_zeros(activations):
+    # 3 rows of 5 tokens holding 5, 2 and 0 real ones. Padded tokens carry NaN: routed, they
+    # would give NaN rows; skipped, they give exact zeros. Real tokens come out bit-identical
+    # to a run on the real tokens alone (each token's sums do not depend on the others).
+    w = moe_weights(3)
+    rng = np.random.default_rng(8)
+    new_len = np.array([5, 2, 0], np.int32)
+    real = (np.arange(5)[None, :] < new_len[:, None]).reshape(-1)
+    x = rng.standard_normal((15, H)).astype(np.float32)
+    x[~real] = np.nan
+    y = moe_session(w, new_len=True, activations=activations).run(None, {"x": x, "new_len": new_len})[0]
+    assert (y[~real] == 0).all()
+    alone = moe_session(w, activations=activations).run(None, {"x": x[real]})[0]
+    np.testing.assert_array_equal(y[real], alone)
+    ref = moe_reference(w, x, new_len)
+    assert (ref[~real] == 0).all()
+    if activations == "fp32":   # bound: test_moe_mxfp4_fp32_activations_match_the_reference
+        assert np.abs(y - ref).max() <= 5e-5 * np.abs(ref).max()
+    none = np.zeros(3, np.int32)   # a step where no row brings a token: all zeros, no expert touched
+    assert (moe_session(w, new_len=True).run(None, {"x": x, "new_len": none})[0] == 0).all()
+
+
+def test_moe_mxfp4_rejects_new_len_that_does_not_split_the_tokens():
+    w = moe_weights()
+    with pytest.raises(Exception, match=r"MoeMxfp4: input 'new_len' must be int32 \[batch\] with the 7 tokens"):
+        moe_session(w, new_len=True).run(None, {"x": np.zeros((7, H), np.float32),
+                                                "new_len": np.array([1, 1, 1], np.int32)})
+    with pytest.raises(rk.KernelError, match="whole number of its batch rows"):
+        moe_reference(w, np.zeros((7, H), np.float32), np.array([1, 1, 1], np.int32))
 
 
 def test_moe_mxfp4_rejects_wrong_expert_shape():

@@ -97,6 +97,11 @@ def test_fallback_formulas_agree_with_the_reference_kernels():
     # float32 in, float32 out for the reference; 1e-5 relative covers its final float32 cast
     np.testing.assert_allclose(fallback_ref.moe_mxfp4(x, *w, **kw), reference_kernels.moe_mxfp4(x, *w, **kw),
                                rtol=1e-5, atol=1e-5)
+    x14 = r.standard_normal((14, H)).astype(np.float32)   # 2 rows of 7: 7 and 3 real tokens
+    new_len = np.array([7, 3], np.int32)
+    padded = fallback_ref.moe_mxfp4(x14, *w, new_len, **kw)
+    np.testing.assert_allclose(padded, reference_kernels.moe_mxfp4(x14, *w, new_len, **kw), rtol=1e-5, atol=1e-5)
+    assert (padded[10:] == 0).all() and (padded[:10] != 0).any()
     for fmt in ("mxfp4", "int4"):
         blocks, scales = data.mxfp4_weights(r, (9,), 64) if fmt == "mxfp4" else data.int4_weights(r, 9, 64)
         bias = r.standard_normal(9).astype(np.float32)
@@ -158,16 +163,24 @@ def test_built_library_answers_host_side_through_ctypes(kernel_library):
     assert k.size("gpe_sink_attention_workspace_size", 1, 1, 64, 8, 64, 0) > 0
     assert k.size("gpe_sink_attention_workspace_size", 1, 1, 64, 8, 48, 0) == 0  # head_dim 48 unsupported
     null = None
-    moe_args = [2, 0, 4, 32, 4, 2880, 2880, 7.0, 1.702, 1.0] + [null] * 11 + [0, null]
+    # gpe_moe_mxfp4(dtype, path, tokens, E, k, H, I, limit, alpha, offset, hidden, batch, new_len,
+    #               9 weight pointers (router .. down_bias), output, workspace, workspace_size, stream)
+    HIDDEN, BATCH, NEW_LEN, WS_SIZE = 10, 11, 12, 23
+    pointers = [HIDDEN] + list(range(13, 23))  # hidden, the weights, output, workspace
+    moe_args = [2, 0, 4, 32, 4, 2880, 2880, 7.0, 1.702, 1.0, null, 1, null] + [null] * 10 + [0, null]
     assert k.lib.gpe_moe_mxfp4(*moe_args) == -3  # GPE_ERR_NULL_POINTER
     assert k.lib.gpe_moe_mxfp4(*(moe_args[:2] + [0] + moe_args[3:])) == 0  # zero tokens: nothing to do
     bad_dtype = [7] + moe_args[1:]
-    bad_dtype[10:21] = [1 << 40] * 11  # non-null 16-byte aligned pointers, never dereferenced: the dtype is checked on the host
-    bad_dtype[21] = 1 << 40
+    for i in pointers:
+        bad_dtype[i] = 1 << 40  # non-null 16-byte aligned pointers, never dereferenced: the dtype is checked on the host
+    bad_dtype[WS_SIZE] = 1 << 40
     assert k.lib.gpe_moe_mxfp4(*bad_dtype) == -1  # GPE_ERR_BAD_DTYPE
     small_ws = list(bad_dtype)
-    small_ws[0], small_ws[21] = 2, 16
+    small_ws[0], small_ws[WS_SIZE] = 2, 16
     assert k.lib.gpe_moe_mxfp4(*small_ws) == -4  # GPE_ERR_WORKSPACE_TOO_SMALL
+    uneven = list(small_ws)
+    uneven[BATCH], uneven[NEW_LEN] = 3, 1 << 40  # 4 tokens are not whole rows of a batch of 3
+    assert k.lib.gpe_moe_mxfp4(*uneven) == -2  # GPE_ERR_BAD_SHAPE, before any launch
     assert k.lib.gpe_gemm_4bit(1, 0, 0, 3, 100, 8, *[null] * 6) == -2  # K % 32 != 0
     assert k.lib.gpe_gemm_4bit(1, 5, 0, 3, 64, 8, *[null] * 6) == -5  # unknown format
     assert b"workspace" in k.lib.gpe_status_string(-4)
@@ -176,9 +189,9 @@ def test_built_library_answers_host_side_through_ctypes(kernel_library):
     assert k.lib.gpe_gemm_4bit(2, 0, 1, 3, 64, 8, P + 8, P, P, None, P, None) == -6  # GPE_ERR_MISALIGNED input
     assert k.lib.gpe_gemm_4bit(2, 0, 1, 3, 64, 8, P, P + 4, P, None, P, None) == -6  # misaligned weight blocks
     assert k.lib.gpe_gemm_4bit(2, 1, 1, 3, 64, 8, P, P, P + 1, None, P, None) == -6  # odd fp16 scales address
-    moe_ok = [2, 1, 4, 32, 4, 2880, 2880, 7.0, 1.702, 1.0] + [P] * 11 + [1 << 40, None]
+    moe_ok = [2, 1, 4, 32, 4, 2880, 2880, 7.0, 1.702, 1.0, P, 1, None] + [P] * 10 + [1 << 40, None]
     moe_bad = list(moe_ok)
-    moe_bad[10] = P + 2  # hidden
+    moe_bad[HIDDEN] = P + 2
     assert k.lib.gpe_moe_mxfp4(*moe_bad) == -6
     attn_ws = k.size("gpe_sink_attention_workspace_size", 1, 1, 4, 2, 16, 0)
     attn = [2, 1, 1, 4, 2, 16, 8, 0, 0.25, 16, 0] + [P] * 14 + [attn_ws, None]

@@ -42,7 +42,7 @@ def build_layer(g: Graph, ckpt: WeightSource, layer: int, x: str, past_len: str,
     h = build_rmsnorm(g, ckpt, f"{key}.input_layernorm.weight", x, f"{name}/attn_norm")
     x = g.op("Add", [x, build_attention(g, ckpt, layer, h, past_len, new_len, cos, sin)], f"{name}/attn_residual")
     h = build_rmsnorm(g, ckpt, f"{key}.post_attention_layernorm.weight", x, f"{name}/moe_norm")
-    return g.op("Add", [x, build_moe(g, ckpt, layer, h)], f"{name}/moe_residual")
+    return g.op("Add", [x, build_moe(g, ckpt, layer, h, new_len)], f"{name}/moe_residual")
 
 
 def build_model(ckpt: WeightSource, max_positions: int | None = None) -> Graph:

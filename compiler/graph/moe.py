@@ -1,5 +1,6 @@
 """MoE block (after its norm): one MoeMxfp4 node (our op) on the checkpoint's MXFP4 bytes as they
-are (layout of compiler/opset.py MOE_MXFP4 == the checkpoint's), router in float32."""
+are (layout of compiler/opset.py MOE_MXFP4 == the checkpoint's), router in float32. The step's
+new_len goes in too, so a kernel routes only the real tokens of right-padded batch rows."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,13 +31,15 @@ def expert_weights(g: Graph, ckpt: WeightSource, layer: int, name: str) -> dict[
     return ports
 
 
-def build_moe(g: Graph, ckpt: WeightSource, layer: int, h: str) -> str:
-    """h: normed hidden [batch, seq, hidden] -> expert mixture output, same shape."""
+def build_moe(g: Graph, ckpt: WeightSource, layer: int, h: str, new_len: str) -> str:
+    """h: normed hidden [batch, seq, hidden], new_len int32 [batch] -> expert mixture output,
+    same shape (zeros on padded rows)."""
     cfg = ckpt.config
     name = f"/layers.{layer}/moe"
     ports = expert_weights(g, ckpt, layer, name)
     flat = g.op("Reshape", [h, g.const(f"{name}/flat_shape", [-1, cfg.hidden_size], np.int64)], f"{name}/flatten")
-    ports["hidden"] = flat
+    ports["hidden"] = flat                               # [batch*seq, hidden]: token b*seq + s
+    ports["new_len"] = new_len
     y = our_node(g, opset.MOE_MXFP4, f"{name}/experts", ports, outputs=[f"{name}/experts"],
                  num_experts=cfg.num_local_experts, top_k=cfg.num_experts_per_tok,
                  hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,

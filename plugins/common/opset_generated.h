@@ -9,7 +9,7 @@ namespace opset
 {
 constexpr char const* kDomain = "gptoss_edge";
 constexpr char const* kPluginNamespace = "gptoss_edge";
-constexpr int32_t kOpsetVersion = 2;
+constexpr int32_t kOpsetVersion = 3;
 // Node attributes the ONNX parser consumes to find the creator; never plugin fields.
 constexpr char const* kPluginAttrs[] = {"plugin_version", "plugin_namespace"};
 constexpr int32_t kNbPluginAttrs = 2;
@@ -56,7 +56,8 @@ enum Input : int32_t
     kDownBlocksIn = 6,
     kDownScalesIn = 7,
     kDownBiasIn = 8,
-    kNbInputs = 9
+    kNewLenIn = 9,
+    kNbInputs = 10
 };
 enum Output : int32_t
 {
@@ -93,6 +94,7 @@ constexpr PortDesc kInputs[kNbInputs] = {
     {"down_blocks", kDtypeUint8 | kDtypeInt8, false},
     {"down_scales", kDtypeUint8 | kDtypeInt8, false},
     {"down_bias", kDtypeFloat32, false},
+    {"new_len", kDtypeInt32, true},
 };
 constexpr PortDesc kOutputs[kNbOutputs] = {
     {"output", kDtypeT, false},

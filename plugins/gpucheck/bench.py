@@ -65,7 +65,7 @@ class Bench:
             ws = self.cuda.malloc(ws_size)
 
             def call(path):
-                self.k.call("gpe_moe_mxfp4", DTYPE_CODES[dtype], PATH_CODES[path], tokens, E, k, H, I, *SWIGLU, x,
+                self.k.call("gpe_moe_mxfp4", DTYPE_CODES[dtype], PATH_CODES[path], tokens, E, k, H, I, *SWIGLU, x, 1, None,
                             dev["rw"], dev["rb"], dev["gub"], dev["gus"], dev["gubias"], dev["dnb"], dev["dns"],
                             dev["dnbias"], out, ws, ws_size, None)
 

@@ -35,6 +35,7 @@ class MoeCase:
     tokens: int
     dtype: str
     paths: tuple[str, ...] = ("auto",)
+    new_len: tuple[int, ...] | None = None  # batch rows of tokens/len(new_len); padded tokens -> 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,9 @@ MOE_CASES = [
       for dt in ("float32", "float16", "bfloat16") for t in (1, 17)],
     *[MoeCase(f"tiny t={t} bf16", **TINY, tokens=t, dtype="bfloat16", paths=BOTH) for t in (3, 16)],
     MoeCase("tiny t=600 (> chunk) bf16", **TINY, tokens=600, dtype="bfloat16", paths=("auto", "gemv", "mma")),
+    MoeCase("tiny 3 rows x 8, padded bf16", **TINY, tokens=24, dtype="bfloat16", paths=ALL, new_len=(8, 3, 0)),
+    MoeCase("tiny 2 rows x 600, padded across chunks bf16", **TINY, tokens=1200, dtype="bfloat16",
+            paths=("auto", "mma"), new_len=(530, 7)),
     *[MoeCase(f"odd t={t} bf16", **ODD, tokens=t, dtype="bfloat16", paths=ALL) for t in (1, 5, 33)],
     MoeCase("20b t=1 bf16", **G20, tokens=1, dtype="bfloat16", paths=BOTH),
     MoeCase("20b t=4 bf16", **G20, tokens=4, dtype="bfloat16", paths=("auto",)),
@@ -191,12 +195,13 @@ class Runner:
         out = self.cuda.malloc(x_dev_host.nbytes)
         ws_size = self.k.size("gpe_moe_mxfp4_workspace_size", c.tokens, c.E, c.k, c.H, c.I)
         ws = self.cuda.malloc(ws_size)
+        new_len = self.cuda.to_device(np.asarray(c.new_len, np.int32)) if c.new_len else None
         records = []
         try:
             for path in c.paths:
-                self.cuda.poison(out, x_dev_host.nbytes)
+                self.cuda.poison(out, x_dev_host.nbytes)  # padded rows must be written (zeros)
                 self.k.call("gpe_moe_mxfp4", DTYPE_CODES[c.dtype], PATH_CODES[path], c.tokens, c.E, c.k, c.H, c.I,
-                            *data.SWIGLU, x, dev["rw"], dev["rb"], dev["gub"], dev["gus"], dev["gubias"],
+                            *data.SWIGLU, x, len(c.new_len or (1,)), new_len, dev["rw"], dev["rb"], dev["gub"], dev["gus"], dev["gubias"],
                             dev["dnb"], dev["dns"], dev["dnbias"], out, ws, ws_size, None)
                 got = data.to_f32(self.cuda.to_host(out, x_dev_host.shape, x_dev_host.dtype), c.dtype)
                 cmp = data.compare(got[clear], ref[clear], c.dtype, RTOL_ULPS, atol_frac("moe", path, c.dtype))
@@ -205,8 +210,9 @@ class Runner:
                 records.append({"op": "MoeMxfp4", "case": c.name, "path": path, "tokens_compared": int(clear.sum()),
                                 "tokens": c.tokens, "reference_s": round(ref_s, 2), **cmp})
         finally:
-            for p in (x, out, ws):
-                self.cuda.free(p)
+            for p in (x, out, ws, new_len):
+                if p:
+                    self.cuda.free(p)
         return records
 
     # ---- Gemm4bit -------------------------------------------------------------------------

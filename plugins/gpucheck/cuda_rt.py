@@ -18,7 +18,7 @@ KERNEL_ABI: dict[str, tuple[object, list[object]]] = {
     "gpe_status_string": (ctypes.c_char_p, [c_int]),
     "gpe_moe_mxfp4_workspace_size": (c_size_t, [c_int, c_int, c_int, c_int, c_int]),
     "gpe_moe_mxfp4": (c_int, [c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_float, c_float, c_float,
-                              _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, c_size_t, _P]),
+                              _P, c_int, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, c_size_t, _P]),
     "gpe_gemm_4bit": (c_int, [c_int, c_int, c_int, c_int64, c_int, c_int, _P, _P, _P, _P, _P, _P]),
     "gpe_sink_attention_workspace_size": (c_size_t, [c_int, c_int, c_int, c_int, c_int, c_int]),
     "gpe_sink_attention": (c_int, [c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_float, c_int, c_int,

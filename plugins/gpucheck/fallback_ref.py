@@ -26,7 +26,7 @@ def dequant(blocks: np.ndarray, scales: np.ndarray, fmt: str = "mxfp4") -> np.nd
 
 
 def moe_mxfp4(hidden, router_weight, router_bias, gu_blocks, gu_scales, gu_bias, dn_blocks, dn_scales, dn_bias,
-              *, top_k, swiglu_limit=7.0, swiglu_alpha=1.702, swiglu_linear_offset=1.0, **_):
+              new_len=None, *, top_k, swiglu_limit=7.0, swiglu_alpha=1.702, swiglu_linear_offset=1.0, **_):
     x = hidden.astype(np.float64)
     # exact logits rounded once to float32, as reference_kernels.router_logits (BLAS-order free)
     logits = (x @ router_weight.T.astype(np.float64) + router_bias.astype(np.float64)).astype(np.float32)
@@ -34,8 +34,11 @@ def moe_mxfp4(hidden, router_weight, router_bias, gu_blocks, gu_scales, gu_bias,
     sel = np.take_along_axis(logits, experts, -1).astype(np.float64)
     w = np.exp(sel - sel[:, :1])
     w /= w.sum(-1, keepdims=True)
+    if new_len is not None:  # padded tokens (s >= new_len[b] of rows of tokens/batch): not routed
+        seq = len(x) // len(new_len)
+        experts[~(np.arange(seq)[None, :] < np.asarray(new_len)[:, None]).reshape(-1)] = -1
     out = np.zeros_like(x)
-    for e in np.unique(experts):
+    for e in np.unique(experts[experts >= 0]):
         rows, slot = np.nonzero(experts == e)
         gu = x[rows] @ dequant(gu_blocks[e], gu_scales[e]).T + gu_bias[e]
         g = np.minimum(gu[:, 0::2], swiglu_limit)

@@ -33,7 +33,8 @@ class Reference:
         self.name = "gptoss_edge.compiler.reference_kernels" if self.rk else "gpucheck.fallback_ref"
 
     def moe(self, x, w: dict, c) -> np.ndarray:
-        args = (x, w["rw"], w["rb"], w["gub"], w["gus"], w["gubias"], w["dnb"], w["dns"], w["dnbias"])
+        new_len = np.asarray(c.new_len, np.int32) if getattr(c, "new_len", None) else None
+        args = (x, w["rw"], w["rb"], w["gub"], w["gus"], w["gubias"], w["dnb"], w["dns"], w["dnbias"], new_len)
         kw = dict(num_experts=c.E, top_k=c.k, hidden_size=c.H, intermediate_size=c.I, swiglu_limit=SWIGLU[0],
                   swiglu_alpha=SWIGLU[1], swiglu_linear_offset=SWIGLU[2])
         fn = self.rk.moe_mxfp4 if self.rk else fallback_ref.moe_mxfp4

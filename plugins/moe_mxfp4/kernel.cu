@@ -137,8 +137,23 @@ __device__ void warp_top_k(float const* logits, int E, int k, int* idx, float* w
     }
 }
 
+// Rows of `seq` tokens, row b holding new_len[b] real ones (the op set's MoeMxfp4 new_len);
+// every token is real when new_len is null. t is the token's index in the whole call.
+struct RealTokens
+{
+    int seq;
+    int const* new_len;
+
+    __device__ bool operator()(int t) const
+    {
+        return new_len == nullptr || t % seq < __ldg(new_len + t / seq);
+    }
+};
+
 // One block: top-k per token, rows per expert, grouped-row maps, GEMV slots and tile list.
-__global__ void __launch_bounds__(kGroupThreads) group_kernel(int tokens, int E, int k, MoeWorkspace w)
+// Padded tokens get expert -1 in every slot: no rows, no tiles, zeros from the combine.
+__global__ void __launch_bounds__(kGroupThreads) group_kernel(
+    int tokens, int t0, RealTokens real, int E, int k, MoeWorkspace w)
 {
     __shared__ int count[kMaxExperts];
     __shared__ int cursor[kMaxExperts];
@@ -146,10 +161,17 @@ __global__ void __launch_bounds__(kGroupThreads) group_kernel(int tokens, int E,
     for (int e = threadIdx.x; e < E; e += blockDim.x)
         count[e] = 0;
     for (int t = threadIdx.x / 32; t < tokens; t += blockDim.x / 32) // warp-uniform loop
-        warp_top_k(w.logits + static_cast<size_t>(t) * E, E, k, w.topk_idx + t * k, w.topk_w + t * k);
+    {
+        if (real(t0 + t))
+            warp_top_k(w.logits + static_cast<size_t>(t) * E, E, k, w.topk_idx + t * k, w.topk_w + t * k);
+        else
+            for (int j = threadIdx.x & 31; j < k; j += 32)
+                w.topk_idx[t * k + j] = -1, w.topk_w[t * k + j] = 0.f;
+    }
     __syncthreads();
     for (int i = threadIdx.x; i < entries; i += blockDim.x)
-        atomicAdd(&count[w.topk_idx[i]], 1);
+        if (w.topk_idx[i] >= 0)
+            atomicAdd(&count[w.topk_idx[i]], 1);
     __syncthreads();
     if (threadIdx.x == 0)
     {
@@ -176,13 +198,16 @@ __global__ void __launch_bounds__(kGroupThreads) group_kernel(int tokens, int E,
     // combine sums slots in fixed order, so results are deterministic.
     for (int i = threadIdx.x; i < entries; i += blockDim.x)
     {
+        if (w.topk_idx[i] < 0)
+            continue;
         int const r = atomicAdd(&cursor[w.topk_idx[i]], 1);
         w.entry_of_row[r] = i;
         w.token_of_row[r] = i / k;
     }
 }
 
-// out[t, h] = sum_j topk_w[t, j] * y[t * k + j, h]; grid (ceil(H / 256), tokens).
+// out[t, h] = sum_j topk_w[t, j] * y[t * k + j, h], 0 for a padded token (its y rows were never
+// written); grid (ceil(H / 256), tokens).
 template <typename T>
 __global__ void combine_kernel(MoeWorkspace w, int k, int H, T* out)
 {
@@ -191,7 +216,7 @@ __global__ void combine_kernel(MoeWorkspace w, int k, int H, T* out)
     if (h >= H)
         return;
     float s = 0.f;
-    for (int j = 0; j < k; ++j)
+    for (int j = 0; j < k && w.topk_idx[t * k] >= 0; ++j)
         s = fmaf(w.topk_w[t * k + j], w.y[(static_cast<size_t>(t) * k + j) * H + h], s);
     out[static_cast<size_t>(t) * H + h] = from_float<T>(s);
 }
@@ -208,12 +233,12 @@ struct MoeArgs
 };
 
 template <typename T>
-int run_chunk(MoeArgs const& a, int tokens, int path, T const* hidden, T* out, MoeWorkspace const& w,
-    cudaStream_t stream)
+int run_chunk(MoeArgs const& a, int tokens, int t0, RealTokens real, int path, T const* hidden, T* out,
+    MoeWorkspace const& w, cudaStream_t stream)
 {
     GPE_CUDA_TRY(launch(router_logits_kernel<T>, dim3(a.E, tokens), dim3(kRouterThreads), stream, hidden,
         a.router_weight, a.router_bias, a.H, a.E, w.logits));
-    GPE_CUDA_TRY(launch(group_kernel, dim3(1), dim3(kGroupThreads), stream, tokens, a.E, a.k, w));
+    GPE_CUDA_TRY(launch(group_kernel, dim3(1), dim3(kGroupThreads), stream, tokens, t0, real, a.E, a.k, w));
 
     W4Groups groups{w.offsets, w.active, w.counters, w.tile_group, w.tile_row0, w.counters + 1, nullptr, nullptr};
     bool const gemv = path == GPE_PATH_GEMV;
@@ -267,7 +292,7 @@ GPE_API size_t gpe_moe_mxfp4_workspace_size(int tokens, int num_experts, int top
 
 GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int top_k, int hidden_size,
     int intermediate_size, float swiglu_limit, float swiglu_alpha, float swiglu_linear_offset, void const* hidden,
-    float const* router_weight, float const* router_bias, uint8_t const* gate_up_blocks,
+    int batch, int const* new_len, float const* router_weight, float const* router_bias, uint8_t const* gate_up_blocks,
     uint8_t const* gate_up_scales, float const* gate_up_bias, uint8_t const* down_blocks,
     uint8_t const* down_scales, float const* down_bias, void* output, void* workspace, size_t workspace_size,
     void* stream)
@@ -276,6 +301,7 @@ GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int 
     GPE_REQUIRE(shape_ok(tokens, num_experts, top_k, hidden_size, intermediate_size), GPE_ERR_BAD_SHAPE);
     GPE_REQUIRE(path >= GPE_PATH_AUTO && path <= GPE_PATH_MMA, GPE_ERR_UNSUPPORTED);
     GPE_REQUIRE(path != GPE_PATH_MMA || dtype != GPE_DTYPE_FLOAT32, GPE_ERR_UNSUPPORTED);
+    GPE_REQUIRE(new_len == nullptr || (batch >= 1 && tokens % batch == 0), GPE_ERR_BAD_SHAPE);
     if (tokens == 0)
         return GPE_OK;
     GPE_REQUIRE(hidden && router_weight && router_bias && gate_up_blocks && gate_up_scales && gate_up_bias
@@ -304,7 +330,9 @@ GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int 
         {
             int const n = tokens - t0 < chunk ? tokens - t0 : chunk;
             size_t const off = static_cast<size_t>(t0) * hidden_size;
-            int rc = run_chunk<T>(a, n, path, static_cast<T const*>(hidden) + off, static_cast<T*>(output) + off, w, s);
+            RealTokens const real{new_len ? tokens / batch : 1, new_len};
+            int rc = run_chunk<T>(
+                a, n, t0, real, path, static_cast<T const*>(hidden) + off, static_cast<T*>(output) + off, w, s);
             if (rc != GPE_OK)
                 return rc;
         }

@@ -2,6 +2,9 @@
 //
 // Shapes (row-major, contiguous, device pointers; T = dtype's activation type):
 //   hidden         [tokens, H]                 T
+//   new_len        [batch] int32 or null       tokens = batch rows of S = tokens / batch; token
+//                                              b*S + s is padded when s >= new_len[b]: not routed,
+//                                              output row 0 (null: every token is real)
 //   router_weight  [E, H] fp32, router_bias [E] fp32
 //   gate_up_blocks [E, 2I, H/32, 16] uint8     (MXFP4: byte j = elements 2j low, 2j+1 high nibble)
 //   gate_up_scales [E, 2I, H/32]     uint8     (E8M0: 2^(s-127)), gate_up_bias [E, 2I] fp32
@@ -31,7 +34,7 @@ GPE_API size_t gpe_moe_mxfp4_workspace_size(int tokens, int num_experts, int top
 
 GPE_API int gpe_moe_mxfp4(int dtype, int path, int tokens, int num_experts, int top_k, int hidden_size,
     int intermediate_size, float swiglu_limit, float swiglu_alpha, float swiglu_linear_offset, void const* hidden,
-    float const* router_weight, float const* router_bias, uint8_t const* gate_up_blocks,
+    int batch, int const* new_len, float const* router_weight, float const* router_bias, uint8_t const* gate_up_blocks,
     uint8_t const* gate_up_scales, float const* gate_up_bias, uint8_t const* down_blocks,
     uint8_t const* down_scales, float const* down_bias, void* output, void* workspace, size_t workspace_size,
     void* stream);

@@ -23,7 +23,7 @@ std::string MoePlugin::validate(Attrs const& a)
 int32_t MoePlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nb_in, nvinfer1::DimsExprs const*,
     int32_t, nvinfer1::DimsExprs* outputs, int32_t nb_out, nvinfer1::IExprBuilder&) noexcept
 {
-    if (nb_in != op::kNbInputs || nb_out != op::kNbOutputs)
+    if (nb_in < op::kNewLenIn || nb_in > op::kNbInputs || nb_out != op::kNbOutputs)
         return -1;
     outputs[op::kOutputOut] = inputs[op::kHiddenIn]; // [tokens..., hidden_size]
     return 0;
@@ -32,7 +32,7 @@ int32_t MoePlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nb
 int32_t MoePlugin::configure(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nb_in,
     nvinfer1::DynamicPluginTensorDesc const*, int32_t nb_out)
 {
-    if (nb_in != op::kNbInputs || nb_out != op::kNbOutputs)
+    if (nb_in < op::kNewLenIn || nb_in > op::kNbInputs || nb_out != op::kNbOutputs)
         return -1;
     int64_t const E = attrs_.i(op::kNumExpertsAttr), H = attrs_.i(op::kHiddenSizeAttr);
     int64_t const I = attrs_.i(op::kIntermediateSizeAttr);
@@ -59,13 +59,23 @@ int32_t MoePlugin::configure(nvinfer1::DynamicPluginTensorDesc const* in, int32_
         if (rank == 4)
             expect_dim(op::kOpType, name(port), dims(port), 3, 16);
     }
+    has_new_len_ = nb_in == op::kNbInputs;
+    if (has_new_len_)
+        expect_rank(op::kOpType, name(op::kNewLenIn), dims(op::kNewLenIn), 1);
+    return 0;
+}
+
+int32_t MoePlugin::onShapeChange(
+    nvinfer1::PluginTensorDesc const*, int32_t nb_in, nvinfer1::PluginTensorDesc const*, int32_t) noexcept
+{
+    has_new_len_ = nb_in == op::kNbInputs; // TensorRT calls this before the first enqueue of a context
     return 0;
 }
 
 size_t MoePlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nb_in,
     nvinfer1::DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
-    if (nb_in != op::kNbInputs)
+    if (nb_in < op::kNewLenIn)
         return 0;
     nvinfer1::Dims const& max = in[op::kHiddenIn].max;
     int64_t const tokens = volume(max, 0, max.nbDims - 1);
@@ -85,9 +95,12 @@ int32_t MoePlugin::enqueue(nvinfer1::PluginTensorDesc const* in, nvinfer1::Plugi
         int const I = static_cast<int>(attrs_.i(op::kIntermediateSizeAttr));
         auto const u8 = [&](int port) { return static_cast<uint8_t const*>(inputs[port]); };
         auto const f32 = [&](int port) { return static_cast<float const*>(inputs[port]); };
+        // enqueue does not receive nbInputs: configure/onShapeChange recorded whether new_len exists.
+        int const batch = has_new_len_ ? static_cast<int>(in[op::kNewLenIn].dims.d[0]) : 1;
+        int const* new_len = has_new_len_ ? static_cast<int const*>(inputs[op::kNewLenIn]) : nullptr;
         int const status = gpe_moe_mxfp4(to_gpe_dtype(in[op::kHiddenIn].type), GPE_PATH_AUTO, tokens, E, k, H, I,
             attrs_.f(op::kSwigluLimitAttr), attrs_.f(op::kSwigluAlphaAttr), attrs_.f(op::kSwigluLinearOffsetAttr),
-            inputs[op::kHiddenIn], f32(op::kRouterWeightIn), f32(op::kRouterBiasIn), u8(op::kGateUpBlocksIn),
+            inputs[op::kHiddenIn], batch, new_len, f32(op::kRouterWeightIn), f32(op::kRouterBiasIn), u8(op::kGateUpBlocksIn),
             u8(op::kGateUpScalesIn), f32(op::kGateUpBiasIn), u8(op::kDownBlocksIn), u8(op::kDownScalesIn),
             f32(op::kDownBiasIn), outputs[op::kOutputOut], workspace,
             workspace_available(gpe_moe_mxfp4_workspace_size(tokens, E, k, H, I)), stream);

@@ -18,6 +18,8 @@ public:
         nvinfer1::IExprBuilder& builder) noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nb_in,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nb_out) const noexcept override;
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nb_in, nvinfer1::PluginTensorDesc const* out,
+        int32_t nb_out) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
 
@@ -25,6 +27,9 @@ protected:
     nvinfer1::IPluginV3* clone_impl() override { return new MoePlugin(*this); }
     int32_t configure(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nb_in,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nb_out) override;
+
+private:
+    bool has_new_len_ = false; // the optional new_len input is connected (seen in configure/onShapeChange)
 };
 
 using MoeCreator = Creator<MoeOp, MoePlugin>;

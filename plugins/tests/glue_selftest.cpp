@@ -287,9 +287,13 @@ void test_moe()
         desc(dims({E, H, I / 32, 16}), DataType::kUINT8),
         desc(dims({E, H, I / 32}), DataType::kUINT8),
         desc(dims({E, H}), DataType::kFLOAT),
+        desc(dims({-1}), DataType::kINT32), // new_len [batch] (optional)
         desc(dims({-1, H}), DataType::kHALF),
     };
     CHECK(accepts(p, io, m::kNbInputs));
+    auto float_len = io;
+    float_len[m::kNewLenIn].desc.type = DataType::kFLOAT;
+    CHECK(!accepts(p, float_len, m::kNbInputs));
     auto int8_bytes = io; // TensorRT graphs carry the packed bytes as INT8 (same bits)
     for (int port : {m::kGateUpBlocksIn, m::kGateUpScalesIn, m::kDownBlocksIn, m::kDownScalesIn})
         int8_bytes[port].desc.type = DataType::kINT8;
@@ -314,6 +318,15 @@ void test_moe()
     wrong[m::kDownScalesIn].desc.dims = dims({E, H, I / 16});
     CHECK(build_of(p)->configurePlugin(wrong.data(), m::kNbInputs, wrong.data() + m::kNbInputs, 1) != 0);
     CHECK(logged(m::kInputs[m::kDownScalesIn].name));
+    auto len_2d = io;
+    len_2d[m::kNewLenIn].desc.dims = dims({2, 3});
+    CHECK(build_of(p)->configurePlugin(len_2d.data(), m::kNbInputs, len_2d.data() + m::kNbInputs, 1) != 0);
+    CHECK(logged(m::kInputs[m::kNewLenIn].name));
+    auto no_len = io; // a node without the optional new_len: every token is real
+    no_len.erase(no_len.begin() + m::kNewLenIn);
+    CHECK(accepts(p, no_len, m::kNbInputs - 1));
+    CHECK(build_of(p)->configurePlugin(no_len.data(), m::kNbInputs - 1, no_len.data() + m::kNbInputs - 1, 1) == 0);
+    CHECK(build_of(p)->configurePlugin(io.data(), m::kNbInputs, io.data() + m::kNbInputs, 1) == 0);
 
     io[m::kHiddenIn].max = dims({512, H});
     size_t const ws = build_of(p)->getWorkspaceSize(io.data(), m::kNbInputs, io.data() + m::kNbInputs, 1);
@@ -333,8 +346,12 @@ void test_moe()
         for (auto const& d : io)
             runtime.push_back(d.desc.dims);
         runtime[m::kHiddenIn] = runtime[m::kNbInputs] = dims({17, H});
+        runtime[m::kNewLenIn] = dims({1});
         CHECK(enqueue_with(r, io, m::kNbInputs, runtime) != 0);
         CHECK(logged("workspace"));
+        runtime[m::kNewLenIn] = dims({2}); // 17 tokens are not whole rows of a batch of 2
+        CHECK(enqueue_with(r, io, m::kNbInputs, runtime) != 0);
+        CHECK(logged("bad shape"));
         delete r;
     }
 
