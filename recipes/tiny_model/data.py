@@ -16,7 +16,8 @@ perplexity and copying are measured on names the model never saw.
 
     python recipes/tiny_model/data.py OUT_DIR [--seed 0]
 writes OUT_DIR/train.txt, OUT_DIR/train_short.txt (the same chats from the last question on, for
-the first phase of training), OUT_DIR/heldout.txt, OUT_DIR/prompts.jsonl (evaluation prompts from the
+the first phase of training), OUT_DIR/train_docs.txt (only the doc chats, short: the drill that
+makes the docstrings' first lines stick), OUT_DIR/heldout.txt, OUT_DIR/prompts.jsonl (evaluation prompts from the
 training chats), OUT_DIR/heldout_prompts.jsonl (held-out names and out-of-domain questions),
 OUT_DIR/entries.jsonl (the tool's table) and OUT_DIR/data_stats.json.
 """
@@ -341,9 +342,12 @@ def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invente
     rng.shuffle(docs_train)
     docs_short = [short_text(s) for s in train + train_extra]
     rng.shuffle(docs_short)
+    doc_drill = [short_text(s) for s in train if s.kind == "doc"]
+    rng.shuffle(doc_drill)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.txt").write_text(ENDOFTEXT.join(docs_train) + ENDOFTEXT, encoding="utf-8")
     (out / "train_short.txt").write_text(ENDOFTEXT.join(docs_short) + ENDOFTEXT, encoding="utf-8")
+    (out / "train_docs.txt").write_text(ENDOFTEXT.join(doc_drill) + ENDOFTEXT, encoding="utf-8")
     (out / "heldout.txt").write_text(ENDOFTEXT.join(docs_held) + ENDOFTEXT, encoding="utf-8")
     with open(out / "prompts.jsonl", "w", encoding="utf-8") as f:   # evaluation prompts (train)
         for s in train:

@@ -29,6 +29,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import GptOssConfig, GptOssForCausalLM
 
+import circuits
+import qat
 from supervision import encode_documents
 
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
@@ -85,16 +87,41 @@ def mean_loss(model, batch: tuple[torch.Tensor, torch.Tensor], chunk: int = 8) -
     return float(np.mean(losses))
 
 
+def copy_warmup(model, opt, rng: np.random.Generator, steps: int, peak_lr: float, vocab: int,
+                batch: int = 32, length: int = 24) -> list[dict]:
+    """Stage 0: random tokens repeated (circuits.copy_batch), so the induction circuit exists
+    before the chats ask for it. Linear warm-up over 50 steps, then the peak rate."""
+    history = []
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = peak_lr * min(1.0, (step + 1) / 50)
+        x, y = circuits.copy_batch(rng, batch, length, first_id=8, vocab=vocab)
+        loss = model(input_ids=x, labels=y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 25 == 0 or step == steps - 1:
+            rec = {"copy_step": step, "copy_loss": round(loss.item(), 4),
+                   "elapsed_s": round(time.time() - t0, 1)}
+            history.append(rec)
+            print(json.dumps(rec), flush=True)
+    return history
+
+
 def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len: int,
           peak_lr: float, seed: int, log_every: int = 25, eval_every: int = 200,
-          save_every: int = 100, stop_after: int | None = None, keep_partials: bool = False,
-          short_fraction: float = 0.5) -> dict:
+          save_every: int = 200, stop_after: int | None = None, keep_partials: bool = False,
+          short_fraction: float = 0.5, copy_steps: int = 300, doc_every: int = 2,
+          qat_steps: int = 400) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     sep = tok.token_to_id("<|endoftext|>")
     ids, starts, mask = tokenize_corpus(data / "train.txt", tok, sep)
     short = tokenize_corpus(data / "train_short.txt", tok, sep) if short_fraction > 0 else None
+    drill = tokenize_corpus(data / "train_docs.txt", tok, sep) if doc_every else None
     short_steps = int(steps * short_fraction)
     held_ids, held_starts, held_mask = tokenize_corpus(data / "heldout.txt", tok, sep)
     held_batch = windows(held_ids, held_starts, np.arange(0, len(held_starts),
@@ -102,6 +129,8 @@ def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len:
                          seq_len, held_mask)
     cfg = model_config(tok.get_vocab_size(), tok.token_to_id("<|return|>"), sep)
     model = GptOssForCausalLM(cfg)
+    circuits.previous_token_head(model)
+    circuits.unembedding_from_embedding(model)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters; {len(ids) / 1e6:.2f}M train tokens "
           f"({mask.mean():.0%} supervised) in "
@@ -113,14 +142,22 @@ def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len:
                             lr=peak_lr, betas=(0.9, 0.95), eps=1e-8)
     log = {"params": n_params, "train_tokens": int(len(ids)), "supervised_tokens": int(mask.sum()), "steps": steps, "batch": batch,
            "seq_len": seq_len, "peak_lr": peak_lr, "seed": seed, "short_steps": short_steps,
-           "history": []}
-    t0 = time.time()
+           "copy_steps": copy_steps, "doc_every": doc_every, "qat_steps": qat_steps, "history": []}
+    t_start = time.time()
     model.train()
+    log["copy_history"] = copy_warmup(model, opt, rng, copy_steps, peak_lr, cfg.vocab_size)
+    t0 = time.time()
     last = steps - 1 if stop_after is None else min(stop_after, steps - 1)
+    qat_from = steps - qat_steps
     for step in range(last + 1):
+        if qat_steps and step == qat_from:
+            qat.start(model)          # the experts are seen through their MXFP4 values from here
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, peak_lr, warmup=50)
-        corpus = short if step < short_steps else (ids, starts, mask)
+        if doc_every and step % doc_every == doc_every - 1:
+            corpus = drill
+        else:
+            corpus = short if step < short_steps else (ids, starts, mask)
         x, y = windows(corpus[0], corpus[1], rng.integers(0, 1 << 62, size=batch), seq_len, corpus[2])
         out_ = model(input_ids=x, labels=y, output_router_logits=True)
         out_.loss.backward()
@@ -135,9 +172,12 @@ def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len:
                 rec["heldout_loss"] = round(mean_loss(model, held_batch), 4)
             log["history"].append(rec)
             print(json.dumps(rec), flush=True)
-        if save_every and step and step % save_every == 0 and step != last:   # fallback if stopped
+        if save_every and step and step % save_every == 0 and step != last \
+                and not (qat_steps and step >= qat_from):   # fallback if stopped (not mid-QAT)
             model.save_pretrained(out / (f"partial-{step}" if keep_partials else "partial"))
-    log["train_seconds"] = round(time.time() - t0, 1)
+    if qat_steps and last >= qat_from:
+        qat.finish(model)             # weights := their MXFP4 values (quantize stores them exactly)
+    log["train_seconds"] = round(time.time() - t_start, 1)
     log["threads"] = torch.get_num_threads()
     log["stopped_after_step"] = last
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("tokenizer", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -161,14 +201,22 @@ def main(argv=None) -> int:
                         " gives the same weights as the run's partial/ save at that step")
     p.add_argument("--short-fraction", type=float, default=0.5,
                    help="share of the steps trained on train_short.txt first (curriculum)")
+    p.add_argument("--copy-steps", type=int, default=300,
+                   help="stage-0 steps on repeated random tokens (circuits.copy_batch) before the chats")
+    p.add_argument("--doc-every", type=int, default=2,
+                   help="every N-th step draws from train_docs.txt (the doc-chat drill); 0: never")
+    p.add_argument("--qat-steps", type=int, default=400,
+                   help="last N steps train the experts through their MXFP4 values (qat.py); 0: never")
     p.add_argument("--keep-partials", action="store_true",
-                   help="save every 100 steps to OUT_DIR/partial-STEP (learning curves), not partial/")
+                   help="save every 200 steps to OUT_DIR/partial-STEP (learning curves), not partial/")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared 2-core machine a second thread mostly spins)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     log = train(a.data, a.tokenizer, a.out, a.steps, a.batch, a.seq_len, a.lr, a.seed,
-                stop_after=a.stop_after, keep_partials=a.keep_partials, short_fraction=a.short_fraction)
+                stop_after=a.stop_after, keep_partials=a.keep_partials, short_fraction=a.short_fraction,
+                copy_steps=a.copy_steps, doc_every=a.doc_every,
+                qat_steps=a.qat_steps)
     print(f"trained {log['params'] / 1e6:.2f}M parameters in {log['train_seconds']:.0f}s")
     return 0
 
