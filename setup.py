@@ -7,6 +7,7 @@ without one the build stops with a message saying so.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,9 +30,12 @@ class BuildCpuKernels(build_ext):
         try:
             super().build_extension(ext)
         except Exception as e:   # compiler missing or failing: one clear line, then stop
-            raise SystemExit(
-                f"gptoss-edge: building the CPU kernels (cpu_kernels/*.cpp) failed: {e}. "
-                "Install a C++17 compiler (Debian/Ubuntu: apt-get install g++) and retry.") from None
+            cxx = (getattr(self.compiler, "compiler_cxx", None) or ["c++"])[0]
+            hint = ("Install a C++17 compiler (Debian/Ubuntu: apt-get install g++) and retry."
+                    if shutil.which(cxx) is None else
+                    f"The compiler ({cxx}) ran: its messages above say what failed (C++17 is required).")
+            raise SystemExit("gptoss-edge: building the CPU kernels (cpu_kernels/*.cpp) failed: "
+                             f"{str(e).rstrip('.')}. {hint}") from None
 
 
 setup(
