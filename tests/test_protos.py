@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,43 @@ def _generator():
     return mod
 
 
+# Version stamps the generators write: which grpcio-tools / protoc made the file (and hence the
+# oldest runtime it accepts). A newer grpcio-tools on PyPI changes only these lines.
+STAMPS = (re.compile(r"^GRPC_GENERATED_VERSION = '([\d.]+)'$", re.M),
+          re.compile(r"^# Protobuf Python Version: ([\d.]+)$", re.M),
+          re.compile(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),"))
+
+
+def _unstamped(text: str) -> str:
+    for stamp in STAMPS:
+        text = stamp.sub("<stamp>", text)
+    return text
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
 def test_checked_in_stubs_match_protos(tmp_path):
     pytest.importorskip("grpc_tools")
     gen = _generator()
     gen.generate(tmp_path)
     stale = [name for name in gen.stub_names()
-             if (tmp_path / name).read_bytes() != (ROOT / name).read_bytes()]
+             if _unstamped((tmp_path / name).read_text()) != _unstamped((ROOT / name).read_text())]
     assert not stale, f"regenerate with `python protos/generate.py`: {stale} differ"
+
+
+def test_declared_runtime_floors_accept_the_checked_in_stubs():
+    """The stubs refuse a grpcio / protobuf older than the generator that wrote them, so the
+    package's dependency floors must be at least those versions."""
+    declared = re.findall(r'"([\w-]+)>=([\d.]+)', (ROOT / "pyproject.toml").read_text())
+    floor = {name: _version(v) for name, v in declared}
+    for name in _generator().stub_names():
+        text = (ROOT / name).read_text()
+        if m := STAMPS[0].search(text):
+            assert floor["grpcio"] >= _version(m.group(1)), f"{name} needs grpcio>={m.group(1)}"
+        if m := STAMPS[2].search(text):
+            assert floor["protobuf"] >= tuple(int(x) for x in m.groups()), f"{name} needs protobuf>={m.groups()}"
 
 
 def test_kserve_wire_names():
