@@ -123,21 +123,20 @@ gek::Engine engine(const Config& cfg, PoolCtx* pc) { return gek::Engine{cfg.isa,
 
 // ---- kernels ------------------------------------------------------------------------------
 // MoeMxfp4's optional new_len [batch]: token t = b*S + s (S = T / batch) is real when
-// s < new_len[b]. `real` gets the real tokens' indices, ascending (all of 0..T-1 without new_len).
-OrtStatus* real_tokens(const Tensor& new_len, int64_t T, std::vector<int64_t>& real) {
+// s < new_len[b]. `padded` says whether any token is not; only then does `real` get the real
+// tokens' indices, ascending (a full step, the common case, builds no list).
+OrtStatus* real_tokens(const Tensor& new_len, int64_t T, bool& padded, std::vector<int64_t>& real) {
+  padded = false;
   real.clear();
-  if (!new_len.value) {
-    real.resize(size_t(T));
-    for (int64_t t = 0; t < T; ++t) real[size_t(t)] = t;
-    return nullptr;
-  }
+  if (!new_len.value) return nullptr;
   const int64_t B = new_len.shape.size() == 1 ? new_len.shape[0] : 0;
   if (new_len.type != ELEM_INT32 || B <= 0 || T % B)
     return error("MoeMxfp4: input 'new_len' must be int32 [batch] with the " + std::to_string(T) +
                  " tokens a whole number of batch rows; got shape " + shape_str(new_len.shape));
   const int64_t S = T / B;
   const auto* len = static_cast<const int32_t*>(new_len.data);
-  for (int64_t b = 0; b < B; ++b)
+  for (int64_t b = 0; b < B; ++b) padded = padded || len[b] < S;
+  for (int64_t b = 0; padded && b < B; ++b)
     for (int64_t s = 0; s < S && s < len[b]; ++s) real.push_back(b * S + s);
   return nullptr;
 }
@@ -181,11 +180,12 @@ OrtStatus* moe_compute(MoeKernel* k, OrtKernelContext* ctx) {
   const gek::MoeWeights w{f32(m::kRouterWeightIn), f32(m::kRouterBiasIn),
                           rows(m::kGateUpBlocksIn, m::kGateUpScalesIn, H / 32), f32(m::kGateUpBiasIn),
                           rows(m::kDownBlocksIn, m::kDownScalesIn, I / 32), f32(m::kDownBiasIn)};
+  bool padded = false;
   std::vector<int64_t> real;
-  if (OrtStatus* st = real_tokens(in[m::kNewLenIn], T, real)) return st;
+  if (OrtStatus* st = real_tokens(in[m::kNewLenIn], T, padded, real)) return st;
   PoolCtx pc{ctx};
   const float* hid = f32(m::kHiddenIn);
-  if (int64_t(real.size()) == T) {
+  if (!padded) {
     gek::moe_mxfp4(engine(k->cfg, &pc), k->s, w, hid, T, out);
     return nullptr;
   }

@@ -215,8 +215,9 @@ __global__ void combine_kernel(MoeWorkspace w, int k, int H, T* out)
     int const t = blockIdx.y;
     if (h >= H)
         return;
+    bool const padded = w.topk_idx[t * k] < 0;
     float s = 0.f;
-    for (int j = 0; j < k && w.topk_idx[t * k] >= 0; ++j)
+    for (int j = 0; j < k && !padded; ++j)
         s = fmaf(w.topk_w[t * k + j], w.y[(static_cast<size_t>(t) * k + j) * H + h], s);
     out[static_cast<size_t>(t) * H + h] = from_float<T>(s);
 }

@@ -87,6 +87,19 @@ def mean_loss(model, batch: tuple[torch.Tensor, torch.Tensor], chunk: int = 8) -
     return float(np.mean(losses))
 
 
+def optimizer_step(model, opt, lr: float, x: torch.Tensor, y: torch.Tensor, **forward) -> float:
+    """One AdamW step at learning rate lr on batch (x, labels y), gradients clipped to norm 1;
+    returns the batch loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = model(input_ids=x, labels=y, **forward).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def copy_warmup(model, opt, rng: np.random.Generator, steps: int, peak_lr: float, vocab: int,
                 batch: int = 32, length: int = 24) -> list[dict]:
     """Stage 0: random tokens repeated (circuits.copy_batch), so the induction circuit exists
@@ -94,16 +107,10 @@ def copy_warmup(model, opt, rng: np.random.Generator, steps: int, peak_lr: float
     history = []
     t0 = time.time()
     for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = peak_lr * min(1.0, (step + 1) / 50)
         x, y = circuits.copy_batch(rng, batch, length, first_id=8, vocab=vocab)
-        loss = model(input_ids=x, labels=y).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = optimizer_step(model, opt, peak_lr * min(1.0, (step + 1) / 50), x, y)
         if step % 25 == 0 or step == steps - 1:
-            rec = {"copy_step": step, "copy_loss": round(loss.item(), 4),
+            rec = {"copy_step": step, "copy_loss": round(loss, 4),
                    "elapsed_s": round(time.time() - t0, 1)}
             history.append(rec)
             print(json.dumps(rec), flush=True)
@@ -152,21 +159,16 @@ def train(data: Path, tok_dir: Path, out: Path, steps: int, batch: int, seq_len:
     for step in range(last + 1):
         if qat_steps and step == qat_from:
             qat.start(model)          # the experts are seen through their MXFP4 values from here
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, peak_lr, warmup=50)
         if doc_every and step % doc_every == doc_every - 1:
             corpus = drill
         else:
             corpus = short if step < short_steps else (ids, starts, mask)
         x, y = windows(corpus[0], corpus[1], rng.integers(0, 1 << 62, size=batch), seq_len, corpus[2])
-        out_ = model(input_ids=x, labels=y, output_router_logits=True)
-        out_.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = optimizer_step(model, opt, lr_at(step, steps, peak_lr, warmup=50), x, y,
+                              output_router_logits=True)
         if step % log_every == 0 or step == last:
             elapsed = time.time() - t0
-            rec = {"step": step, "loss": round(out_.loss.item(), 4), "elapsed_s": round(elapsed, 1),
+            rec = {"step": step, "loss": round(loss, 4), "elapsed_s": round(elapsed, 1),
                    "tok_per_s": round((step + 1) * batch * seq_len / elapsed)}
             if step % eval_every == 0 or step == last:
                 rec["heldout_loss"] = round(mean_loss(model, held_batch), 4)
