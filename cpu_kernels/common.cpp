@@ -88,19 +88,20 @@ static float quantize_block(const float* xb, int8_t* q) {
   return db;
 }
 
-void quantize_i8(const float* x, int64_t T, int64_t nb, int group, int8_t* q, float* d4, float* xsum) {
+void quantize_i8(const float* x, int64_t T, int64_t nb, int group, int offset, int8_t* q, float* d4,
+                 int32_t* xoff) {
   const int64_t K = nb * 32;
   int8_t qb[32];
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t b = 0; b < nb; ++b) {
       const float db = quantize_block(x + t * K + b * 32, qb);
       for (int j = 0; j < 4; ++j) d4[(t * nb + b) * 4 + j] = db;
-      int32_t sum = 0;
-      for (int e = 0; e < 32; ++e) {
-        q[t * K + laid_index(b, e, nb, group)] = qb[e];
-        sum += qb[e];
+      for (int m = 0; m < 4; ++m) {
+        int32_t sum = 0;
+        for (int e = 8 * m; e < 8 * m + 8; ++e) sum += qb[e];
+        xoff[(t * nb + b) * 4 + m] = -offset * sum;
       }
-      xsum[t * nb + b] = db * float(sum);
+      for (int e = 0; e < 32; ++e) q[t * K + laid_index(b, e, nb, group)] = qb[e];
     }
   }
 }

@@ -28,11 +28,12 @@ struct Prepared {
   std::vector<float> xf;
   std::vector<int8_t> xq;
   std::vector<float> xd4;
-  std::vector<float> xsum;
+  std::vector<int32_t> xoff;
   Acts acts{};
 };
 
-void prepare(const Engine& eng, const float* x, int64_t T, int64_t nb, Prepared& p) {
+// `offset`: the Lut offset of the weights these activations will be dotted with (Acts::xoff).
+void prepare(const Engine& eng, const float* x, int64_t T, int64_t nb, int offset, Prepared& p) {
   const int g = eng.isa->group;
   p.acts.nb = nb;
   p.acts.group = g;
@@ -44,11 +45,12 @@ void prepare(const Engine& eng, const float* x, int64_t T, int64_t nb, Prepared&
   } else {
     p.xq.resize(size_t(T * K));
     p.xd4.resize(size_t(T * nb * 4));
-    p.xsum.resize(size_t(T * nb));
+    p.xoff.resize(size_t(T * nb * 4));
     parallel(eng, T, 16, [&](int64_t t) {
-      quantize_i8(x + t * K, 1, nb, g, p.xq.data() + t * K, p.xd4.data() + t * nb * 4, p.xsum.data() + t * nb);
+      quantize_i8(x + t * K, 1, nb, g, offset, p.xq.data() + t * K, p.xd4.data() + t * nb * 4,
+                  p.xoff.data() + t * nb * 4);
     });
-    p.acts.xsum = p.xsum.data();
+    p.acts.xoff = p.xoff.data();
     p.acts.xq = p.xq.data();
     p.acts.xd4 = p.xd4.data();
   }
@@ -148,7 +150,7 @@ Rows expert_rows(const Rows& all, int64_t e, int64_t rows_per_expert) {
 void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x, int64_t T,
                const float* bias, float* y) {
   Prepared p;
-  prepare(eng, x, T, w.nb, p);
+  prepare(eng, x, T, w.nb, w.lut->offset, p);
   std::vector<int32_t> tok(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) tok[size_t(t)] = int32_t(t);
   // Token groups of at most 64 rows of y per job keep a task's working set small.
@@ -221,7 +223,7 @@ void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const 
   for (int64_t p = 0; p < P; ++p) ident[size_t(p)] = int32_t(p);
 
   Prepared xin;
-  prepare(eng, hidden, T, w.gate_up.nb, xin);
+  prepare(eng, hidden, T, w.gate_up.nb, w.gate_up.lut->offset, xin);
   std::vector<float> gu(size_t(P * 2 * I));
   std::vector<Job> jobs;
   for (int64_t e = 0; e < E; ++e) {
@@ -243,7 +245,7 @@ void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const 
   });
 
   Prepared xa;
-  prepare(eng, act.data(), P, w.down.nb, xa);
+  prepare(eng, act.data(), P, w.down.nb, w.down.lut->offset, xa);
   std::vector<float> dn(size_t(P * H));
   jobs.clear();
   for (int64_t e = 0; e < E; ++e) {

@@ -33,46 +33,74 @@ inline __m256i to32(__m256i s16) { return _mm256_madd_epi16(s16, _mm256_set1_epi
 
 inline __m256 widen(__m128i w8) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w8)); }
 
+// ---- 4-bit rows, int8 activations ----------------------------------------------------------
+// (w + offset) . x in int16 pairs, widened to 8 int32 lanes per two blocks (4 lanes per block)
+// and offset by Acts::xoff, so each lane's sum is w . x exactly. Loop order as in
+// isa_avx512.cpp: a block of rows (scales decoded once), then tiles of tokens over those rows.
+constexpr int kTile = 4;        // tokens per pass over a decoded weight row
+constexpr int kRowBlock = 16;   // rows per block
+
+// One row against N tokens: y[i * ldy] = row . token i. s1: the row's block scales (one float
+// per block); x, xd, xo: each token's activations, block scales (x4) and lane offsets.
+template <int N>
+void row_tile_i8(const uint8_t* row, const float* s1, int64_t nb, __m256i lut, const int8_t* const* x,
+                 const float* const* xd, const int32_t* const* xo, float* y, int64_t ldy) {
+  const int64_t ng = nb / 2;
+  const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  __m256 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m256i wl, wh;
+    decode32(row + g * 32, lut, wl, wh);
+    const __m128 s2 = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1 + 2 * g)));
+    const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s2), spread);
+    for (int i = 0; i < N; ++i) {
+      const __m256i* xp = reinterpret_cast<const __m256i*>(x[i] + g * 64);
+      const __m256i p = _mm256_add_epi16(dot16(wl, _mm256_loadu_si256(xp)), dot16(wh, _mm256_loadu_si256(xp + 1)));
+      const __m256i p32 = _mm256_add_epi32(to32(p), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xo[i] + 8 * g)));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(s, _mm256_loadu_ps(xd[i] + 8 * g)), acc[i]);
+    }
+  }
+  for (int64_t b = ng * 2; b < nb; ++b) {    // tail block (odd nb), G = 1 layout: lanes 0-3 + 4-7 = m
+    const __m256i wv = decode16(row + b * 16, _mm256_castsi256_si128(lut));
+    for (int i = 0; i < N; ++i) {
+      const __m256i init = _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xo[i] + 4 * b)));
+      const __m256i p = _mm256_add_epi32(to32(dot16(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)))), init);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s1[b] * xd[i][4 * b]), acc[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = hsum8(acc[i]);
+}
+
 void rows_i8(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
              float* y, int64_t ldy) {
-  const int64_t nb = w.nb, K = nb * 32, ng = nb / 2;
+  const int64_t nb = w.nb, K = nb * 32;
   const __m256i lut = table(w.lut->u);
-  const float offset = float(w.lut->offset);
-  float sc[4 * kMaxBlocks], sc1[kMaxBlocks];
-  for (int64_t r = r0; r < r1; ++r) {
-    row_scales4_simd(w, r, sc, sc1);
-    const uint8_t* row = w.blocks + r * nb * 16;
-    for (int t0 = 0; t0 < ntok; t0 += 4) {
-      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
-      const int8_t* x[4];
-      const float* xd[4];
-      __m256 acc[4];
+  float s1[kRowBlock * kMaxBlocks];
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (int64_t r = rb; r < re; ++r) row_scales4_simd(w, r, nullptr, s1 + (r - rb) * nb);
+    for (int t0 = 0; t0 < ntok; t0 += kTile) {
+      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
+      const int8_t* x[kTile];
+      const float* xd[kTile];
+      const int32_t* xo[kTile];
       for (int i = 0; i < n; ++i) {
-        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
-        xd[i] = a.xd4 + int64_t(tok[t0 + i]) * nb * 4;
-        acc[i] = _mm256_setzero_ps();
+        const int64_t t = tok[t0 + i];
+        x[i] = a.xq + t * K;
+        xd[i] = a.xd4 + t * nb * 4;
+        xo[i] = a.xoff + t * nb * 4;
       }
-      for (int64_t g = 0; g < ng; ++g) {
-        __m256i wl, wh;
-        decode32(row + g * 32, lut, wl, wh);
-        const __m256 s = _mm256_loadu_ps(sc + 8 * g);
-        for (int i = 0; i < n; ++i) {
-          const __m256i* xp = reinterpret_cast<const __m256i*>(x[i] + g * 64);
-          const __m256i p = _mm256_add_epi16(dot16(wl, _mm256_loadu_si256(xp)), dot16(wh, _mm256_loadu_si256(xp + 1)));
-          const __m256 d = _mm256_mul_ps(s, _mm256_loadu_ps(xd[i] + 8 * g));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(to32(p)), d, acc[i]);
+      for (int64_t r = rb; r < re; ++r) {
+        const uint8_t* row = w.blocks + r * nb * 16;
+        const float* s = s1 + (r - rb) * nb;
+        float* yr = y + int64_t(t0) * ldy + r;
+        switch (n) {
+          case 1: row_tile_i8<1>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
+          case 2: row_tile_i8<2>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
+          case 3: row_tile_i8<3>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
+          default: row_tile_i8<kTile>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
         }
-      }
-      for (int64_t b = ng * 2; b < nb; ++b) {    // tail block (odd nb), G = 1 layout
-        const __m256i wv = decode16(row + b * 16, _mm256_castsi256_si128(lut));
-        for (int i = 0; i < n; ++i) {
-          const __m256i p = dot16(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(to32(p)), _mm256_set1_ps(sc[4 * b] * xd[i][4 * b]), acc[i]);
-        }
-      }
-      for (int i = 0; i < n; ++i) {
-        const float corr = offset * dot_f32(sc1, a.xsum + int64_t(tok[t0 + i]) * nb, nb);
-        y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]) - corr;
       }
     }
   }
@@ -161,31 +189,51 @@ inline __m256i dot8(__m256i q, __m256i x) {
   return to32(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)));
 }
 
+// Loop order as rows_i8: a block of rows (scales decoded once), then tiles of tokens over them.
+
+// One 8-bit row against N tokens: y[i * ldy] = row . token i; s1: the row's block scales.
+template <int N>
+void row8_tile_i8(const int8_t* row, const float* s1, int64_t nb, const int8_t* const* x,
+                  const float* const* xd8, float* y, int64_t ldy) {
+  __m256 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
+    for (int i = 0; i < N; ++i) {
+      const __m256i p = dot8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s1[b] * xd8[i][8 * b]), acc[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = hsum8(acc[i]);
+}
+
 void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
               float* y, int64_t ldy) {
   const int64_t nb = w.nb, K = nb * 32;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int8_t* row = w.q + r * K;
-    const uint16_t* dr = w.d + r * nb;
-    for (int t0 = 0; t0 < ntok; t0 += 4) {
-      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
-      const int8_t* x[4];
-      const float* xd8[4];
-      __m256 acc[4];
+  float s1[kRowBlock * kMaxBlocks];
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (int64_t r = rb; r < re; ++r)
+      for (int64_t b = 0; b < nb; ++b) s1[(r - rb) * nb + b] = _cvtsh_ss(w.d[r * nb + b]);
+    for (int t0 = 0; t0 < ntok; t0 += kTile) {
+      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
+      const int8_t* x[kTile];
+      const float* xd8[kTile];
       for (int i = 0; i < n; ++i) {
         x[i] = a.xq + int64_t(tok[t0 + i]) * K;
         xd8[i] = a.xd8 + int64_t(tok[t0 + i]) * nb * 8;
-        acc[i] = _mm256_setzero_ps();
       }
-      for (int64_t b = 0; b < nb; ++b) {
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
-        const float d = _cvtsh_ss(dr[b]);
-        for (int i = 0; i < n; ++i) {
-          const __m256i p = dot8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd8[i][8 * b]), acc[i]);
+      for (int64_t r = rb; r < re; ++r) {
+        const int8_t* row = w.q + r * K;
+        const float* s = s1 + (r - rb) * nb;
+        float* yr = y + int64_t(t0) * ldy + r;
+        switch (n) {
+          case 1: row8_tile_i8<1>(row, s, nb, x, xd8, yr, ldy); break;
+          case 2: row8_tile_i8<2>(row, s, nb, x, xd8, yr, ldy); break;
+          case 3: row8_tile_i8<3>(row, s, nb, x, xd8, yr, ldy); break;
+          default: row8_tile_i8<kTile>(row, s, nb, x, xd8, yr, ldy); break;
         }
       }
-      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum8(acc[i]);
     }
   }
 }

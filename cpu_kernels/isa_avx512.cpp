@@ -40,53 +40,79 @@ inline float hsum(__m512 v, __m256 t) {
   return hsum8(_mm256_add_ps(t, _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1))));
 }
 
+// ---- 4-bit rows, int8 activations ----------------------------------------------------------
 // Unsigned weights (w + offset) dotted with int8 activations by VNNI (4 products per int32
-// lane); the offset is taken back once per row (Acts::xsum).
+// lane, 4 lanes per block); each lane starts from Acts::xoff, so its int32 sum is w . x exactly.
+// Loop order: a block of rows has its scales decoded once, then each tile of tokens runs over
+// those rows: the tile's activations (kTile x K bytes) and the rows' weights stay in L1, where
+// a row-outer order streamed every token's activations from L2 once per row.
+constexpr int kTile = 4;        // tokens per pass over a decoded weight row
+constexpr int kRowBlock = 16;   // rows per block
+
+// One row against N tokens: y[i * ldy] = row . token i. s1: the row's block scales (one float
+// per block); x, xd, xo: each token's activations, block scales (x4) and lane offsets.
+template <int N>
+void row_tile_i8(const uint8_t* row, const float* s1, int64_t nb, __m512i lut, const int8_t* const* x,
+                 const float* const* xd, const int32_t* const* xo, float* y, int64_t ldy) {
+  const int64_t ng = nb / 4;
+  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512 acc[N];
+  __m256 tail[N];
+  for (int i = 0; i < N; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    tail[i] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512i wl, wh;
+    decode64(row + g * 64, lut, wl, wh);
+    const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(s1 + 4 * g)));
+    for (int i = 0; i < N; ++i) {
+      const int8_t* xp = x[i] + g * 128;
+      __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(xo[i] + 16 * g), wl, _mm512_loadu_si512(xp));
+      p = _mm512_dpbusd_epi32(p, wh, _mm512_loadu_si512(xp + 64));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s, _mm512_loadu_ps(xd[i] + 16 * g)), acc[i]);
+    }
+  }
+  for (int64_t b = ng * 4; b < nb; ++b) {    // tail blocks, G = 1 layout: lanes 0-3 + 4-7 = m
+    const __m256i wv = decode16(row + b * 16, _mm512_castsi512_si128(lut));
+    for (int i = 0; i < N; ++i) {
+      const __m256i init = _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xo[i] + 4 * b)));
+      const __m256i p = _mm256_dpbusd_epi32(init, wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
+      tail[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s1[b] * xd[i][4 * b]), tail[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = hsum(acc[i], tail[i]);
+}
+
 void rows_i8(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
              float* y, int64_t ldy) {
-  const int64_t nb = w.nb, K = nb * 32, ng = nb / 4;
-  const __m128i lut16 = table16(w.lut->u);
-  const __m512i lut = _mm512_broadcast_i32x4(lut16);
-  const float offset = float(w.lut->offset);
-  float sc[4 * kMaxBlocks], sc1[kMaxBlocks];
-  for (int64_t r = r0; r < r1; ++r) {
-    row_scales4_simd(w, r, sc, sc1);
-    const uint8_t* row = w.blocks + r * nb * 16;
-    for (int t0 = 0; t0 < ntok; t0 += 4) {
-      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
-      const int8_t* x[4];
-      const float* xd[4];
-      __m512 acc[4];
-      __m256 acc_t[4];
+  const int64_t nb = w.nb, K = nb * 32;
+  const __m512i lut = _mm512_broadcast_i32x4(table16(w.lut->u));
+  float s1[kRowBlock * kMaxBlocks];
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (int64_t r = rb; r < re; ++r) row_scales4_simd(w, r, nullptr, s1 + (r - rb) * nb);
+    for (int t0 = 0; t0 < ntok; t0 += kTile) {
+      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
+      const int8_t* x[kTile];
+      const float* xd[kTile];
+      const int32_t* xo[kTile];
       for (int i = 0; i < n; ++i) {
-        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
-        xd[i] = a.xd4 + int64_t(tok[t0 + i]) * nb * 4;
-        acc[i] = _mm512_setzero_ps();
-        acc_t[i] = _mm256_setzero_ps();
+        const int64_t t = tok[t0 + i];
+        x[i] = a.xq + t * K;
+        xd[i] = a.xd4 + t * nb * 4;
+        xo[i] = a.xoff + t * nb * 4;
       }
-      for (int64_t g = 0; g < ng; ++g) {
-        __m512i wl, wh;
-        decode64(row + g * 64, lut, wl, wh);
-        const __m512 s = _mm512_loadu_ps(sc + 16 * g);
-        for (int i = 0; i < n; ++i) {
-          const int8_t* xp = x[i] + g * 128;
-          __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xp));
-          p = _mm512_dpbusd_epi32(p, wh, _mm512_loadu_si512(xp + 64));
-          const __m512 d = _mm512_mul_ps(s, _mm512_loadu_ps(xd[i] + 16 * g));
-          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[i]);
+      for (int64_t r = rb; r < re; ++r) {
+        const uint8_t* row = w.blocks + r * nb * 16;
+        const float* s = s1 + (r - rb) * nb;
+        float* yr = y + int64_t(t0) * ldy + r;
+        switch (n) {
+          case 1: row_tile_i8<1>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
+          case 2: row_tile_i8<2>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
+          case 3: row_tile_i8<3>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
+          default: row_tile_i8<kTile>(row, s, nb, lut, x, xd, xo, yr, ldy); break;
         }
-      }
-      for (int64_t b = ng * 4; b < nb; ++b) {    // tail blocks, G = 1 layout
-        const __m256i wv = decode16(row + b * 16, lut16);
-        for (int i = 0; i < n; ++i) {
-          const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv,
-                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32)));
-          acc_t[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(sc[4 * b] * xd[i][4 * b]), acc_t[i]);
-        }
-      }
-      for (int i = 0; i < n; ++i) {
-        const float corr = offset * dot_f32(sc1, a.xsum + int64_t(tok[t0 + i]) * nb, nb);
-        y[int64_t(t0 + i) * ldy + r] = hsum(acc[i], acc_t[i]) - corr;
       }
     }
   }
@@ -166,52 +192,80 @@ void rows8_f32(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int
 }
 
 // Two blocks per 512-bit step: |q| (u8) dotted with x negated where q < 0 (VNNI dpbusd: 8 int32
-// lanes per block), times the row's and the token's block scales repeated 8 times.
-constexpr int kTok8 = 8;   // tokens per pass over a weight row (weights loaded once per 8)
+// lanes per block), times the row's and the token's block scales. Loop order as rows_i8: a block
+// of rows (scales decoded once), then tiles of tokens over those rows, so both stay in L1.
+
+// One 8-bit row against N tokens: y[i * ldy] = row . token i; s1: the row's block scales.
+template <int N>
+void row8_tile_i8(const int8_t* row, const float* s1, int64_t nb, const int8_t* const* x,
+                  const float* const* xd8, float* y, int64_t ldy) {
+  const int64_t n2 = nb / 2;
+  const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512 acc[N];
+  __m256 tail[N];
+  for (int i = 0; i < N; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    tail[i] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0; g < n2; ++g) {
+    const __m512i q = _mm512_loadu_si512(row + 64 * g);
+    const __m512i qa = _mm512_abs_epi8(q);          // |q| as u8 (128 for -128: still right)
+    const __mmask64 neg = _mm512_movepi8_mask(q);
+    const __m512 dw = _mm512_permutexvar_ps(spread, _mm512_castpd_ps(_mm512_castpd128_pd512(
+        _mm_castsi128_pd(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1 + 2 * g))))));
+    for (int i = 0; i < N; ++i) {
+      const __m512i xv = _mm512_loadu_si512(x[i] + 64 * g);
+      const __m512i xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, xs);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(xd8[i] + 16 * g)), acc[i]);
+    }
+  }
+  if (nb % 2) {                                     // the last block, 256 bits
+    const int64_t b = nb - 1;
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
+    const __m256i qa = _mm256_sign_epi8(q, q);
+    for (int i = 0; i < N; ++i) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32));
+      const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qa, _mm256_sign_epi8(xv, q));
+      tail[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s1[b] * xd8[i][8 * b]));
+    }
+  }
+  for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = hsum(acc[i], tail[i]);
+}
 
 void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
               float* y, int64_t ldy) {
-  const int64_t nb = w.nb, K = nb * 32, n2 = nb / 2;
-  float dq8[8 * kMaxBlocks];
-  for (int64_t r = r0; r < r1; ++r) {
-    const int8_t* row = w.q + r * K;
-    const uint16_t* dr = w.d + r * nb;
-    for (int64_t b = 0; b < nb; ++b) _mm256_storeu_ps(dq8 + 8 * b, _mm256_set1_ps(_cvtsh_ss(dr[b])));
-    for (int t0 = 0; t0 < ntok; t0 += kTok8) {
-      const int n = ntok - t0 < kTok8 ? ntok - t0 : kTok8;
-      const int8_t* x[kTok8];
-      const float* xd8[kTok8];
-      __m512 acc[kTok8];
+  const int64_t nb = w.nb, K = nb * 32;
+  float s1[kRowBlock * kMaxBlocks];
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (int64_t r = rb; r < re; ++r) {
+      const uint16_t* dr = w.d + r * nb;
+      float* s = s1 + (r - rb) * nb;
+      int64_t b = 0;
+      for (; b + 16 <= nb; b += 16)
+        _mm512_storeu_ps(s + b, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr + b))));
+      for (; b < nb; ++b) s[b] = _cvtsh_ss(dr[b]);
+    }
+    for (int t0 = 0; t0 < ntok; t0 += kTile) {
+      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
+      const int8_t* x[kTile];
+      const float* xd8[kTile];
       for (int i = 0; i < n; ++i) {
         x[i] = a.xq + int64_t(tok[t0 + i]) * K;
         xd8[i] = a.xd8 + int64_t(tok[t0 + i]) * nb * 8;
-        acc[i] = _mm512_setzero_ps();
       }
-      for (int64_t g = 0; g < n2; ++g) {
-        const __m512i q = _mm512_loadu_si512(row + 64 * g);
-        const __m512i qa = _mm512_abs_epi8(q);          // |q| as u8 (128 for -128: still right)
-        const __mmask64 neg = _mm512_movepi8_mask(q);
-        const __m512 dw = _mm512_loadu_ps(dq8 + 16 * g);
-        for (int i = 0; i < n; ++i) {
-          const __m512i xv = _mm512_loadu_si512(x[i] + 64 * g);
-          const __m512i xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
-          const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, xs);
-          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(xd8[i] + 16 * g)), acc[i]);
+      for (int64_t r = rb; r < re; ++r) {
+        const int8_t* row = w.q + r * K;
+        const float* s = s1 + (r - rb) * nb;
+        float* yr = y + int64_t(t0) * ldy + r;
+        switch (n) {
+          case 1: row8_tile_i8<1>(row, s, nb, x, xd8, yr, ldy); break;
+          case 2: row8_tile_i8<2>(row, s, nb, x, xd8, yr, ldy); break;
+          case 3: row8_tile_i8<3>(row, s, nb, x, xd8, yr, ldy); break;
+          default: row8_tile_i8<kTile>(row, s, nb, x, xd8, yr, ldy); break;
         }
       }
-      __m256 tail[kTok8];
-      for (int i = 0; i < n; ++i) tail[i] = _mm256_setzero_ps();
-      if (nb % 2) {                                     // the last block, 256 bits
-        const int64_t b = nb - 1;
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
-        const __m256i qa = _mm256_sign_epi8(q, q);
-        for (int i = 0; i < n; ++i) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + b * 32));
-          const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qa, _mm256_sign_epi8(xv, q));
-          tail[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dq8[8 * b] * xd8[i][8 * b]));
-        }
-      }
-      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = hsum(acc[i], tail[i]);
     }
   }
 }

@@ -46,8 +46,10 @@ struct Acts {
   const int8_t* xq;   // i8 mode: [T, K] (re-laid)
   const float* xd4;   // i8 mode: [T, nb * 4] block scales, each repeated 4 times (the SIMD
                       // kernels' int32 sums hold 4 lanes per block)
-  const float* xsum;  // i8 mode: [T, nb] d_b * sum of the block's int8 values: kernels that dot
-                      // (w + offset) . x subtract offset * sum_b scale_b * xsum_b
+  const int32_t* xoff;  // i8 mode: [T, nb * 4] -offset * (sum of the block's int8 values at
+                        // natural positions 8m .. 8m+7) at [4 b + m]. x86 kernels dot unsigned
+                        // (w + offset) with x; a block's int32 dot lanes m (each covering those
+                        // 8 positions) start from these, so the int32 sums are w . x exactly.
 };
 
 // 8-bit weight rows (the op set's Gemm8bit, llama.cpp's q8_0): [rows, nb, 32] int8 q in
@@ -108,7 +110,9 @@ float e8m0_scale(uint8_t s);     // 2^(s-128)
 float half_to_float(uint16_t h);
 
 // Re-lay (and quantize) T tokens' activations x [T, K] for `group`; buffers sized T*K, T*nb*4.
+// `offset` is the weights' Lut offset (Acts::xoff).
 void layout_f32(const float* x, int64_t T, int64_t nb, int group, float* out);
-void quantize_i8(const float* x, int64_t T, int64_t nb, int group, int8_t* q, float* d4, float* xsum);
+void quantize_i8(const float* x, int64_t T, int64_t nb, int group, int offset, int8_t* q, float* d4,
+                 int32_t* xoff);
 
 }  // namespace gek

@@ -22,8 +22,8 @@ inline __m256 f16x8(const uint8_t* s) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
 }
 
-// Each block scale of row `row` written 4 times: out[4b .. 4b+3] (see kernels.h); and once
-// (out1[b]) when out1 is given.
+// Each block scale of row `row` written 4 times: out[4b .. 4b+3] (see kernels.h) when out is
+// given; and once (out1[b]) when out1 is given.
 inline void row_scales4_simd(const Rows& w, int64_t row, float* out, float* out1 = nullptr) {
   const int64_t nb = w.nb;
   const bool e8 = w.kind == ScaleKind::E8M0;
@@ -32,14 +32,14 @@ inline void row_scales4_simd(const Rows& w, int64_t row, float* out, float* out1
   for (; b + 8 <= nb; b += 8) {
     const __m256 f = e8 ? e8m0x8(s + b) : f16x8(s + 2 * b);
     if (out1) _mm256_storeu_ps(out1 + b, f);
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; out && q < 4; ++q) {
       const __m256i idx = _mm256_setr_epi32(2 * q, 2 * q, 2 * q, 2 * q, 2 * q + 1, 2 * q + 1, 2 * q + 1, 2 * q + 1);
       _mm256_storeu_ps(out + 4 * (b + 2 * q), _mm256_permutevar8x32_ps(f, idx));
     }
   }
   for (; b < nb; ++b) {
     const float v = e8 ? e8m0_scale(s[b]) : half_to_float(reinterpret_cast<const uint16_t*>(s)[b]);
-    for (int j = 0; j < 4; ++j) out[4 * b + j] = v;
+    for (int j = 0; out && j < 4; ++j) out[4 * b + j] = v;
     if (out1) out1[b] = v;
   }
 }
@@ -49,16 +49,6 @@ inline float hsum8(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
-}
-
-// sum_b a[b] * b_[b]: the offset correction of the unsigned-weight int8 kernels.
-inline float dot_f32(const float* a, const float* b, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  float r = hsum8(acc);
-  for (; i < n; ++i) r += a[i] * b[i];
-  return r;
 }
 
 // 16 bytes of 4-bit codes -> their table entries [low nibbles (evens) | high nibbles (odds)].

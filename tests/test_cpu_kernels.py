@@ -21,7 +21,6 @@ U = 2.0 ** -24                       # float32 unit roundoff
 ROOT = Path(__file__).resolve().parents[1]
 LUT = {"mxfp4": np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float64),
        "int4": np.arange(16, dtype=np.float64) - 8}
-OFFSET = {"mxfp4": 12, "int4": 8}    # the unsigned-weight kernels dot (w + offset) . x
 
 
 def session(nodes, inputs, initializers, activations="fp32", isa="auto", threads=1):
@@ -80,7 +79,7 @@ def test_gemm4bit_fp32_activations_exact_up_to_fp32_summation(isa, fmt, tokens):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", ["mxfp4", "int4"])
-@pytest.mark.parametrize("tokens", [1, 6])
+@pytest.mark.parametrize("tokens", [1, 6, 11])   # token tiles of 4: 1; 4 + 2; 4 + 4 + 3
 def test_gemm4bit_int8_activations_match_the_stated_quantization(isa, fmt, tokens):
     blocks, scales, bias = gemm_case(fmt, seed=2)
     x = np.random.default_rng(3).standard_normal((tokens, K)).astype(np.float32)
@@ -93,10 +92,11 @@ def test_gemm4bit_int8_activations_match_the_stated_quantization(isa, fmt, token
     wi, ws = int_weights(fmt, blocks, scales)
     dots = np.einsum("tbi,nbi->tnb", q, wi.reshape(N, -1, 32))
     ref = np.einsum("tnb,nb,tb->tn", dots, ws, d.astype(np.float64)) + bias
-    # Block dots are exact (int32); the float part: scale products, nb fused adds, the offset
-    # correction (offset * sum_b s_b d_b sum q) and the bias, each one rounding of at most the
-    # magnitude below: |err| <= (nb + 8) u (sum_b |s d| sum_i (|w_i| + offset) |q_i|) + |bias| u.
-    mag = np.einsum("tbi,nbi->tnb", np.abs(q), np.abs(wi.reshape(N, -1, 32)) + OFFSET[fmt])
+    # Block dots are exact (int32: the x86 kernels' unsigned-weight offset cancels inside them,
+    # kernels.h Acts::xoff); the float part: scale products, nb fused adds, the final lane sum
+    # and the bias, each one rounding of at most the magnitude below:
+    # |err| <= (nb + 8) u (sum_b |s d| sum_i |w_i| |q_i|) + |bias| u.
+    mag = np.einsum("tbi,nbi->tnb", np.abs(q), np.abs(wi.reshape(N, -1, 32)))
     scale = np.einsum("tnb,nb,tb->tn", mag, ws, d.astype(np.float64))
     assert np.all(np.abs(y - ref) <= (K // 32 + 8) * U * scale + np.abs(bias) * U + K * 2.0 ** -149)
     exact = rk.gemm_4bit(x.astype(np.float64), blocks, scales, bias, format=fmt, in_features=K, out_features=N)

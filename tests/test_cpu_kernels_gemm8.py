@@ -84,7 +84,7 @@ def test_gemm8bit_fp32_activations_exact_up_to_fp32_summation(isa, tokens):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("tokens", [1, 6])
+@pytest.mark.parametrize("tokens", [1, 6, 11])   # token tiles of 4: 1; 4 + 2; 4 + 4 + 3
 @pytest.mark.parametrize("k", [K, 256])      # odd block count (a tail block) and even
 def test_gemm8bit_int8_activations_match_the_stated_quantization(isa, tokens, k):
     _, q, d, bias = case(seed=2, k=k)
