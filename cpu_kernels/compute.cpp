@@ -47,8 +47,11 @@ void prepare(const Engine& eng, const float* x, int64_t T, int64_t nb, int offse
     p.xd4.resize(size_t(T * nb * 4));
     p.xoff.resize(size_t(T * nb * 4));
     parallel(eng, T, 16, [&](int64_t t) {
-      quantize_i8(x + t * K, 1, nb, g, offset, p.xq.data() + t * K, p.xd4.data() + t * nb * 4,
-                  p.xoff.data() + t * nb * 4);
+      int8_t* q = p.xq.data() + t * K;
+      float* d4 = p.xd4.data() + t * nb * 4;
+      int32_t* xoff = p.xoff.data() + t * nb * 4;
+      if (eng.isa->quantize) eng.isa->quantize(x + t * K, 1, nb, offset, q, d4, xoff);
+      else quantize_i8(x + t * K, 1, nb, g, offset, q, d4, xoff);
     });
     p.acts.xoff = p.xoff.data();
     p.acts.xq = p.xq.data();
@@ -56,17 +59,34 @@ void prepare(const Engine& eng, const float* x, int64_t T, int64_t nb, int offse
   }
 }
 
-// One matrix-times-tokens job: rows [0, n_rows) of w against the listed tokens.
+float swiglu(float g, float l, const MoeShape& s) {
+  g = std::min(g, s.limit);
+  l = std::min(std::max(l, -s.limit), s.limit);
+  return g / (1.f + std::exp(-s.alpha * g)) * (l + s.offset);
+}
+
+// A gate_up job's epilogue: its rows come in (gate, linear) pairs; bias, then the clamped
+// SwiGLU into act [ntok, n_rows / 2], so the 2I-wide product is never stored.
+struct Glu {
+  const MoeShape* shape;
+  const float* bias;    // [n_rows]
+  float* act;
+};
+
+// One matrix-times-tokens job: rows [0, n_rows) of w against the listed tokens, into y
+// [ntok, n_rows], or through `glu` when set.
 struct Job {
   Rows w;
   int64_t n_rows;
   const int32_t* tok;
   int ntok;
-  float* y;          // [ntok, n_rows]
+  float* y;
+  Glu glu{};
 };
 
-// Rows per task: a task should carry about the same work whatever the token count.
-int64_t chunk_rows(int ntok) { return std::max<int64_t>(4, 256 / (1 + ntok / 4)); }
+// Rows per task (even, so a task holds whole SwiGLU pairs): a task should carry about the same
+// work whatever the token count.
+int64_t chunk_rows(int ntok) { return std::max<int64_t>(4, 256 / (1 + ntok / 4)) & ~int64_t(1); }
 
 struct Tasks {
   const Engine* eng;
@@ -86,7 +106,19 @@ struct Tasks {
     const Job& j = t->jobs[size_t(ji)];
     const int64_t r1 = std::min(j.n_rows, r0 + chunk_rows(j.ntok));
     auto fn = t->eng->mode == ActMode::F32 ? t->eng->isa->rows_f32 : t->eng->isa->rows_i8;
-    fn(j.w, *t->acts, r0, r1, j.tok, j.ntok, j.y, j.n_rows);
+    if (!j.glu.act) {
+      fn(j.w, *t->acts, r0, r1, j.tok, j.ntok, j.y, j.n_rows);
+      return;
+    }
+    const int64_t nr = r1 - r0, half = j.n_rows / 2;
+    std::vector<float> part(size_t(j.ntok * nr));     // [ntok, nr]: this task's rows
+    fn(offset_rows(j.w, r0), *t->acts, 0, nr, j.tok, j.ntok, part.data(), nr);
+    const float* b = j.glu.bias + r0;
+    for (int i = 0; i < j.ntok; ++i) {
+      const float* g = part.data() + i * nr;
+      float* a = j.glu.act + i * half + r0 / 2;
+      for (int64_t c = 0; c < nr / 2; ++c) a[c] = swiglu(g[2 * c] + b[2 * c], g[2 * c + 1] + b[2 * c + 1], *j.glu.shape);
+    }
   }
 
   void run() {
@@ -130,22 +162,17 @@ void route_token(const MoeShape& s, const MoeWeights& w, const float* x, int32_t
   }
 }
 
-float swiglu(float g, float l, const MoeShape& s) {
-  g = std::min(g, s.limit);
-  l = std::min(std::max(l, -s.limit), s.limit);
-  return g / (1.f + std::exp(-s.alpha * g)) * (l + s.offset);
-}
-
 }  // namespace
 
-Rows expert_rows(const Rows& all, int64_t e, int64_t rows_per_expert) {
+Rows offset_rows(const Rows& all, int64_t row0) {
   Rows r = all;
-  const int64_t row0 = e * rows_per_expert;
   r.blocks = all.blocks + row0 * all.nb * 16;
   const size_t scale_bytes = all.kind == ScaleKind::E8M0 ? 1 : 2;
   r.scales = static_cast<const uint8_t*>(all.scales) + size_t(row0 * all.nb) * scale_bytes;
   return r;
 }
+
+Rows expert_rows(const Rows& all, int64_t e, int64_t rows_per_expert) { return offset_rows(all, e * rows_per_expert); }
 
 void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x, int64_t T,
                const float* bias, float* y) {
@@ -175,8 +202,9 @@ void gemm_8bit(const Engine& eng, const Rows8& w, int64_t n_rows, const float* x
     const int64_t nb = w.nb;
     xq.resize(size_t(T * nb * 32));
     xd8.resize(size_t(T * nb * 8));
+    const Quantize8Fn quantize8 = eng.isa->quantize8 ? eng.isa->quantize8 : quantize_i8_natural;
     parallel(eng, T, 16, [&](int64_t t) {
-      quantize_i8_natural(x + t * nb * 32, 1, nb, xq.data() + t * nb * 32, xd8.data() + t * nb * 8);
+      quantize8(x + t * nb * 32, 1, nb, xq.data() + t * nb * 32, xd8.data() + t * nb * 8);
     });
     a = Acts8{nb, nullptr, xq.data(), xd8.data()};
   }
@@ -224,25 +252,14 @@ void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const 
 
   Prepared xin;
   prepare(eng, hidden, T, w.gate_up.nb, w.gate_up.lut->offset, xin);
-  std::vector<float> gu(size_t(P * 2 * I));
+  std::vector<float> act(size_t(P * I));     // SwiGLU of gate_up + bias, per grouped pair
   std::vector<Job> jobs;
   for (int64_t e = 0; e < E; ++e) {
     const int n = int(off[size_t(e + 1)] - off[size_t(e)]);
-    if (n) jobs.push_back(Job{expert_rows(w.gate_up, e, 2 * I), 2 * I, pair_tok.data() + off[size_t(e)], n,
-                              gu.data() + off[size_t(e)] * 2 * I});
+    if (n) jobs.push_back(Job{expert_rows(w.gate_up, e, 2 * I), 2 * I, pair_tok.data() + off[size_t(e)], n, nullptr,
+                              Glu{&s, w.gate_up_bias + e * 2 * I, act.data() + off[size_t(e)] * I}});
   }
   run_jobs(eng, xin.acts, jobs);
-
-  // Bias, then SwiGLU on the interleaved rows (even = gate, odd = linear).
-  std::vector<float> act(size_t(P * I));
-  std::vector<int32_t> pair_expert(static_cast<size_t>(P));
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t p = off[size_t(e)]; p < off[size_t(e + 1)]; ++p) pair_expert[size_t(p)] = int32_t(e);
-  parallel(eng, P, 4, [&](int64_t p) {
-    const float* g = gu.data() + p * 2 * I;
-    const float* b = w.gate_up_bias + int64_t(pair_expert[size_t(p)]) * 2 * I;
-    for (int64_t i = 0; i < I; ++i) act[size_t(p * I + i)] = swiglu(g[2 * i] + b[2 * i], g[2 * i + 1] + b[2 * i + 1], s);
-  });
 
   Prepared xa;
   prepare(eng, act.data(), P, w.down.nb, w.down.lut->offset, xa);

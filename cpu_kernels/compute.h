@@ -50,7 +50,8 @@ struct MoeWeights {
 void moe_mxfp4(const Engine& eng, const MoeShape& s, const MoeWeights& w, const float* hidden,
                int64_t T, float* out);
 
-// Rows of expert e (same blocks/scales arrays, offset by e * rows_per_expert).
+// Rows from row0 on (same blocks/scales arrays); expert e's: from e * rows_per_expert.
+Rows offset_rows(const Rows& all, int64_t row0);
 Rows expert_rows(const Rows& all, int64_t e, int64_t rows_per_expert);
 
 }  // namespace gek

@@ -8,6 +8,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
 
+#include "simd_quantize.h"
 #include "simd_scales.h"
 
 namespace gek {
@@ -270,6 +271,10 @@ void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int3
   }
 }
 
+void quantize(const float* x, int64_t T, int64_t nb, int offset, int8_t* q, float* d4, int32_t* xoff) {
+  quantize_i8_laid(x, T, nb, 4, offset, q, d4, xoff);
+}
+
 }  // namespace
 }  // namespace gek
 
@@ -277,7 +282,7 @@ void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int3
 
 namespace gek {
 const Isa* isa_avx512() {   // compiled for the baseline: safe to call on any x86-64
-  static const Isa isa{"avx512", 4, rows_f32, rows_i8, rows8_f32, rows8_i8};
+  static const Isa isa{"avx512", 4, rows_f32, rows_i8, rows8_f32, rows8_i8, quantize, quantize_i8_natural_simd};
   const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                   __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&

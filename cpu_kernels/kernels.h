@@ -76,8 +76,15 @@ using RowsFn = void (*)(const Rows&, const Acts&, int64_t r0, int64_t r1, const 
 using Rows8Fn = void (*)(const Rows8&, const Acts8&, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
                          float* y, int64_t ldy);
 
+// Activation quantizers (the scheme and layouts above): for the 4-bit kernels in the ISA's
+// group layout (q, d4, xoff), and in natural order for the 8-bit ones (q, d8).
+using QuantizeFn = void (*)(const float* x, int64_t T, int64_t nb, int offset, int8_t* q, float* d4,
+                            int32_t* xoff);
+using Quantize8Fn = void (*)(const float* x, int64_t T, int64_t nb, int8_t* q, float* d8);
+
 // One ISA: dot products of rows [r0, r1) with tokens; y[t * ldy + r] = row r . token t.
-// Tokens are processed in fours (weights decoded once per 4 tokens).
+// Tokens are processed in fours (weights decoded once per 4 tokens). Null quantizers: the
+// portable scalar ones (quantize_i8 with `group`, quantize_i8_natural), which give the same bits.
 struct Isa {
   const char* name;
   int group;
@@ -85,6 +92,8 @@ struct Isa {
   RowsFn rows_i8;
   Rows8Fn rows8_f32;
   Rows8Fn rows8_i8;
+  QuantizeFn quantize = nullptr;
+  Quantize8Fn quantize8 = nullptr;
 };
 
 // Portable 8-bit row kernels (an ISA without its own uses these).

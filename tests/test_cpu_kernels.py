@@ -47,6 +47,15 @@ def gemm_case(fmt, seed=0):
     return blocks, scales, bias
 
 
+def int8_activations(tokens, k, seed):
+    """Random activations whose first token starts with a block of exact ties (amax 127 -> d = 1,
+    values n + 0.5: the quantizer must round half to even) and an all-zero block (d = 0)."""
+    x = np.random.default_rng(seed).standard_normal((tokens, k)).astype(np.float32)
+    x[0, :32] = np.concatenate([[127.0], np.arange(-15, 16) + 0.5])
+    x[0, 32:64] = 0.0
+    return x
+
+
 def gemm_session(fmt, blocks, scales, bias, x_dim=K, **kw):
     node = helper.make_node("Gemm4bit", ["x", "weight_blocks", "weight_scales", "bias"], ["y"], domain=opset.DOMAIN,
                             format=fmt, in_features=K, out_features=N)
@@ -82,7 +91,7 @@ def test_gemm4bit_fp32_activations_exact_up_to_fp32_summation(isa, fmt, tokens):
 @pytest.mark.parametrize("tokens", [1, 6, 11])   # token tiles of 4: 1; 4 + 2; 4 + 4 + 3
 def test_gemm4bit_int8_activations_match_the_stated_quantization(isa, fmt, tokens):
     blocks, scales, bias = gemm_case(fmt, seed=2)
-    x = np.random.default_rng(3).standard_normal((tokens, K)).astype(np.float32)
+    x = int8_activations(tokens, K, seed=3)
     y = gemm_session(fmt, blocks, scales, bias, activations="int8", isa=isa).run(None, {"x": x[None]})[0][0]
     # The stated scheme (kernels.h): per token and block of 32, d = amax/127 (float32),
     # q = round-half-even(x / d) in [-127, 127]; int32 block dots with the weight integers.

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from gptoss_edge.compiler import dense4bit, reference_kernels as rk
 from gptoss_edge.compiler import opset
 
-from test_cpu_kernels import ISAS, U, session
+from test_cpu_kernels import ISAS, U, int8_activations, session
 
 K, N = 288, 37      # 9 blocks of 32 (AVX-512: 4 pairs + a tail block); 37 rows: no row chunk multiple
 
@@ -88,7 +88,7 @@ def test_gemm8bit_fp32_activations_exact_up_to_fp32_summation(isa, tokens):
 @pytest.mark.parametrize("k", [K, 256])      # odd block count (a tail block) and even
 def test_gemm8bit_int8_activations_match_the_stated_quantization(isa, tokens, k):
     _, q, d, bias = case(seed=2, k=k)
-    x = np.random.default_rng(3).standard_normal((tokens, k)).astype(np.float32)
+    x = int8_activations(tokens, k, seed=3)
     y = gemm8_session(q, d, bias, activations="int8", isa=isa).run(None, {"x": x[None]})[0][0]
     # kernels.h: per token and block of 32, dx = amax/127 (float32), qx = round-half-even(x / dx);
     # int32 block dots with q (exact: |sum| <= 32 x 127^2); float: dot x (d dx), summed.
