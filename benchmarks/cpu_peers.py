@@ -21,6 +21,7 @@ medians of the runs, from this one run.
     python benchmarks/cpu_peers.py [--layers 4] [--runs 3] [--threads 2]
            [--configs mxfp4:float:int8 mxfp4:4bit:int8]   # EXPERTS:DENSE:ACTIVATIONS
            [--every-logits-too]     # + ours prefilling with every position's logits (old graphs' work)
+           [--isa-too avx2]         # + ours with the CPU kernels forced to the AVX2 path
 
 llama.cpp's converter is not in the wheel: it is taken from the llama-cpp-python source
 distribution of the installed version (pip download, into --data), or from --llama-src.
@@ -59,7 +60,7 @@ def phase_ours(a: argparse.Namespace) -> dict:
     anon = ort_20b.AnonPeak()
     t0 = time.monotonic()
     be = OrtBackend(a.engine, max_slots=1, max_context=a.prefill + 1, max_step_tokens=a.prefill,
-                    threads=a.threads, verify="sizes")
+                    threads=a.threads, verify="sizes", cpu_isa=a.isa)
     vocab = be.info.config.vocab_size
     be.step([StepRow(0, _prompt(DECODE_PROMPT, vocab, 2))])          # warm-up (see the docstring)
     be.release(0)
@@ -241,7 +242,11 @@ def main() -> int:
     p.add_argument("--every-logits-too", action="store_true",
                    help="also run each of ours with a prefill that computes every position's logits (what "
                         "engines before the logits_index input did): the same-run baseline of that change")
+    p.add_argument("--isa-too", nargs="*", default=[], metavar="PATH",
+                   help="also run each of ours with our CPU kernels forced to these code paths (e.g. avx2 on "
+                        "an AVX-512 machine: the AVX2 figures measured on the same memory)")
     p.add_argument("--every-logits", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--isa", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--llama-src", type=Path, default=None)
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--engine", type=Path, help=argparse.SUPPRESS)
@@ -269,11 +274,14 @@ def main() -> int:
             print(f"compiled {engine.name}: {json.dumps(c)}", flush=True)
         name = f"ours {config}"
         runners[name] = ["ours", "--engine", str(engine)]
+        variants = {name: []}
         if a.every_logits_too:
-            runners[f"{name}, prefill with every position's logits"] = ["ours", "--engine", str(engine), "--every-logits"]
-        bpt[name] = ort_20b.bytes_per_token(engine)["per_token"]
-        if a.every_logits_too:
-            bpt[f"{name}, prefill with every position's logits"] = bpt[name]
+            variants[f"{name}, prefill with every position's logits"] = ["--every-logits"]
+        for path in a.isa_too:
+            variants[f"{name}, {path} path"] = ["--isa", path]
+        for label, extra in variants.items():
+            runners[label] = ["ours", "--engine", str(engine), *extra]
+            bpt[label] = ort_20b.bytes_per_token(engine)["per_token"]
     bw = run_phase("bandwidth", common)["bytes_per_s"]
     results: dict[str, list[dict]] = {name: [] for name in runners}
     for r in range(a.runs):

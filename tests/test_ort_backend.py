@@ -191,3 +191,19 @@ def test_engine_that_needs_process_env_is_refused():
                            session_env={"ORT_QMOE_CPU_QNBIT_GEMM": "fp32"})
     with pytest.raises(BackendError, match="recompile"):
         session_options(1, tc)
+
+
+def test_forced_cpu_kernel_path_that_this_cpu_lacks_or_that_does_not_exist_is_refused():
+    from gptoss_edge import cpu_kernels
+    from gptoss_edge.kv_layout import KvLayout
+    from gptoss_edge.runtime.engine.ort_backend import session_options
+    from gptoss_edge.target_config import OnnxRuntimeConfig
+    tc = OnnxRuntimeConfig(model_file="model.onnx", max_positions=64, kv_layout=KvLayout.of(preset("tiny")),
+                           custom_ops={"library": "gptoss_edge_cpu", "activations": "int8"})
+    with pytest.raises(BackendError, match="'sse9'"):
+        session_options(1, tc, "sse9")
+    missing = [name for name in cpu_kernels.ISAS if cpu_kernels.isa(name) is None]
+    for name in missing:             # x86: neon; an AVX2-only CPU: avx512 too
+        with pytest.raises(BackendError, match=f"{name!r} is not available on this CPU"):
+            session_options(1, tc, name)
+    session_options(1, tc, "portable")               # always there

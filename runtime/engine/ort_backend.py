@@ -33,20 +33,22 @@ from gptoss_edge.runtime.engine.prefix import SavedPrefixes, truncation
 IO = opset.ENGINE_IO
 
 
-def session_options(threads: int | None = None, tc: OnnxRuntimeConfig | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, tc: OnnxRuntimeConfig | None = None,
+                    cpu_isa: str = "auto") -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
     if tc is not None:
-        add_custom_ops(so, tc)
+        add_custom_ops(so, tc, cpu_isa)
     return so
 
 
-def add_custom_ops(so: ort.SessionOptions, tc: OnnxRuntimeConfig) -> None:
+def add_custom_ops(so: ort.SessionOptions, tc: OnnxRuntimeConfig, cpu_isa: str = "auto") -> None:
     """The engine's runtime requirement (compiler/formats.py): our CPU kernel library for its
-    MoeMxfp4 / Gemm4bit nodes, in the engine's activation mode (a per-session setting)."""
+    MoeMxfp4 / Gemm4bit / Gemm8bit nodes, in the engine's activation mode (a per-session
+    setting); `cpu_isa` forces a code path ("auto": the best this CPU has)."""
     from gptoss_edge import cpu_kernels
     if tc.session_env:
         raise BackendError("engine needs process environment settings (an int8-experts engine of an older "
@@ -54,9 +56,14 @@ def add_custom_ops(so: ort.SessionOptions, tc: OnnxRuntimeConfig) -> None:
     if not tc.custom_ops:
         return
     try:
-        cpu_kernels.register(so, tc.custom_ops.get("activations", "fp32"))
+        if cpu_isa != "auto" and cpu_isa in cpu_kernels.ISAS and cpu_kernels.isa(cpu_isa) is None:
+            raise BackendError(f"CPU kernel path {cpu_isa!r} is not available on this CPU "
+                               f"(the best it has: {cpu_kernels.isa()})")
+        cpu_kernels.register(so, tc.custom_ops.get("activations", "fp32"), cpu_isa)
     except cpu_kernels.CpuKernelsMissing as e:
         raise BackendError(f"engine uses our CPU kernels: {e}") from None
+    except ValueError as e:                        # an unknown path name
+        raise BackendError(str(e)) from None
 
 
 def step_groups(rows: Sequence[StepRow], max_slots: int) -> list[list[StepRow]]:
@@ -72,7 +79,8 @@ def step_groups(rows: Sequence[StepRow], max_slots: int) -> list[list[StepRow]]:
 
 class OrtBackend:
     def __init__(self, engine_dir: str | Path, max_slots: int = 4, max_context: int = 4096,
-                 max_step_tokens: int = 256, threads: int | None = None, verify: bool | str = True):
+                 max_step_tokens: int = 256, threads: int | None = None, verify: bool | str = True,
+                 cpu_isa: str = "auto"):
         self.manifest = load_manifest(engine_dir, verify=verify)
         m = self.manifest
         if m.target != "onnxruntime":
@@ -88,7 +96,7 @@ class OrtBackend:
         if max_context + slack > positions:
             raise BackendError(f"max_context {max_context} + max_step_tokens {max_step_tokens} exceeds the "
                                f"engine's {positions} RoPE positions (compile with a larger --max-positions)")
-        self.session = ort.InferenceSession(str(m.file(tc.model_file)), session_options(threads, tc),
+        self.session = ort.InferenceSession(str(m.file(tc.model_file)), session_options(threads, tc, cpu_isa),
                                             providers=["CPUExecutionProvider"])
         self.cfg = cfg
         self.kv = tc.kv_layout
