@@ -57,12 +57,6 @@ void row_scales(const Rows& w, int64_t row, float* out) {
   }
 }
 
-void row_scales4(const Rows& w, int64_t row, float* out) {
-  row_scales(w, row, out);
-  for (int64_t b = w.nb - 1; b >= 0; --b)
-    for (int j = 3; j >= 0; --j) out[4 * b + j] = out[b];   // in place, from the end
-}
-
 // Position of element e (0..31) of block b in the re-laid token (see kernels.h).
 static inline int64_t laid_index(int64_t b, int e, int64_t nb, int group) {
   const int64_t full = nb / group * group;

@@ -92,7 +92,7 @@ void rows_i8(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t
   float s1[kRowBlock * kMaxBlocks];
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
-    for (int64_t r = rb; r < re; ++r) row_scales4_simd(w, r, nullptr, s1 + (r - rb) * nb);
+    for (int64_t r = rb; r < re; ++r) row_scales_simd<1>(w, r, s1 + (r - rb) * nb);
     for (int t0 = 0; t0 < ntok; t0 += kTile) {
       const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
       const int8_t* x[kTile];
@@ -126,7 +126,7 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
   const __m512i lut = _mm512_broadcast_i32x4(lut16);
   float sc[4 * kMaxBlocks];
   for (int64_t r = r0; r < r1; ++r) {
-    row_scales4_simd(w, r, sc);
+    row_scales_simd<4>(w, r, sc);
     const uint8_t* row = w.blocks + r * nb * 16;
     for (int t0 = 0; t0 < ntok; t0 += 4) {
       const int n = ntok - t0 < 4 ? ntok - t0 : 4;

@@ -111,10 +111,8 @@ const Isa* isa_neon();     // aarch64 dot product
 // "auto" picks the best the CPU has; a name forces one (null if unavailable).
 const Isa* select_isa(const char* name);
 
-// Block scales of one row as float (the scale that multiplies the Lut integers); row_scales4
-// writes each one 4 times (out[4b .. 4b+3]).
+// Block scales of one row as float (the scale that multiplies the Lut integers).
 void row_scales(const Rows& w, int64_t row, float* out);
-void row_scales4(const Rows& w, int64_t row, float* out);
 float e8m0_scale(uint8_t s);     // 2^(s-128)
 float half_to_float(uint16_t h);
 

@@ -22,25 +22,29 @@ inline __m256 f16x8(const uint8_t* s) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
 }
 
-// Each block scale of row `row` written 4 times: out[4b .. 4b+3] (see kernels.h) when out is
-// given; and once (out1[b]) when out1 is given.
-inline void row_scales4_simd(const Rows& w, int64_t row, float* out, float* out1 = nullptr) {
+// The block scales of row `row` as float, each written R times: out[R b .. R b + R-1]
+// (R = 4: the 4-lane-per-block layout of kernels.h; R = 1: one per block).
+template <int R>
+inline void row_scales_simd(const Rows& w, int64_t row, float* out) {
+  static_assert(R == 1 || R == 4, "scales are written once or 4 times");
   const int64_t nb = w.nb;
   const bool e8 = w.kind == ScaleKind::E8M0;
   const uint8_t* s = static_cast<const uint8_t*>(w.scales) + row * nb * (e8 ? 1 : 2);
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
     const __m256 f = e8 ? e8m0x8(s + b) : f16x8(s + 2 * b);
-    if (out1) _mm256_storeu_ps(out1 + b, f);
-    for (int q = 0; out && q < 4; ++q) {
+    if (R == 1) {
+      _mm256_storeu_ps(out + b, f);
+      continue;
+    }
+    for (int q = 0; q < 4; ++q) {
       const __m256i idx = _mm256_setr_epi32(2 * q, 2 * q, 2 * q, 2 * q, 2 * q + 1, 2 * q + 1, 2 * q + 1, 2 * q + 1);
       _mm256_storeu_ps(out + 4 * (b + 2 * q), _mm256_permutevar8x32_ps(f, idx));
     }
   }
   for (; b < nb; ++b) {
     const float v = e8 ? e8m0_scale(s[b]) : half_to_float(reinterpret_cast<const uint16_t*>(s)[b]);
-    for (int j = 0; out && j < 4; ++j) out[4 * b + j] = v;
-    if (out1) out1[b] = v;
+    for (int j = 0; j < R; ++j) out[R * b + j] = v;
   }
 }
 
