@@ -20,34 +20,125 @@ inline void decode16(const uint8_t* p, int8x16_t lut, int8x16_t& wl, int8x16_t& 
   wh = vqtbl1q_s8(lut, vshrq_n_u8(v, 4));
 }
 
+// The block scales of one row as float: E8M0 through the portable table, float16 by FCVTL
+// (base AArch64), four at a time.
+inline void scales_f32(const Rows& w, int64_t row, float* out) {
+  if (w.kind == ScaleKind::E8M0) return row_scales(w, row, out);
+  const uint16_t* s = static_cast<const uint16_t*>(w.scales) + row * w.nb;
+  int64_t b = 0;
+  for (; b + 4 <= w.nb; b += 4) vst1q_f32(out + b, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(s + b))));
+  for (; b < w.nb; ++b) out[b] = half_to_float(s[b]);
+}
+
+inline void halves_f32(const uint16_t* s, int64_t n, float* out) {
+  int64_t b = 0;
+  for (; b + 4 <= n; b += 4) vst1q_f32(out + b, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(s + b))));
+  for (; b < n; ++b) out[b] = half_to_float(s[b]);
+}
+
+// ---- int8 activations: SDOT (4 products per int32 lane, signed x signed: no offset) --------
+// Loop order as the x86 kernels: a block of rows has its scales decoded once, then each tile
+// of tokens runs over those rows, so the tile's activations and the rows' weights stay in L1.
+constexpr int kTile = 4;        // tokens per pass over a row
+constexpr int kRowBlock = 16;   // rows per block
+
+// One 4-bit row against N tokens: y[i * ldy] = row . token i; s1: the row's block scales.
+template <int N>
+void row_tile_i8(const uint8_t* row, const float* s1, int64_t nb, int8x16_t lut, const int8_t* const* x,
+                 const float* const* xd4, float* y, int64_t ldy) {
+  float32x4_t acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = vdupq_n_f32(0.f);
+  for (int64_t b = 0; b < nb; ++b) {
+    int8x16_t wl, wh;
+    decode16(row + b * 16, lut, wl, wh);
+    for (int i = 0; i < N; ++i) {
+      const int8_t* xp = x[i] + b * 32;
+      const int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl, vld1q_s8(xp)), wh, vld1q_s8(xp + 16));
+      acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), s1[b] * xd4[i][4 * b]);
+    }
+  }
+  for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = vaddvq_f32(acc[i]);
+}
+
 void rows_i8(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
              float* y, int64_t ldy) {
   const int64_t nb = w.nb, K = nb * 32;
   const int8x16_t lut = vld1q_s8(w.lut->v);
-  float sc[kMaxBlocks];
-  for (int64_t r = r0; r < r1; ++r) {
-    row_scales(w, r, sc);
-    const uint8_t* row = w.blocks + r * nb * 16;
-    for (int t0 = 0; t0 < ntok; t0 += 4) {
-      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
-      float32x4_t acc[4];
-      for (int i = 0; i < n; ++i) acc[i] = vdupq_n_f32(0.f);
-      for (int64_t b = 0; b < nb; ++b) {
-        int8x16_t wl, wh;
-        decode16(row + b * 16, lut, wl, wh);
-        for (int i = 0; i < n; ++i) {
-          const int8_t* x = a.xq + int64_t(tok[t0 + i]) * K + b * 32;
-          const float d = sc[b] * a.xd4[(int64_t(tok[t0 + i]) * nb + b) * 4];
-          int32x4_t s = vdotq_s32(vdupq_n_s32(0), wl, vld1q_s8(x));
-          s = vdotq_s32(s, wh, vld1q_s8(x + 16));
-          acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(s), d);
+  float s1[kRowBlock * kMaxBlocks];
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (int64_t r = rb; r < re; ++r) scales_f32(w, r, s1 + (r - rb) * nb);
+    for (int t0 = 0; t0 < ntok; t0 += kTile) {
+      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
+      const int8_t* x[kTile];
+      const float* xd4[kTile];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
+        xd4[i] = a.xd4 + int64_t(tok[t0 + i]) * nb * 4;
+      }
+      for (int64_t r = rb; r < re; ++r) {
+        const uint8_t* row = w.blocks + r * nb * 16;
+        const float* s = s1 + (r - rb) * nb;
+        float* yr = y + int64_t(t0) * ldy + r;
+        switch (n) {
+          case 1: row_tile_i8<1>(row, s, nb, lut, x, xd4, yr, ldy); break;
+          case 2: row_tile_i8<2>(row, s, nb, lut, x, xd4, yr, ldy); break;
+          case 3: row_tile_i8<3>(row, s, nb, lut, x, xd4, yr, ldy); break;
+          default: row_tile_i8<kTile>(row, s, nb, lut, x, xd4, yr, ldy); break;
         }
       }
-      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = vaddvq_f32(acc[i]);
     }
   }
 }
 
+// One 8-bit row (natural order, 32 int8 per block) against N tokens, as row_tile_i8.
+template <int N>
+void row8_tile_i8(const int8_t* row, const float* s1, int64_t nb, const int8_t* const* x,
+                  const float* const* xd8, float* y, int64_t ldy) {
+  float32x4_t acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = vdupq_n_f32(0.f);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int8x16_t w0 = vld1q_s8(row + b * 32), w1 = vld1q_s8(row + b * 32 + 16);
+    for (int i = 0; i < N; ++i) {
+      const int8_t* xp = x[i] + b * 32;
+      const int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(xp)), w1, vld1q_s8(xp + 16));
+      acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), s1[b] * xd8[i][8 * b]);
+    }
+  }
+  for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = vaddvq_f32(acc[i]);
+}
+
+void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+              float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32;
+  float s1[kRowBlock * kMaxBlocks];
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    halves_f32(w.d + rb * nb, (re - rb) * nb, s1);
+    for (int t0 = 0; t0 < ntok; t0 += kTile) {
+      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
+      const int8_t* x[kTile];
+      const float* xd8[kTile];
+      for (int i = 0; i < n; ++i) {
+        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
+        xd8[i] = a.xd8 + int64_t(tok[t0 + i]) * nb * 8;
+      }
+      for (int64_t r = rb; r < re; ++r) {
+        const int8_t* row = w.q + r * K;
+        const float* s = s1 + (r - rb) * nb;
+        float* yr = y + int64_t(t0) * ldy + r;
+        switch (n) {
+          case 1: row8_tile_i8<1>(row, s, nb, x, xd8, yr, ldy); break;
+          case 2: row8_tile_i8<2>(row, s, nb, x, xd8, yr, ldy); break;
+          case 3: row8_tile_i8<3>(row, s, nb, x, xd8, yr, ldy); break;
+          default: row8_tile_i8<kTile>(row, s, nb, x, xd8, yr, ldy); break;
+        }
+      }
+    }
+  }
+}
+
+// ---- float32 activations (the exact mode) --------------------------------------------------
 inline void widen4(int8x16_t v, float32x4_t out[4]) {
   const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_s8(vget_high_s8(v));
   out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
@@ -62,7 +153,7 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
   const int8x16_t lut = vld1q_s8(w.lut->v);
   float sc[kMaxBlocks];
   for (int64_t r = r0; r < r1; ++r) {
-    row_scales(w, r, sc);
+    scales_f32(w, r, sc);
     const uint8_t* row = w.blocks + r * nb * 16;
     for (int t0 = 0; t0 < ntok; t0 += 4) {
       const int n = ntok - t0 < 4 ? ntok - t0 : 4;
@@ -87,6 +178,33 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
   }
 }
 
+// 8-bit rows against float activations: w = q d is exact in float32 (kernels.h Rows8).
+void rows8_f32(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
+               float* y, int64_t ldy) {
+  const int64_t nb = w.nb, K = nb * 32;
+  float d[kMaxBlocks];
+  for (int64_t r = r0; r < r1; ++r) {
+    halves_f32(w.d + r * nb, nb, d);
+    const int8_t* row = w.q + r * K;
+    for (int t0 = 0; t0 < ntok; t0 += 4) {
+      const int n = ntok - t0 < 4 ? ntok - t0 : 4;
+      float32x4_t acc[4];
+      for (int i = 0; i < n; ++i) acc[i] = vdupq_n_f32(0.f);
+      for (int64_t b = 0; b < nb; ++b) {
+        float32x4_t wf[8];
+        widen4(vld1q_s8(row + b * 32), wf);
+        widen4(vld1q_s8(row + b * 32 + 16), wf + 4);
+        for (int q = 0; q < 8; ++q) wf[q] = vmulq_n_f32(wf[q], d[b]);
+        for (int i = 0; i < n; ++i) {
+          const float* x = a.xf + int64_t(tok[t0 + i]) * K + b * 32;
+          for (int q = 0; q < 8; ++q) acc[i] = vfmaq_f32(acc[i], vld1q_f32(x + 4 * q), wf[q]);
+        }
+      }
+      for (int i = 0; i < n; ++i) y[int64_t(t0 + i) * ldy + r] = vaddvq_f32(acc[i]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gek
 
@@ -98,8 +216,7 @@ void rows_f32(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_
 
 namespace gek {
 const Isa* isa_neon() {
-  // 8-bit rows: the portable kernels (no NEON version yet; the compiler vectorizes them)
-  static const Isa isa{"neon", 1, rows_f32, rows_i8, rows8_f32_portable, rows8_i8_portable};
+  static const Isa isa{"neon", 1, rows_f32, rows_i8, rows8_f32, rows8_i8};
   return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? &isa : nullptr;
 }
 }  // namespace gek
