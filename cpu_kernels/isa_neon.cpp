@@ -205,6 +205,56 @@ void rows8_f32(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int
   }
 }
 
+// ---- int8 activation quantization (kernels.h), bit-identical to common.cpp's scalar one:
+// IEEE float32 division in both, FCVTNS rounds half to even as nearbyint does ----------------
+
+// One block of 32: q in natural order (q0: elements 0-15, q1: 16-31) and the int32 sums of its
+// four runs of 8 (lane m: elements 8m .. 8m+7). Returns d.
+inline float quantize_block32(const float* x, int8x16_t& q0, int8x16_t& q1, int32x4_t& runs) {
+  float32x4_t v[8];
+  float32x4_t amax = vdupq_n_f32(0.f);
+  for (int j = 0; j < 8; ++j) {
+    v[j] = vld1q_f32(x + 4 * j);
+    amax = vmaxq_f32(amax, vabsq_f32(v[j]));
+  }
+  const float d = vmaxvq_f32(amax) / 127.f;
+  int32x4_t i[8];
+  for (int j = 0; j < 8; ++j) i[j] = d > 0.f ? vcvtnq_s32_f32(vdivq_f32(v[j], vdupq_n_f32(d))) : vdupq_n_s32(0);
+  runs = vpaddq_s32(vpaddq_s32(vaddq_s32(i[0], i[1]), vaddq_s32(i[2], i[3])),
+                    vpaddq_s32(vaddq_s32(i[4], i[5]), vaddq_s32(i[6], i[7])));
+  int16x8_t h[4];
+  for (int j = 0; j < 4; ++j) h[j] = vcombine_s16(vqmovn_s32(i[2 * j]), vqmovn_s32(i[2 * j + 1]));
+  q0 = vcombine_s8(vqmovn_s16(h[0]), vqmovn_s16(h[1]));
+  q1 = vcombine_s8(vqmovn_s16(h[2]), vqmovn_s16(h[3]));
+  return d;
+}
+
+// T tokens in the group-1 layout of the 4-bit kernels: per block the 16 evens, then the odds.
+void quantize(const float* x, int64_t T, int64_t nb, int offset, int8_t* q, float* d4, int32_t* xoff) {
+  for (int64_t i = 0; i < T * nb; ++i) {
+    int8x16_t q0, q1;
+    int32x4_t runs;
+    const float d = quantize_block32(x + i * 32, q0, q1, runs);
+    vst1q_s8(q + i * 32, vuzp1q_s8(q0, q1));
+    vst1q_s8(q + i * 32 + 16, vuzp2q_s8(q0, q1));
+    vst1q_f32(d4 + i * 4, vdupq_n_f32(d));
+    vst1q_s32(xoff + i * 4, vmulq_n_s32(runs, -offset));
+  }
+}
+
+// Natural order for the 8-bit kernels (Acts8): q [T, K], d8 [T, nb * 8].
+void quantize8(const float* x, int64_t T, int64_t nb, int8_t* q, float* d8) {
+  for (int64_t i = 0; i < T * nb; ++i) {
+    int8x16_t q0, q1;
+    int32x4_t runs;
+    const float d = quantize_block32(x + i * 32, q0, q1, runs);
+    vst1q_s8(q + i * 32, q0);
+    vst1q_s8(q + i * 32 + 16, q1);
+    vst1q_f32(d8 + i * 8, vdupq_n_f32(d));
+    vst1q_f32(d8 + i * 8 + 4, vdupq_n_f32(d));
+  }
+}
+
 }  // namespace
 }  // namespace gek
 
@@ -216,7 +266,7 @@ void rows8_f32(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int
 
 namespace gek {
 const Isa* isa_neon() {
-  static const Isa isa{"neon", 1, rows_f32, rows_i8, rows8_f32, rows8_i8};
+  static const Isa isa{"neon", 1, rows_f32, rows_i8, rows8_f32, rows8_i8, quantize, quantize8};
   return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? &isa : nullptr;
 }
 }  // namespace gek
