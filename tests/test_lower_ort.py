@@ -6,6 +6,7 @@ lowered graph keeps our ops)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto
@@ -237,3 +238,33 @@ def test_moe_mxfp4_int8_activations_error_bounded(moe_case, tmp_path, isa):
     # Both expert GEMM inputs quantized per block of 32 to int8 (step 1/127 of the block max),
     # as ORT's int8 QMoE above: ~1% of the output scale; same 3% bound, and it must differ.
     assert 1e-6 < rel < 3e-2
+
+
+# ---- external data layout -------------------------------------------------------------------------
+def test_external_tensors_of_2_mib_start_on_2_mib_boundaries(tmp_path):
+    # ONNX Runtime maps each external tensor on its own; only a 2 MiB aligned file offset lets the
+    # kernel map it with 2 MiB pages (onnx_io.HUGE_ALIGN). Smaller tensors stay page aligned.
+    rng = np.random.default_rng(3)
+    g = canonical("layout")
+    g.add_input("x", TensorProto.FLOAT, [3])
+    tables = {"small": rng.standard_normal((10, 3)).astype(np.float32),                 # 120 B: inline
+              "page": rng.standard_normal((5000, 3)).astype(np.float32),                # 60 KB
+              "big": rng.standard_normal(((2 << 20) // 12 + 1, 3)).astype(np.float32),  # just over 2 MiB
+              "page2": rng.standard_normal((3000, 3)).astype(np.float32),
+              "big2": rng.standard_normal((300000, 3)).astype(np.float32)}              # 3.4 MiB
+    out = "x"
+    for name, t in tables.items():
+        g.add_output(f"y_{name}", TensorProto.FLOAT, [t.shape[0], 3])
+        g.node("Mul", [g.add_initializer(from_array(name, t)), out], f"/mul_{name}", outputs=[f"y_{name}"])
+    model_path, data_path = onnx_io.save(g, tmp_path / "m.onnx")
+    m = onnx.load(str(model_path), load_external_data=False)
+    offsets = {t.name: int({e.key: e.value for e in t.external_data}["offset"])
+               for t in m.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    assert set(offsets) == {"page", "big", "page2", "big2"}
+    assert offsets["big"] % onnx_io.HUGE_ALIGN == 0 and offsets["big2"] % onnx_io.HUGE_ALIGN == 0
+    assert offsets["page2"] % onnx_io.ALIGN == 0 and offsets["page2"] % onnx_io.HUGE_ALIGN != 0
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = np.array([1.0, -2.0, 0.5], np.float32)
+    for name, y in zip(tables, sess.run(None, {"x": x})):
+        np.testing.assert_array_equal(y, tables[name] * x)          # every tensor reads back intact
+    assert data_path.stat().st_size == offsets["big2"] + tables["big2"].nbytes
