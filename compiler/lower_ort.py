@@ -1,7 +1,11 @@
 """Lower the canonical graph (our op set) to ONNX Runtime: our ops where our CPU kernels run them,
 ONNX Runtime contrib ops (com.microsoft) elsewhere. Formats come from compiler/formats.py.
 
-  SinkAttention -> GroupQueryAttention: RoPE from our cos/sin tables (do_rotary, half split),
+  SinkAttention -> kept for full-attention layers (window 0) when the engine uses our CPU kernel
+                   library anyway (mxfp4 experts, 8-bit / 4-bit dense): our kernel reads the KV
+                   cache at memory speed where GroupQueryAttention reads ~9 GB/s (a quarter of a
+                   24-layer decode step at 4k context); otherwise, and for sliding layers,
+                -> GroupQueryAttention: RoPE from our cos/sin tables (do_rotary, half split),
                    sinks as head_sink, local_window_size = window (ORT attends to the current
                    token and window-1 previous ones: gpt-oss's q-k < window), right-padded rows
                    through query_seqlens = new_len, seqlens_k = past_len + new_len - 1.
@@ -65,6 +69,7 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
     out.inputs = list(g.inputs)        # cache shapes stay canonical (window / kv_capacity)
     out.outputs = list(g.outputs)
     consumers = graph_consumers(g)
+    our_library = ef.custom_ops or df.custom_ops
     if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
         _length_nodes(out)
     skip: set[str] = set()
@@ -72,7 +77,10 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
         if n.name in skip:
             continue
         if n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type:
-            _lower_attention(out, n)
+            if our_library and _window(n) == 0:
+                out.nodes.append(n)           # our CPU kernel (cpu_kernels/attention.cpp)
+            else:
+                _lower_attention(out, n)
         elif n.domain == opset.DOMAIN and n.op_type == opset.MOE_MXFP4.op_type:
             if ef.ort_op == opset.MOE_MXFP4.op_type:
                 out.nodes.append(n)           # our CPU kernel runs the canonical node
@@ -111,6 +119,10 @@ def _length_nodes(out: Graph) -> None:
 
 
 # ---- attention ---------------------------------------------------------------------------------
+def _window(n: onnx.NodeProto) -> int:
+    return next((int(onnx.helper.get_attribute_value(a)) for a in n.attribute if a.name == "window"), 0)
+
+
 def _lower_attention(out: Graph, n: onnx.NodeProto) -> None:
     s = opset.SINK_ATTENTION
     port = {p.name: n.input[i] if i < len(n.input) else "" for i, p in enumerate(s.inputs)}

@@ -1,5 +1,5 @@
-// ONNX Runtime glue: the custom-op domain "gptoss_edge" with MoeMxfp4, Gemm4bit and Gemm8bit (CPU, float32
-// activations), registered by RegisterCustomOps (SessionOptions.register_custom_ops_library).
+// ONNX Runtime glue: the custom-op domain "gptoss_edge" with MoeMxfp4, Gemm4bit, Gemm8bit and
+// SinkAttention (full-attention layers; ort_attention.cpp) (CPU, float32 activations), registered by RegisterCustomOps (SessionOptions.register_custom_ops_library).
 // Op names, port order/optionality/dtypes and attribute names/defaults come from
 // plugins/common/opset_generated.h (generated from compiler/opset.py): nothing typed twice.
 // Session config entries, read at registration (set them before registering the library):
@@ -7,119 +7,17 @@
 //   gptoss_edge.cpu_isa          "auto" (default) | "avx512" | "avx2" | "neon" | "portable"
 // No exception crosses into ONNX Runtime: errors become an OrtStatus with a one-line message.
 #include <cstring>
-#include <exception>
 #include <string>
 #include <vector>
 
 #include "compute.h"
 #include "opset_generated.h"
-#include "ort_api.h"
+#include "ort_support.h"
 
-using namespace ortmini;
+using namespace gek_ort;
 namespace ops = gptoss_edge::opset;
 
 namespace {
-
-const Api* g_api = nullptr;
-constexpr int64_t kMaxK = 32768;   // kernels keep one row's block scales on the stack
-
-struct Config {
-  const gek::Isa* isa;
-  gek::ActMode mode;
-};
-
-OrtStatus* error(const std::string& msg) {
-  return g_api->fn<FnCreateStatus>(CreateStatus)(ORT_INVALID_ARGUMENT, msg.c_str());
-}
-
-// ---- small accessors --------------------------------------------------------------------
-struct Tensor {
-  const OrtValue* value = nullptr;
-  int type = ELEM_UNDEFINED;
-  std::vector<int64_t> shape;
-  const void* data = nullptr;
-};
-
-OrtStatus* read_tensor(OrtKernelContext* ctx, size_t i, Tensor& t) {
-  OrtStatus* st = g_api->fn<FnKernelContext_GetInput>(KernelContext_GetInput)(ctx, i, &t.value);
-  if (st || !t.value) return st;
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  if ((st = g_api->fn<FnGetTensorTypeAndShape>(GetTensorTypeAndShape)(t.value, &info))) return st;
-  size_t n = 0;
-  if (!(st = g_api->fn<FnGetTensorElementType>(GetTensorElementType)(info, &t.type)) &&
-      !(st = g_api->fn<FnGetDimensionsCount>(GetDimensionsCount)(info, &n))) {
-    t.shape.resize(n);
-    st = g_api->fn<FnGetDimensions>(GetDimensions)(info, t.shape.data(), n);
-  }
-  g_api->fn<FnReleaseTensorTypeAndShapeInfo>(ReleaseTensorTypeAndShapeInfo)(info);
-  if (st) return st;
-  void* p = nullptr;
-  st = g_api->fn<FnGetTensorMutableData>(GetTensorMutableData)(const_cast<OrtValue*>(t.value), &p);
-  t.data = p;
-  return st;
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "(";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + (s.size() == 1 ? ",)" : ")");
-}
-
-OrtStatus* expect(const char* op, const char* port, const Tensor& t, const std::vector<int64_t>& shape) {
-  if (t.shape == shape) return nullptr;
-  return error(std::string(op) + ": input '" + port + "' has shape " + shape_str(t.shape) + ", expected " +
-               shape_str(shape));
-}
-
-OrtStatus* output(OrtKernelContext* ctx, size_t i, const std::vector<int64_t>& shape, float** out) {
-  OrtValue* v = nullptr;
-  OrtStatus* st = g_api->fn<FnKernelContext_GetOutput>(KernelContext_GetOutput)(ctx, i, shape.data(), shape.size(), &v);
-  if (st) return st;
-  void* p = nullptr;
-  st = g_api->fn<FnGetTensorMutableData>(GetTensorMutableData)(v, &p);
-  *out = static_cast<float*>(p);
-  return st;
-}
-
-OrtStatus* attr_int(const OrtKernelInfo* info, const char* name, int64_t* v) {
-  return g_api->fn<FnKernelInfoGetAttribute_int64>(KernelInfoGetAttribute_int64)(info, name, v);
-}
-
-// Optional float attribute: the op set's default when absent.
-float attr_float(const OrtKernelInfo* info, const char* name, float dflt) {
-  float v = dflt;
-  if (OrtStatus* st = g_api->fn<FnKernelInfoGetAttribute_float>(KernelInfoGetAttribute_float)(info, name, &v)) {
-    g_api->fn<FnReleaseStatus>(ReleaseStatus)(st);
-    return dflt;
-  }
-  return v;
-}
-
-OrtStatus* attr_string(const OrtKernelInfo* info, const char* name, std::string* v) {
-  size_t n = 0;
-  auto get = g_api->fn<FnKernelInfoGetAttribute_string>(KernelInfoGetAttribute_string);
-  if (OrtStatus* st = get(info, name, nullptr, &n)) return st;
-  std::vector<char> buf(n + 1, 0);
-  if (OrtStatus* st = get(info, name, buf.data(), &n)) return st;
-  *v = buf.data();
-  return nullptr;
-}
-
-// Intra-op pool of the running kernel.
-struct PoolCtx {
-  OrtKernelContext* ctx;
-};
-
-void parallel_for(void* c, void (*fn)(void*, size_t), size_t n, void* user) {
-  auto* pc = static_cast<PoolCtx*>(c);
-  OrtStatus* st = g_api->fn<FnKernelContext_ParallelFor>(KernelContext_ParallelFor)(pc->ctx, fn, n, 0, user);
-  if (st) {   // no pool available: run inline
-    g_api->fn<FnReleaseStatus>(ReleaseStatus)(st);
-    for (size_t i = 0; i < n; ++i) fn(user, i);
-  }
-}
-
-gek::Engine engine(const Config& cfg, PoolCtx* pc) { return gek::Engine{cfg.isa, cfg.mode, {parallel_for, pc}}; }
 
 // ---- kernels ------------------------------------------------------------------------------
 // MoeMxfp4's optional new_len [batch]: token t = b*S + s (S = T / batch) is real when
@@ -286,15 +184,6 @@ OrtStatus* gemm8_compute(Gemm8Kernel* k, OrtKernelContext* ctx) {
   return nullptr;
 }
 
-template <typename F>
-OrtStatus* guarded(F f) {
-  try {
-    return f();
-  } catch (const std::exception& e) {
-    return error(std::string("gptoss_edge CPU kernel: ") + e.what());
-  }
-}
-
 // ---- op definitions -----------------------------------------------------------------------
 struct Op {
   CustomOp base;     // first member: ONNX Runtime hands back &base
@@ -302,6 +191,7 @@ struct Op {
   std::vector<int> in_types;
   std::vector<int> in_optional;
   Config cfg;
+  size_t n_out = 1;  // float32 outputs, all required
 };
 
 // ORT element type of a port: activations ("T") run in float32 here; a port that may carry
@@ -379,6 +269,10 @@ OrtStatus* create_gemm8(const CustomOp* c, const Api*, const OrtKernelInfo* info
   });
 }
 
+OrtStatus* create_attn(const CustomOp* c, const Api*, const OrtKernelInfo* info, void** kernel) {
+  return guarded([&] { return create_attention(self(c)->cfg, info, kernel); });
+}
+
 OrtStatus* compute_moe(void* k, OrtKernelContext* ctx) {
   return guarded([&] { return moe_compute(static_cast<MoeKernel*>(k), ctx); });
 }
@@ -397,7 +291,7 @@ const char* op_ep(const CustomOp*) { return "CPUExecutionProvider"; }
 int op_in_type(const CustomOp* c, size_t i) { return self(c)->in_types[i]; }
 size_t op_in_count(const CustomOp* c) { return self(c)->in_types.size(); }
 int op_out_type(const CustomOp*, size_t) { return ELEM_FLOAT; }
-size_t op_out_count(const CustomOp*) { return 1; }
+size_t op_out_count(const CustomOp* c) { return self(c)->n_out; }
 int op_in_char(const CustomOp* c, size_t i) { return self(c)->in_optional[i] ? IO_OPTIONAL : IO_REQUIRED; }
 int op_out_char(const CustomOp*, size_t) { return IO_REQUIRED; }
 int op_mem_type(const CustomOp*, size_t) { return 0; }   // OrtMemTypeDefault
@@ -482,7 +376,10 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
     if (OrtStatus* st = g_api->fn<FnCreateCustomOpDomain>(CreateCustomOpDomain)(ops::kDomain, &domain)) return st;
     Op* gemm8 = make_op(ops::gemm8bit::kOpType, ops::gemm8bit::kInputs, cfg, create_gemm8, compute_gemm8,
                         destroy_gemm8);
-    for (Op* op : {moe, gemm, gemm8})
+    Op* attn = make_op(ops::sink_attention::kOpType, ops::sink_attention::kInputs, cfg, create_attn,
+                       compute_attention, destroy_attention);
+    attn->n_out = ops::sink_attention::kNbOutputs;
+    for (Op* op : {moe, gemm, gemm8, attn})
       if (OrtStatus* st = g_api->fn<FnCustomOpDomain_Add>(CustomOpDomain_Add)(domain, &op->base)) return st;
     return g_api->fn<FnAddCustomOpDomain>(AddCustomOpDomain)(so, domain);
   });

@@ -1,0 +1,245 @@
+// SinkAttention for full-attention layers (attention.h). Two phases on the pool:
+//   1. per (row, kv head): present = past where they are different memory, then the new
+//      tokens' RoPE'd keys and values written at their slots (position = slot);
+//   2. per (row, kv head, chunk of queries): for each query, the scores of its group's query
+//      heads against keys 0 .. position (each key row read once for the whole group: the
+//      heads are the vector lanes), the softmax with the sink in the denominator, and the
+//      weighted sum of the value rows.
+// The loops are plain C++ compiled once per x86 level (target_clones: AVX-512, AVX2+FMA,
+// baseline) and picked when the library loads. Vector lanes are heads or head dims, never a
+// reordered sum; the levels with FMA contract a*b+c (one rounding instead of two).
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace gek {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GEK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GEK_CLONES
+#endif
+#define GEK_INLINE inline __attribute__((always_inline))
+
+constexpr int64_t kQueryChunk = 16;   // queries per task in a prefill
+
+// x [D] rotated at one position: half split, x1 = x[:D/2], x2 = x[D/2:].
+GEK_INLINE void rope(const float* x, const float* cos, const float* sin, int64_t half, float* out) {
+  for (int64_t i = 0; i < half; ++i) {
+    out[i] = x[i] * cos[i] - x[i + half] * sin[i];
+    out[i + half] = x[i + half] * cos[i] + x[i] * sin[i];
+  }
+}
+
+struct Task {
+  const AttnShape* s;
+  const AttnArgs* a;
+};
+
+// Phase 1 for row b, kv head g.
+GEK_CLONES void write_new(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g) {
+  const int64_t D = s.head_dim, C = a.capacity, Hkv = s.kv_heads;
+  const size_t cache = size_t((b * Hkv + g) * C * D);
+  float* pk = a.present_key + cache;
+  float* pv = a.present_value + cache;
+  if (pk != a.past_key + cache) std::memcpy(pk, a.past_key + cache, size_t(C * D) * sizeof(float));
+  if (pv != a.past_value + cache) std::memcpy(pv, a.past_value + cache, size_t(C * D) * sizeof(float));
+  const int64_t p0 = a.past_len[b], n = a.new_len[b];
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t p = p0 + t;
+    const size_t src = size_t((b * a.seq + t) * Hkv * D + g * D);
+    rope(a.key + src, a.rope_cos + p * (D / 2), a.rope_sin + p * (D / 2), D / 2, pk + p * D);
+    std::memcpy(pv + p * D, a.value + src, size_t(D) * sizeof(float));
+  }
+}
+
+// Eight float lanes (GCC/Clang vector extensions: one AVX register, two SSE registers, or
+// NEON pairs, whatever the clone's target is).
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+GEK_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+GEK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+typedef float v16f __attribute__((vector_size(64)));
+GEK_INLINE v16f load16(const float* p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+GEK_INLINE void store16(float* p, v16f v) { std::memcpy(p, &v, sizeof v); }
+
+// e^x for x <= 0 (softmax arguments): x = n ln2 + r with n the nearest integer (the 1.5 * 2^23
+// rounding trick), e^r by the Cephes polynomial (relative error ~2e-7), 2^n through the
+// exponent bits. x < -87 gives e^-87 = 1.6e-38, negligible next to the maximum's e^0 = 1 that
+// every softmax sum holds.
+GEK_INLINE v8f exp_neg8(v8f x) {
+  x = x < -87.f ? v8f{} - 87.f : x;
+  const v8f t = x * 1.44269504f + 12582912.f;
+  const v8f n = t - 12582912.f;
+  const v8f r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  v8f p = v8f{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const v8i two_n = (reinterpret_cast<const v8i&>(t) - 0x4B400000 + 127) << 23;
+  return (p * r * r + r + 1.f) * reinterpret_cast<const v8f&>(two_n);
+}
+
+// Phase 2 for row b, kv head g, queries [t0, t1) of the row's new tokens. The group's G query
+// heads are the vector lanes of the scores (NV vectors of 8; padded lanes hold zeros), so each
+// key row is read once for all of them; head dims are the lanes of the value sums (DV vectors of
+// 8 kept in registers when DV > 0, the usual head sizes; DV = 0: any even size, from memory).
+// Scores sum the D products in 8 interleaved partial sums (2 keys x 4), a fixed order.
+template <int NV, int DV>
+GEK_INLINE void attend_nv(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1) {
+  constexpr int64_t GP = 8 * NV;
+  const int64_t D = DV ? 8 * DV : s.head_dim, H = s.heads, Hkv = s.kv_heads, G = H / Hkv, C = a.capacity;
+  const size_t cache = size_t((b * Hkv + g) * C * D);
+  const float* K = a.present_key + cache;
+  const float* V = a.present_value + cache;
+  const int64_t p0 = a.past_len[b];
+  std::vector<float> rq(static_cast<size_t>(D)), qt(size_t(D * GP)), acc(size_t(G * D)), w(size_t((p0 + t1 + 1) * GP));
+  float sink[GP] = {}, zs[GP];
+  for (int64_t h = 0; h < G; ++h) sink[h] = a.sinks[g * G + h];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t p = p0 + t, L = p + 1;    // keys at slots 0 .. p
+    for (int64_t h = 0; h < G; ++h) {       // qt [D, GP]: the group's rotated, scaled queries
+      rope(a.query + size_t((b * a.seq + t) * H * D + (g * G + h) * D), a.rope_cos + p * (D / 2),
+           a.rope_sin + p * (D / 2), D / 2, rq.data());
+      for (int64_t d = 0; d < D; ++d) qt[size_t(d * GP + h)] = rq[size_t(d)] * s.scale;
+    }
+    v8f m[NV], z[NV];
+    for (int v = 0; v < NV; ++v) m[v] = load8(sink + 8 * v);
+    for (int64_t k = 0; k < L; k += 2) {    // w [L, GP]: scores, two keys per pass
+      const float* k0 = K + k * D;
+      const float* k1 = k + 1 < L ? k0 + D : k0;   // an odd tail recomputes key k, unstored
+      for (int v = 0; v < NV; ++v) {
+        v8f x0[2] = {}, x1[2] = {}, y0[2] = {}, y1[2] = {};
+        for (int64_t d = 0; d < D; d += 4)
+          for (int j = 0; j < 2; ++j) {
+            const v8f q0 = load8(&qt[size_t((d + 2 * j) * GP + 8 * v)]);
+            const v8f q1 = load8(&qt[size_t((d + 2 * j + 1) * GP + 8 * v)]);
+            x0[j] += k0[d + 2 * j] * q0;
+            x1[j] += k0[d + 2 * j + 1] * q1;
+            y0[j] += k1[d + 2 * j] * q0;
+            y1[j] += k1[d + 2 * j + 1] * q1;
+          }
+        const v8f s0 = (x0[0] + x1[0]) + (x0[1] + x1[1]), s1 = (y0[0] + y1[0]) + (y0[1] + y1[1]);
+        store8(&w[size_t(k * GP + 8 * v)], s0);
+        m[v] = s0 > m[v] ? s0 : m[v];
+        if (k + 1 < L) {
+          store8(&w[size_t((k + 1) * GP + 8 * v)], s1);
+          m[v] = s1 > m[v] ? s1 : m[v];
+        }
+      }
+    }
+    for (int v = 0; v < NV; ++v) z[v] = exp_neg8(load8(sink + 8 * v) - m[v]);   // the sink's share
+    for (int64_t k = 0; k < L; ++k)
+      for (int v = 0; v < NV; ++v) {
+        const v8f e = exp_neg8(load8(&w[size_t(k * GP + 8 * v)]) - m[v]);
+        store8(&w[size_t(k * GP + 8 * v)], e);
+        z[v] += e;
+      }
+    for (int v = 0; v < NV; ++v) store8(zs + 8 * v, z[v]);
+    float* o = a.out + size_t((b * a.seq + t) * H * D + g * G * D);
+    if constexpr (DV > 0) {
+      // o[h] = sum_k w[k, h] V[k] / z[h], two heads per pass over the value rows (L1/L2)
+      constexpr int DW = DV / 2;            // 16-float vectors per head
+      for (int64_t h = 0; h < G; h += 2) {
+        const int64_t h1 = h + 1 < G ? h + 1 : h;
+        v16f a0[DW] = {}, a1[DW] = {};
+        for (int64_t k = 0; k < L; ++k) {
+          const float w0 = w[size_t(k * GP + h)], w1 = w[size_t(k * GP + h1)];
+          for (int j = 0; j < DW; ++j) {
+            const v16f vk = load16(V + k * D + 16 * j);
+            a0[j] += w0 * vk;
+            a1[j] += w1 * vk;
+          }
+        }
+        for (int j = 0; j < DW; ++j) {
+          store16(o + h * D + 16 * j, a0[j] / zs[h]);
+          store16(o + h1 * D + 16 * j, a1[j] / zs[h1]);
+        }
+      }
+    } else {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t k = 0; k < L; ++k)
+        for (int64_t h = 0; h < G; ++h) {
+          const float wk = w[size_t(k * GP + h)];
+          for (int64_t d = 0; d < D; ++d) acc[size_t(h * D + d)] += wk * V[k * D + d];
+        }
+      for (int64_t h = 0; h < G; ++h)
+        for (int64_t d = 0; d < D; ++d) o[h * D + d] = acc[size_t(h * D + d)] / zs[h];
+    }
+  }
+}
+
+template <int NV>
+GEK_INLINE void attend_d(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1) {
+  if (s.head_dim == 64) return attend_nv<NV, 8>(s, a, b, g, t0, t1);
+  if (s.head_dim == 32) return attend_nv<NV, 4>(s, a, b, g, t0, t1);
+  if (s.head_dim % 4 == 0) return attend_nv<NV, 0>(s, a, b, g, t0, t1);
+}
+
+GEK_CLONES void attend(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1) {
+  const int64_t G = s.heads / s.kv_heads;   // <= 64 (checked at kernel creation)
+  if (G <= 8) return attend_d<1>(s, a, b, g, t0, t1);
+  if (G <= 16) return attend_d<2>(s, a, b, g, t0, t1);
+  return attend_d<8>(s, a, b, g, t0, t1);
+}
+
+}  // namespace
+
+std::string check_attention_lengths(const AttnArgs& a) {
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t p0 = a.past_len[b], n = a.new_len[b];
+    const std::string row = "SinkAttention: row " + std::to_string(b) + " has past_len=" + std::to_string(p0) +
+                            ", new_len=" + std::to_string(n);
+    if (p0 < 0 || n < 0 || n > a.seq) return row + " with seq=" + std::to_string(a.seq);
+    if (n && p0 + n > a.capacity) return row + ": needs " + std::to_string(p0 + n) + " cache slots, the cache has " +
+                                         std::to_string(a.capacity);
+    if (n && p0 + n > a.positions) return row + ": reaches position " + std::to_string(p0 + n - 1) +
+                                          ", the RoPE tables hold " + std::to_string(a.positions);
+  }
+  return "";
+}
+
+void sink_attention(const Engine& eng, const AttnShape& s, const AttnArgs& a) {
+  const int64_t B = a.batch, Hkv = s.kv_heads, D = s.head_dim, H = s.heads;
+  std::memset(a.out, 0, size_t(B * a.seq * H * D) * sizeof(float));     // padded queries: zeros
+  Task task{&s, &a};
+  if (B * Hkv == 0) return;
+  eng.pool.parallel_for(eng.pool.ctx, [](void* u, size_t i) {
+    const Task& t = *static_cast<Task*>(u);
+    write_new(*t.s, *t.a, int64_t(i) / t.s->kv_heads, int64_t(i) % t.s->kv_heads);
+  }, size_t(B * Hkv), &task);
+  // (row, kv head, query chunk) items; rows without new tokens have none.
+  struct Items {
+    Task t;
+    std::vector<int64_t> b, g, t0;
+  } items{task, {}, {}, {}};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < Hkv; ++g)
+      for (int64_t t0 = 0; t0 < a.new_len[b]; t0 += kQueryChunk) {
+        items.b.push_back(b);
+        items.g.push_back(g);
+        items.t0.push_back(t0);
+      }
+  if (items.b.empty()) return;
+  eng.pool.parallel_for(eng.pool.ctx, [](void* u, size_t i) {
+    const Items& it = *static_cast<Items*>(u);
+    const int64_t b = it.b[i], t0 = it.t0[i];
+    attend(*it.t.s, *it.t.a, b, it.g[i], t0, std::min<int64_t>(t0 + kQueryChunk, it.t.a->new_len[b]));
+  }, items.b.size(), &items);
+}
+
+}  // namespace gek
