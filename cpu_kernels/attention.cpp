@@ -18,7 +18,7 @@
 namespace gek {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(GEK_NO_CLONES)   // tests build one level each
 #define GEK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define GEK_CLONES

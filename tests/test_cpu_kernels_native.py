@@ -1,5 +1,6 @@
 """Our CPU kernels without ONNX Runtime: tests/native/kernel_check.cpp checks every kernel of
-every ISA table against a float64 reference with the bounds of tests/test_cpu_kernels*.py.
+every ISA table, and SinkAttention, against a float64 reference with the bounds of
+tests/test_cpu_kernels*.py.
 Built for this machine (the x86 paths it has), and cross-built for aarch64 and run under
 qemu-user: the NEON / dot-product kernels a Jetson or Graviton runs, and the dispatch that falls
 back to the portable kernels on a core without the dot-product instructions. qemu checks
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "cpu_kernels"
 CHECK = ROOT / "tests" / "native" / "kernel_check.cpp"
-ISA_SOURCES = [KERNELS / n for n in ("common.cpp", "isa_avx2.cpp", "isa_avx512.cpp", "isa_neon.cpp")]
+ISA_SOURCES = [KERNELS / n for n in ("common.cpp", "isa_avx2.cpp", "isa_avx512.cpp", "isa_neon.cpp", "attention.cpp")]
 CROSS = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64"
 
@@ -37,6 +38,18 @@ def test_every_isa_this_cpu_has_passes_the_native_check(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.rstrip().endswith("0 failed")
     assert "portable own quantizers give the portable bits" in " ".join(r.stdout.split())
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86 levels")
+@pytest.mark.parametrize("level", ["x86-64-v3", "x86-64"])
+def test_attention_passes_at_the_x86_levels_this_cpu_does_not_select(tmp_path, level):
+    # The library compiles attention once per level (target_clones) and the CPU picks one; each
+    # level is built alone here (same source, that target) so AVX2 and baseline run too.
+    exe = build(os.environ.get("CXX", "g++"), tmp_path / "kernel_check", "-DGEK_NO_CLONES", f"-march={level}")
+    r = run(exe, "portable")
+    assert r.returncode == 0, r.stdout + r.stderr
+    attn = [line for line in r.stdout.splitlines() if line.startswith("attn ")]
+    assert len(attn) == 6 and all(" ok (" in line for line in attn)
 
 
 def test_native_check_refuses_an_isa_the_cpu_lacks(tmp_path):
@@ -61,6 +74,8 @@ def test_neon_kernels_pass_under_qemu_on_a_dot_product_core(aarch64_check):
     assert r.stdout.startswith("auto selects: neon")
     neon = [line for line in r.stdout.splitlines() if line.startswith("neon ")]
     assert len(neon) == 31 and all(" ok (" in line for line in neon)   # 5 shapes x 6 checks + quantizers
+    attn = [line for line in r.stdout.splitlines() if line.startswith("attn ")]
+    assert len(attn) == 6 and all(" ok (" in line for line in attn)  # vector extensions on NEON
 
 
 @cross_tools

@@ -1,7 +1,7 @@
-// Every kernel of every ISA table this CPU runs, against a float64 reference with the error
-// bounds the Python tests state (tests/test_cpu_kernels*.py), without ONNX Runtime: so the same
-// check runs on a machine (or an emulator) that has no Python or ORT build, e.g. the aarch64
-// NEON path under qemu-aarch64 (tests/test_cpu_kernels_native.py).
+// Every kernel of every ISA table this CPU runs, and the SinkAttention kernel, against a float64
+// reference with the error bounds the Python tests state (tests/test_cpu_kernels*.py), without
+// ONNX Runtime: so the same check runs on a machine (or an emulator) that has no Python or ORT
+// build, e.g. the aarch64 NEON path under qemu-aarch64 (tests/test_cpu_kernels_native.py).
 //
 // Usage: kernel_check [isa ...]   (default: every ISA select_isa finds, portable included)
 // Prints one line per ISA and check; exit status 1 when any check fails, 2 on a named ISA the
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "attention.h"
 #include "kernels.h"
 
 using namespace gek;
@@ -235,6 +236,123 @@ bool quantizers_match(const Isa& isa) {
   return ok;
 }
 
+// ---- SinkAttention (full layers) ---------------------------------------------------------
+void serial(void*, void (*fn)(void*, size_t), size_t n, void* user) {
+  for (size_t i = 0; i < n; ++i) fn(user, i);
+}
+
+// Two rows: row 0 brings `n0` tokens after `p0` cached ones, row 1 one token after 37 (decode),
+// then the output and the new cache slots against float64.
+double run_attention(int64_t H, int64_t Hkv, int64_t D, int64_t p0, int64_t n0) {
+  const int64_t B = 2, S = n0 > 1 ? n0 : 1, C = 96, P = 128, G = H / Hkv;
+  std::normal_distribution<float> nd;
+  auto vec = [&](int64_t n, float sd) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = nd(rng) * sd;
+    return v;
+  };
+  const std::vector<float> q = vec(B * S * H * D, 1.f), k = vec(B * S * Hkv * D, 1.f), v = vec(B * S * Hkv * D, 1.f),
+                           sinks = vec(H, 1.f), cs = vec(P * D / 2, 0.8f), sn = vec(P * D / 2, 0.8f);
+  std::vector<float> past_k = vec(B * Hkv * C * D, 1.f), past_v = vec(B * Hkv * C * D, 1.f);
+  std::vector<float> pk = past_k, pv = past_v, out(size_t(B * S * H * D), NAN);   // present: in place
+  const int32_t past_len[2] = {int32_t(p0), 37}, new_len[2] = {int32_t(n0), 1};
+  const AttnArgs a{B, S, C, P, q.data(), k.data(), v.data(), sinks.data(), cs.data(), sn.data(), pk.data(), pv.data(),
+                   past_len, new_len, out.data(), pk.data(), pv.data()};
+  const float scale = 1.f / std::sqrt(float(D));
+  if (!check_attention_lengths(a).empty()) return INFINITY;
+  sink_attention(Engine{&isa_portable(), ActMode::F32, Pool{serial, nullptr}}, AttnShape{H, Hkv, D, scale}, a);
+  auto rot = [&](const float* x, int64_t p, double* o) {   // RoPE in float64
+    for (int64_t i = 0; i < D / 2; ++i) {
+      const double c = cs[size_t(p * D / 2 + i)], s = sn[size_t(p * D / 2 + i)];
+      o[i] = x[i] * c - x[i + D / 2] * s;
+      o[i + D / 2] = x[i + D / 2] * c + x[i] * s;
+    }
+  };
+  double worst = 0;
+  std::vector<double> kr(static_cast<size_t>(D)), qr(static_cast<size_t>(D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < S; ++t) {
+      const int64_t p = past_len[b] + t;
+      for (int64_t h = 0; h < H; ++h) {
+        const float* o = &out[size_t((b * S + t) * H * D + h * D)];
+        if (t >= new_len[b]) {                  // padded query: zeros
+          for (int64_t d = 0; d < D; ++d)
+            if (o[d] != 0.f) return INFINITY;
+          continue;
+        }
+        const int64_t g = h / G;
+        rot(&q[size_t((b * S + t) * H * D + h * D)], p, qr.data());
+        std::vector<double> sc(size_t(p + 1)), err(size_t(p + 1));
+        for (int64_t kp = 0; kp <= p; ++kp) {   // keys: cached, or this step's (RoPE'd here)
+          const bool fresh = kp >= past_len[b];
+          const float* kx = fresh ? &k[size_t((b * S + kp - past_len[b]) * Hkv * D + g * D)]
+                                  : &past_k[size_t(((b * Hkv + g) * C + kp) * D)];
+          if (fresh) rot(kx, kp, kr.data());
+          double dot = 0, mag = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const double kv = fresh ? kr[size_t(d)] : kx[d];
+            dot += qr[size_t(d)] * kv;
+            mag += std::fabs(qr[size_t(d)] * kv);
+          }
+          sc[size_t(kp)] = dot * scale;
+          // the kernel's score: RoPE of q and k in float (2 roundings each, relative), the scale,
+          // D products in 8 partial sums: (D + 8) u of the magnitude
+          err[size_t(kp)] = (double(D) + 8) * U * mag * scale;
+        }
+        double m = sinks[size_t(h)];
+        for (double x : sc) m = std::max(m, x);
+        double z = std::exp(sinks[size_t(h)] - m), es = 0;
+        for (size_t i = 0; i < sc.size(); ++i) {
+          z += std::exp(sc[i] - m);
+          es = std::max(es, err[i]);
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          double ref = 0, vmax = 0;
+          for (int64_t kp = 0; kp <= p; ++kp) {
+            const bool fresh = kp >= past_len[b];
+            const double vv = fresh ? v[size_t((b * S + kp - past_len[b]) * Hkv * D + g * D + d)]
+                                    : past_v[size_t(((b * Hkv + g) * C + kp) * D + d)];
+            ref += std::exp(sc[size_t(kp)] - m) / z * vv;
+            vmax = std::max(vmax, std::fabs(vv));
+          }
+          // Softmax weights off by at most 2 es (scores) + 1e-6 (the exp's 2e-7 and the sums'
+          // L u, L <= 96); the output is a convex combination of the values.
+          const double bound = (2 * es + 1e-6 + 2 * double(p + 2) * U) * vmax + 1e-30;
+          worst = std::max(worst, std::fabs(o[d] - ref) / bound);
+        }
+      }
+    }
+  for (int64_t b = 0; b < B; ++b)            // the new slots: RoPE'd keys, values as given
+    for (int64_t t = 0; t < new_len[b]; ++t)
+      for (int64_t g = 0; g < Hkv; ++g) {
+        const int64_t p = past_len[b] + t;
+        rot(&k[size_t((b * S + t) * Hkv * D + g * D)], p, kr.data());
+        for (int64_t d = 0; d < D; ++d) {
+          const size_t at = size_t(((b * Hkv + g) * C + p) * D + d);
+          if (std::fabs(pk[at] - kr[size_t(d)]) > 4 * U * (std::fabs(kr[size_t(d)]) + 1) ||
+              pv[at] != v[size_t((b * S + t) * Hkv * D + g * D + d)])
+            return INFINITY;
+        }
+      }
+  return worst;
+}
+
+void check_attention(Failures& f) {
+  struct A {
+    int64_t H, Hkv, D, p0, n0;
+  };
+  // gpt-oss groups (8 query heads per kv head, D 64), the tiny model's (2, D 32), odd and wide
+  // groups (3; 12: two vectors of lanes), a head size with neither register path (20); prefill
+  // chunks after a cache and from empty, decode.
+  const A cases[] = {{16, 2, 64, 40, 19}, {16, 2, 64, 0, 1}, {4, 2, 32, 10, 7}, {6, 2, 16, 5, 4},
+                     {24, 2, 32, 3, 17}, {4, 1, 20, 9, 2}};
+  for (const A& c : cases) {
+    const double r = run_attention(c.H, c.Hkv, c.D, c.p0, c.n0);
+    f.check(r <= 1.0, "attn", "heads " + std::to_string(c.H) + "/" + std::to_string(c.Hkv) + " D=" +
+            std::to_string(c.D) + " past " + std::to_string(c.p0) + " new " + std::to_string(c.n0), r);
+  }
+}
+
 void check_isa(const Isa& isa, Failures& f) {
   for (const Case& c : kCases) {
     const std::string shape = "K=" + std::to_string(c.nb * 32) + " tokens=" + std::to_string(c.tokens);
@@ -261,6 +379,7 @@ int main(int argc, char** argv) {
       if (select_isa(n)) names.emplace_back(n);
   std::printf("auto selects: %s\n", select_isa("auto")->name);
   Failures f;
+  check_attention(f);
   for (const std::string& n : names) {
     const Isa* isa = select_isa(n.c_str());
     if (!isa) {
