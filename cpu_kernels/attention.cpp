@@ -57,23 +57,21 @@ GEK_CLONES void write_new(const AttnShape& s, const AttnArgs& a, int64_t b, int6
   }
 }
 
-// Eight float lanes (GCC/Clang vector extensions: one AVX register, two SSE registers, or
-// NEON pairs, whatever the clone's target is).
+// 8 and 16 float lanes (GCC/Clang vector extensions: whatever registers the clone's target
+// has - AVX-512, AVX, SSE pairs, NEON), loaded and stored unaligned.
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-GEK_INLINE v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-GEK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 typedef float v16f __attribute__((vector_size(64)));
-GEK_INLINE v16f load16(const float* p) {
-  v16f v;
+template <class V>
+GEK_INLINE V load(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-GEK_INLINE void store16(float* p, v16f v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+GEK_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+GEK_INLINE v8f load8(const float* p) { return load<v8f>(p); }
+GEK_INLINE void store8(float* p, v8f v) { store(p, v); }
 
 // e^x for x <= 0 (softmax arguments): x = n ln2 + r with n the nearest integer (the 1.5 * 2^23
 // rounding trick), e^r by the Cephes polynomial (relative error ~2e-7), 2^n through the
@@ -160,14 +158,14 @@ GEK_INLINE void attend_nv(const AttnShape& s, const AttnArgs& a, int64_t b, int6
         for (int64_t k = 0; k < L; ++k) {
           const float w0 = w[size_t(k * GP + h)], w1 = w[size_t(k * GP + h1)];
           for (int j = 0; j < DW; ++j) {
-            const v16f vk = load16(V + k * D + 16 * j);
+            const v16f vk = load<v16f>(V + k * D + 16 * j);
             a0[j] += w0 * vk;
             a1[j] += w1 * vk;
           }
         }
         for (int j = 0; j < DW; ++j) {
-          store16(o + h * D + 16 * j, a0[j] / zs[h]);
-          store16(o + h1 * D + 16 * j, a1[j] / zs[h1]);
+          store(o + h * D + 16 * j, a0[j] / zs[h]);
+          store(o + h1 * D + 16 * j, a1[j] / zs[h1]);
         }
       }
     } else {
