@@ -60,7 +60,6 @@ GEK_CLONES void write_new(const AttnShape& s, const AttnArgs& a, int64_t b, int6
 // 8 and 16 float lanes (GCC/Clang vector extensions: whatever registers the clone's target
 // has - AVX-512, AVX, SSE pairs, NEON), loaded and stored unaligned.
 typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
 typedef float v16f __attribute__((vector_size(64)));
 template <class V>
 GEK_INLINE V load(const float* p) {
@@ -70,129 +69,149 @@ GEK_INLINE V load(const float* p) {
 }
 template <class V>
 GEK_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
-GEK_INLINE v8f load8(const float* p) { return load<v8f>(p); }
-GEK_INLINE void store8(float* p, v8f v) { store(p, v); }
 
 // e^x for x <= 0 (softmax arguments): x = n ln2 + r with n the nearest integer (the 1.5 * 2^23
 // rounding trick), e^r by the Cephes polynomial (relative error ~2e-7), 2^n through the
 // exponent bits. x < -87 gives e^-87 = 1.6e-38, negligible next to the maximum's e^0 = 1 that
 // every softmax sum holds.
-GEK_INLINE v8f exp_neg8(v8f x) {
-  x = x < -87.f ? v8f{} - 87.f : x;
-  const v8f t = x * 1.44269504f + 12582912.f;
-  const v8f n = t - 12582912.f;
-  const v8f r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  v8f p = v8f{} + 1.9875691500e-4f;
+template <class VEC>
+GEK_INLINE VEC exp_neg(VEC x) {
+  using VI = decltype(x < x);                // the matching int32 lanes
+  x = x < -87.f ? VEC{} - 87.f : x;
+  const VEC t = x * 1.44269504f + 12582912.f;
+  const VEC n = t - 12582912.f;
+  const VEC r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  VEC p = VEC{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const v8i two_n = (reinterpret_cast<const v8i&>(t) - 0x4B400000 + 127) << 23;
-  return (p * r * r + r + 1.f) * reinterpret_cast<const v8f&>(two_n);
+  const VI two_n = (reinterpret_cast<const VI&>(t) - 0x4B400000 + 127) << 23;
+  return (p * r * r + r + 1.f) * reinterpret_cast<const VEC&>(two_n);
 }
 
-// Phase 2 for row b, kv head g, queries [t0, t1) of the row's new tokens. The group's G query
-// heads are the vector lanes of the scores (NV vectors of 8; padded lanes hold zeros), so each
-// key row is read once for all of them; head dims are the lanes of the value sums (DV vectors of
-// 8 kept in registers when DV > 0, the usual head sizes; DV = 0: any even size, from memory).
-// Scores sum the D products in 8 interleaved partial sums (2 keys x 4), a fixed order.
-template <int NV, int DV>
-GEK_INLINE void attend_nv(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1) {
-  constexpr int64_t GP = 8 * NV;
+// Phase 2 for row b, kv head g, queries t .. t+TQ-1 of the row's new tokens. Lanes are
+// (query, head) rows r = qi * G + h of the tile (NV vectors of type VEC, 8 or 16 floats; padded
+// lanes hold zeros), so each key row is read once for all of them; head dims are the lanes of
+// the value sums (DV vectors of 8 kept in registers when DV > 0, the usual head sizes; DV = 0:
+// any size that is a multiple of 4, from memory). A row's sums run in the same order whatever
+// the tile: scores over the D products in 8 interleaved partial sums (2 keys x 4); keys after a
+// query's own position (the tile's later ones) get exactly zero weight.
+template <class VEC, int NV, int DV, int TQ>
+GEK_INLINE void attend_tile(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t, float* w) {
+  constexpr int W = int(sizeof(VEC) / sizeof(float));
+  constexpr int64_t GP = W * NV;
   const int64_t D = DV ? 8 * DV : s.head_dim, H = s.heads, Hkv = s.kv_heads, G = H / Hkv, C = a.capacity;
+  const int64_t R = TQ * G;                 // rows: TQ queries x G heads <= GP
   const size_t cache = size_t((b * Hkv + g) * C * D);
   const float* K = a.present_key + cache;
   const float* V = a.present_value + cache;
-  const int64_t p0 = a.past_len[b];
-  std::vector<float> rq(static_cast<size_t>(D)), qt(size_t(D * GP)), acc(size_t(G * D)), w(size_t((p0 + t1 + 1) * GP));
-  float sink[GP] = {}, zs[GP];
-  for (int64_t h = 0; h < G; ++h) sink[h] = a.sinks[g * G + h];
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t p = p0 + t, L = p + 1;    // keys at slots 0 .. p
-    for (int64_t h = 0; h < G; ++h) {       // qt [D, GP]: the group's rotated, scaled queries
-      rope(a.query + size_t((b * a.seq + t) * H * D + (g * G + h) * D), a.rope_cos + p * (D / 2),
-           a.rope_sin + p * (D / 2), D / 2, rq.data());
-      for (int64_t d = 0; d < D; ++d) qt[size_t(d * GP + h)] = rq[size_t(d)] * s.scale;
-    }
-    v8f m[NV], z[NV];
-    for (int v = 0; v < NV; ++v) m[v] = load8(sink + 8 * v);
-    for (int64_t k = 0; k < L; k += 2) {    // w [L, GP]: scores, two keys per pass
-      const float* k0 = K + k * D;
-      const float* k1 = k + 1 < L ? k0 + D : k0;   // an odd tail recomputes key k, unstored
-      for (int v = 0; v < NV; ++v) {
-        v8f x0[2] = {}, x1[2] = {}, y0[2] = {}, y1[2] = {};
-        for (int64_t d = 0; d < D; d += 4)
-          for (int j = 0; j < 2; ++j) {
-            const v8f q0 = load8(&qt[size_t((d + 2 * j) * GP + 8 * v)]);
-            const v8f q1 = load8(&qt[size_t((d + 2 * j + 1) * GP + 8 * v)]);
-            x0[j] += k0[d + 2 * j] * q0;
-            x1[j] += k0[d + 2 * j + 1] * q1;
-            y0[j] += k1[d + 2 * j] * q0;
-            y1[j] += k1[d + 2 * j + 1] * q1;
-          }
-        const v8f s0 = (x0[0] + x1[0]) + (x0[1] + x1[1]), s1 = (y0[0] + y1[0]) + (y0[1] + y1[1]);
-        store8(&w[size_t(k * GP + 8 * v)], s0);
-        m[v] = s0 > m[v] ? s0 : m[v];
-        if (k + 1 < L) {
-          store8(&w[size_t((k + 1) * GP + 8 * v)], s1);
-          m[v] = s1 > m[v] ? s1 : m[v];
+  const int64_t p = a.past_len[b] + t;      // the tile's first position
+  const int64_t Lv = p + 1, L = p + TQ;     // keys all rows see; keys of the last row
+  float qt[64 * GP];                        // [D, GP] rotated, scaled queries (D <= 64 when DV > 0)
+  std::vector<float> qheap(DV ? 0 : size_t(D * GP));
+  float* q = DV ? qt : qheap.data();
+  float rq[kMaxHeadDim], sink[GP] = {}, zs[GP], visible[TQ > 1 ? TQ - 1 : 1][GP];
+  std::fill(q, q + D * GP, 0.f);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t qi = r / G, h = r % G, pq = p + qi;
+    rope(a.query + size_t((b * a.seq + t + qi) * H * D + (g * G + h) * D), a.rope_cos + pq * (D / 2),
+         a.rope_sin + pq * (D / 2), D / 2, rq);
+    for (int64_t d = 0; d < D; ++d) q[d * GP + r] = rq[d] * s.scale;
+    sink[r] = a.sinks[g * G + h];
+  }
+  for (int j = 0; j + 1 < TQ; ++j)          // key Lv + j: seen by the rows of queries > j
+    for (int64_t r = 0; r < GP; ++r) visible[j][r] = r / G > j ? 1.f : 0.f;
+  VEC m[NV], z[NV];
+  for (int v = 0; v < NV; ++v) m[v] = load<VEC>(sink + W * v);
+  for (int64_t k = 0; k < L; k += 2) {      // w [L, GP]: scores, two keys per pass
+    const float* k0 = K + k * D;
+    const float* k1 = k + 1 < L ? k0 + D : k0;   // an odd tail recomputes key k, unstored
+    for (int v = 0; v < NV; ++v) {
+      VEC x0[2] = {}, x1[2] = {}, y0[2] = {}, y1[2] = {};
+      for (int64_t d = 0; d < D; d += 4)
+        for (int j = 0; j < 2; ++j) {
+          const VEC q0 = load<VEC>(&q[(d + 2 * j) * GP + W * v]);
+          const VEC q1 = load<VEC>(&q[(d + 2 * j + 1) * GP + W * v]);
+          x0[j] += k0[d + 2 * j] * q0;
+          x1[j] += k0[d + 2 * j + 1] * q1;
+          y0[j] += k1[d + 2 * j] * q0;
+          y1[j] += k1[d + 2 * j + 1] * q1;
         }
-      }
+      const VEC s0 = (x0[0] + x1[0]) + (x0[1] + x1[1]), s1 = (y0[0] + y1[0]) + (y0[1] + y1[1]);
+      store(&w[k * GP + W * v], s0);
+      if (k < Lv) m[v] = s0 > m[v] ? s0 : m[v];
+      if (k + 1 < L) store(&w[(k + 1) * GP + W * v], s1);
+      if (k + 1 < Lv) m[v] = s1 > m[v] ? s1 : m[v];
     }
-    for (int v = 0; v < NV; ++v) z[v] = exp_neg8(load8(sink + 8 * v) - m[v]);   // the sink's share
-    for (int64_t k = 0; k < L; ++k)
-      for (int v = 0; v < NV; ++v) {
-        const v8f e = exp_neg8(load8(&w[size_t(k * GP + 8 * v)]) - m[v]);
-        store8(&w[size_t(k * GP + 8 * v)], e);
-        z[v] += e;
-      }
-    for (int v = 0; v < NV; ++v) store8(zs + 8 * v, z[v]);
-    float* o = a.out + size_t((b * a.seq + t) * H * D + g * G * D);
-    if constexpr (DV > 0) {
-      // o[h] = sum_k w[k, h] V[k] / z[h], two heads per pass over the value rows (L1/L2)
-      constexpr int DW = DV / 2;            // 16-float vectors per head
-      for (int64_t h = 0; h < G; h += 2) {
-        const int64_t h1 = h + 1 < G ? h + 1 : h;
-        v16f a0[DW] = {}, a1[DW] = {};
-        for (int64_t k = 0; k < L; ++k) {
-          const float w0 = w[size_t(k * GP + h)], w1 = w[size_t(k * GP + h1)];
-          for (int j = 0; j < DW; ++j) {
-            const v16f vk = load<v16f>(V + k * D + 16 * j);
-            a0[j] += w0 * vk;
-            a1[j] += w1 * vk;
-          }
-        }
+  }
+  for (int64_t k = Lv; k < L; ++k)          // the tile's later keys: into the max where seen
+    for (int v = 0; v < NV; ++v) {
+      const VEC seen = load<VEC>(&visible[k - Lv][W * v]), sc = load<VEC>(&w[k * GP + W * v]);
+      m[v] = ((seen > 0.f) & (sc > m[v])) ? sc : m[v];
+    }
+  for (int v = 0; v < NV; ++v) z[v] = exp_neg(load<VEC>(sink + W * v) - m[v]);   // the sink's share
+  for (int64_t k = 0; k < L; ++k)
+    for (int v = 0; v < NV; ++v) {
+      VEC e = exp_neg(load<VEC>(&w[k * GP + W * v]) - m[v]);
+      if (k >= Lv) e *= load<VEC>(&visible[k - Lv][W * v]);   // exactly 0 where not seen
+      store(&w[k * GP + W * v], e);
+      z[v] += e;
+    }
+  for (int v = 0; v < NV; ++v) store(zs + W * v, z[v]);
+  auto out_row = [&](int64_t r) { return a.out + size_t((b * a.seq + t + r / G) * H * D + (g * G + r % G) * D); };
+  if constexpr (DV > 0) {
+    constexpr int DW = DV / 2;              // 16-float vectors per row
+    for (int64_t r = 0; r < R; r += 2) {    // o[r] = sum_k w[k, r] V[k] / z[r], two rows per pass
+      const int64_t r1 = r + 1 < R ? r + 1 : r;
+      v16f a0[DW] = {}, a1[DW] = {};
+      for (int64_t k = 0; k < L; ++k) {
+        const float w0 = w[k * GP + r], w1 = w[k * GP + r1];
         for (int j = 0; j < DW; ++j) {
-          store(o + h * D + 16 * j, a0[j] / zs[h]);
-          store(o + h1 * D + 16 * j, a1[j] / zs[h1]);
+          const v16f vk = load<v16f>(V + k * D + 16 * j);
+          a0[j] += w0 * vk;
+          a1[j] += w1 * vk;
         }
       }
-    } else {
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t k = 0; k < L; ++k)
-        for (int64_t h = 0; h < G; ++h) {
-          const float wk = w[size_t(k * GP + h)];
-          for (int64_t d = 0; d < D; ++d) acc[size_t(h * D + d)] += wk * V[k * D + d];
-        }
-      for (int64_t h = 0; h < G; ++h)
-        for (int64_t d = 0; d < D; ++d) o[h * D + d] = acc[size_t(h * D + d)] / zs[h];
+      for (int j = 0; j < DW; ++j) {
+        store(out_row(r) + 16 * j, a0[j] / zs[r]);
+        store(out_row(r1) + 16 * j, a1[j] / zs[r1]);
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < R; ++r) {
+      float* o = out_row(r);
+      std::fill(o, o + D, 0.f);
+      for (int64_t k = 0; k < L; ++k) {
+        const float wk = w[k * GP + r];
+        for (int64_t d = 0; d < D; ++d) o[d] += wk * V[k * D + d];
+      }
+      for (int64_t d = 0; d < D; ++d) o[d] /= zs[r];
     }
   }
 }
 
-template <int NV>
+// Queries [t0, t1): tiles of two where 2 x G fills 16 lanes (G = 8, gpt-oss: halves the score
+// work on 16-lane targets), one at a time otherwise and for an odd last query.
+template <int DV>
 GEK_INLINE void attend_d(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1) {
-  if (s.head_dim == 64) return attend_nv<NV, 8>(s, a, b, g, t0, t1);
-  if (s.head_dim == 32) return attend_nv<NV, 4>(s, a, b, g, t0, t1);
-  if (s.head_dim % 4 == 0) return attend_nv<NV, 0>(s, a, b, g, t0, t1);
+  const int64_t G = s.heads / s.kv_heads;
+  std::vector<float> w(size_t((a.past_len[b] + t1 + 1) * 64));
+  int64_t t = t0;
+  if (G == 8)
+    for (; t + 2 <= t1; t += 2) attend_tile<v16f, 1, DV, 2>(s, a, b, g, t, w.data());
+  for (; t < t1; ++t) {
+    if (G <= 8) attend_tile<v8f, 1, DV, 1>(s, a, b, g, t, w.data());
+    else if (G <= 16) attend_tile<v8f, 2, DV, 1>(s, a, b, g, t, w.data());
+    else attend_tile<v8f, 8, DV, 1>(s, a, b, g, t, w.data());
+  }
 }
 
 GEK_CLONES void attend(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1) {
-  const int64_t G = s.heads / s.kv_heads;   // <= 64 (checked at kernel creation)
-  if (G <= 8) return attend_d<1>(s, a, b, g, t0, t1);
-  if (G <= 16) return attend_d<2>(s, a, b, g, t0, t1);
-  return attend_d<8>(s, a, b, g, t0, t1);
+  if (s.head_dim == 64) return attend_d<8>(s, a, b, g, t0, t1);
+  if (s.head_dim == 32) return attend_d<4>(s, a, b, g, t0, t1);
+  return attend_d<0>(s, a, b, g, t0, t1);   // any multiple of 4 (checked at kernel creation)
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 
 namespace gek {
 
+constexpr int64_t kMaxHeadDim = 1024;
+
 struct AttnShape {
   int64_t heads, kv_heads, head_dim;
   float scale;

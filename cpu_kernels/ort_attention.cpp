@@ -72,9 +72,9 @@ OrtStatus* create_attention(const Config& cfg, const OrtKernelInfo* info, void**
   if (window != 0)
     return error("SinkAttention: the CPU kernel runs full-attention layers (window 0), got window " +
                  std::to_string(window) + " (sliding layers lower to GroupQueryAttention)");
-  if (H <= 0 || Hkv <= 0 || H % Hkv || H / Hkv > 64 || D <= 0 || D % 4)
+  if (H <= 0 || Hkv <= 0 || H % Hkv || H / Hkv > 64 || D <= 0 || D % 4 || D > gek::kMaxHeadDim)
     return error("SinkAttention: needs num_heads a multiple of num_kv_heads (at most 64 per kv head) and a "
-                 "head_dim that is a multiple of 4, got " + std::to_string(H) + ", " + std::to_string(Hkv) + ", " + std::to_string(D));
+                 "head_dim that is a multiple of 4 up to 1024, got " + std::to_string(H) + ", " + std::to_string(Hkv) + ", " + std::to_string(D));
   const float scale = attr_float(info, sa::kAttrs[sa::kScaleAttr].name, 1.f / std::sqrt(float(D)));
   *kernel = new AttentionKernel{cfg, gek::AttnShape{H, Hkv, D, scale}};
   return nullptr;

@@ -341,11 +341,11 @@ void check_attention(Failures& f) {
   struct A {
     int64_t H, Hkv, D, p0, n0;
   };
-  // gpt-oss groups (8 query heads per kv head, D 64), the tiny model's (2, D 32), odd and wide
-  // groups (3; 12: two vectors of lanes), a head size with neither register path (20); prefill
-  // chunks after a cache and from empty, decode.
+  // gpt-oss groups (8 query heads per kv head, D 64: query tiles of 2, an odd last query), the
+  // tiny model's (2, D 32), odd and wide groups (3; 12: two vectors of lanes), head sizes with
+  // neither register path (20; with tiles); prefill chunks after a cache and from empty, decode.
   const A cases[] = {{16, 2, 64, 40, 19}, {16, 2, 64, 0, 1}, {4, 2, 32, 10, 7}, {6, 2, 16, 5, 4},
-                     {24, 2, 32, 3, 17}, {4, 1, 20, 9, 2}};
+                     {24, 2, 32, 3, 17}, {4, 1, 20, 9, 2}, {16, 2, 20, 6, 5}};
   for (const A& c : cases) {
     const double r = run_attention(c.H, c.Hkv, c.D, c.p0, c.n0);
     f.check(r <= 1.0, "attn", "heads " + std::to_string(c.H) + "/" + std::to_string(c.Hkv) + " D=" +
