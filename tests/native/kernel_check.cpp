@@ -337,6 +337,35 @@ double run_attention(int64_t H, int64_t Hkv, int64_t D, int64_t p0, int64_t n0) 
   return worst;
 }
 
+// A prefill of n tokens (query tiles of two) and the same tokens one decode step at a time give
+// every token the same bits: its sums run in the same order either way.
+bool attention_tiling_is_invisible() {
+  const int64_t H = 16, Hkv = 2, D = 64, C = 32, P = 32, p0 = 5, n = 7;
+  std::normal_distribution<float> nd;
+  auto vec = [&](int64_t len) {
+    std::vector<float> v(static_cast<size_t>(len));
+    for (auto& x : v) x = nd(rng);
+    return v;
+  };
+  const std::vector<float> q = vec(n * H * D), k = vec(n * Hkv * D), v = vec(n * Hkv * D), sinks = vec(H),
+                           cs = vec(P * D / 2), sn = vec(P * D / 2), cache0 = vec(Hkv * C * D);
+  const AttnShape shape{H, Hkv, D, 0.125f};
+  const Engine eng{&isa_portable(), ActMode::F32, Pool{serial, nullptr}};
+  std::vector<float> kc = cache0, vc = cache0, out(size_t(n * H * D));
+  const int32_t past = int32_t(p0), len = int32_t(n);
+  sink_attention(eng, shape, AttnArgs{1, n, C, P, q.data(), k.data(), v.data(), sinks.data(), cs.data(), sn.data(),
+                                      kc.data(), vc.data(), &past, &len, out.data(), kc.data(), vc.data()});
+  std::vector<float> kd = cache0, vd = cache0, step(size_t(H * D));
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t pt = int32_t(p0 + t), one = 1;
+    sink_attention(eng, shape, AttnArgs{1, 1, C, P, &q[size_t(t * H * D)], &k[size_t(t * Hkv * D)],
+                                        &v[size_t(t * Hkv * D)], sinks.data(), cs.data(), sn.data(), kd.data(),
+                                        vd.data(), &pt, &one, step.data(), kd.data(), vd.data()});
+    if (std::memcmp(step.data(), &out[size_t(t * H * D)], step.size() * sizeof(float)) != 0) return false;
+  }
+  return kc == kd && vc == vd;
+}
+
 void check_attention(Failures& f) {
   struct A {
     int64_t H, Hkv, D, p0, n0;
@@ -351,6 +380,7 @@ void check_attention(Failures& f) {
     f.check(r <= 1.0, "attn", "heads " + std::to_string(c.H) + "/" + std::to_string(c.Hkv) + " D=" +
             std::to_string(c.D) + " past " + std::to_string(c.p0) + " new " + std::to_string(c.n0), r);
   }
+  f.check(attention_tiling_is_invisible(), "attn", "prefill tiles = decode steps, bit for bit", 0.0);
 }
 
 void check_isa(const Isa& isa, Failures& f) {
