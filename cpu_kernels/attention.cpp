@@ -1,10 +1,10 @@
 // SinkAttention for full-attention layers (attention.h). Two phases on the pool:
 //   1. per (row, kv head): present = past where they are different memory, then the new
 //      tokens' RoPE'd keys and values written at their slots (position = slot);
-//   2. per (row, kv head, chunk of queries): for each query, the scores of its group's query
-//      heads against keys 0 .. position (each key row read once for the whole group: the
-//      heads are the vector lanes), the softmax with the sink in the denominator, and the
-//      weighted sum of the value rows.
+//   2. per (row, kv head, chunk of 16 queries): for each query (or tile of two), the scores of
+//      its group's query heads against keys 0 .. position (each key row read once for the
+//      whole group: the heads are the vector lanes), the softmax with the sink in the
+//      denominator, and the weighted sum of the value rows.
 // The loops are plain C++ compiled once per x86 level (target_clones: AVX-512, AVX2+FMA,
 // baseline) and picked when the library loads. Vector lanes are heads or head dims, never a
 // reordered sum; the levels with FMA contract a*b+c (one rounding instead of two).
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace gek {
@@ -196,15 +197,17 @@ GEK_INLINE void attend_tile(const AttnShape& s, const AttnArgs& a, int64_t b, in
 // work on 16-lane targets), one at a time otherwise and for an odd last query.
 template <int DV>
 GEK_INLINE void attend_d(const AttnShape& s, const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1) {
-  const int64_t G = s.heads / s.kv_heads;
-  std::vector<float> w(size_t((a.past_len[b] + t1 + 1) * 64));
+  const int64_t G = s.heads / s.kv_heads, lanes = G <= 8 ? (G == 8 ? 16 : 8) : G <= 16 ? 16 : 64;
+  // scores / weights [keys, lanes]: every entry read is written first (no zero fill: at 4k
+  // context a zeroed buffer would cost as much memory traffic as a third of the keys)
+  const std::unique_ptr<float[]> w(new float[size_t((a.past_len[b] + t1 + 1) * lanes)]);
   int64_t t = t0;
   if (G == 8)
-    for (; t + 2 <= t1; t += 2) attend_tile<v16f, 1, DV, 2>(s, a, b, g, t, w.data());
+    for (; t + 2 <= t1; t += 2) attend_tile<v16f, 1, DV, 2>(s, a, b, g, t, w.get());
   for (; t < t1; ++t) {
-    if (G <= 8) attend_tile<v8f, 1, DV, 1>(s, a, b, g, t, w.data());
-    else if (G <= 16) attend_tile<v8f, 2, DV, 1>(s, a, b, g, t, w.data());
-    else attend_tile<v8f, 8, DV, 1>(s, a, b, g, t, w.data());
+    if (G <= 8) attend_tile<v8f, 1, DV, 1>(s, a, b, g, t, w.get());
+    else if (G <= 16) attend_tile<v8f, 2, DV, 1>(s, a, b, g, t, w.get());
+    else attend_tile<v8f, 8, DV, 1>(s, a, b, g, t, w.get());
   }
 }
 
