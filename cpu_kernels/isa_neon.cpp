@@ -20,20 +20,17 @@ inline void decode16(const uint8_t* p, int8x16_t lut, int8x16_t& wl, int8x16_t& 
   wh = vqtbl1q_s8(lut, vshrq_n_u8(v, 4));
 }
 
-// The block scales of one row as float: E8M0 through the portable table, float16 by FCVTL
-// (base AArch64), four at a time.
-inline void scales_f32(const Rows& w, int64_t row, float* out) {
-  if (w.kind == ScaleKind::E8M0) return row_scales(w, row, out);
-  const uint16_t* s = static_cast<const uint16_t*>(w.scales) + row * w.nb;
-  int64_t b = 0;
-  for (; b + 4 <= w.nb; b += 4) vst1q_f32(out + b, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(s + b))));
-  for (; b < w.nb; ++b) out[b] = half_to_float(s[b]);
-}
-
+// n float16 values as float, by FCVTL (base AArch64) four at a time.
 inline void halves_f32(const uint16_t* s, int64_t n, float* out) {
   int64_t b = 0;
   for (; b + 4 <= n; b += 4) vst1q_f32(out + b, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(s + b))));
   for (; b < n; ++b) out[b] = half_to_float(s[b]);
+}
+
+// The block scales of one 4-bit row as float: E8M0 through the portable table, or float16.
+inline void scales_f32(const Rows& w, int64_t row, float* out) {
+  if (w.kind == ScaleKind::E8M0) return row_scales(w, row, out);
+  halves_f32(static_cast<const uint16_t*>(w.scales) + row * w.nb, w.nb, out);
 }
 
 // ---- int8 activations: SDOT (4 products per int32 lane, signed x signed: no offset) --------
@@ -42,100 +39,90 @@ inline void halves_f32(const uint16_t* s, int64_t n, float* out) {
 constexpr int kTile = 4;        // tokens per pass over a row
 constexpr int kRowBlock = 16;   // rows per block
 
-// One 4-bit row against N tokens: y[i * ldy] = row . token i; s1: the row's block scales.
-template <int N>
-void row_tile_i8(const uint8_t* row, const float* s1, int64_t nb, int8x16_t lut, const int8_t* const* x,
-                 const float* const* xd4, float* y, int64_t ldy) {
+// What the 4-bit and 8-bit int8 paths differ in: where a row starts, a block's 32 weights as two
+// 16-byte halves that line up with the activation layout, a row block's scales, and the stride
+// of the activations' block scales (kernels.h: xd4 / xd8).
+struct Nibbles {                    // 4-bit rows: [evens | odds] of the re-laid activations
+  const Rows& w;
+  int8x16_t lut;
+  static constexpr int kScaleStride = 4;
+  const uint8_t* row(int64_t r) const { return w.blocks + r * w.nb * 16; }
+  void block(const uint8_t* row, int64_t b, int8x16_t& lo, int8x16_t& hi) const { decode16(row + b * 16, lut, lo, hi); }
+  void scales(int64_t rb, int64_t re, float* s1) const {
+    for (int64_t r = rb; r < re; ++r) scales_f32(w, r, s1 + (r - rb) * w.nb);
+  }
+};
+
+struct Bytes {                      // 8-bit rows: natural order
+  const Rows8& w;
+  static constexpr int kScaleStride = 8;
+  const int8_t* row(int64_t r) const { return w.q + r * w.nb * 32; }
+  void block(const int8_t* row, int64_t b, int8x16_t& lo, int8x16_t& hi) const {
+    lo = vld1q_s8(row + b * 32);
+    hi = vld1q_s8(row + b * 32 + 16);
+  }
+  void scales(int64_t rb, int64_t re, float* s1) const { halves_f32(w.d + rb * w.nb, (re - rb) * w.nb, s1); }
+};
+
+// One row against N tokens: y[i * ldy] = row . token i; s1: the row's block scales, xd: each
+// token's block scales (stride F::kScaleStride).
+template <class F, int N, class Row>
+void row_tile_i8(const F& f, const Row* row, const float* s1, int64_t nb, const int8_t* const* x,
+                 const float* const* xd, float* y, int64_t ldy) {
   float32x4_t acc[N];
   for (int i = 0; i < N; ++i) acc[i] = vdupq_n_f32(0.f);
   for (int64_t b = 0; b < nb; ++b) {
-    int8x16_t wl, wh;
-    decode16(row + b * 16, lut, wl, wh);
+    int8x16_t lo, hi;
+    f.block(row, b, lo, hi);
     for (int i = 0; i < N; ++i) {
       const int8_t* xp = x[i] + b * 32;
-      const int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl, vld1q_s8(xp)), wh, vld1q_s8(xp + 16));
-      acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), s1[b] * xd4[i][4 * b]);
+      const int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo, vld1q_s8(xp)), hi, vld1q_s8(xp + 16));
+      acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), s1[b] * xd[i][F::kScaleStride * b]);
     }
   }
   for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = vaddvq_f32(acc[i]);
+}
+
+// Rows [r0, r1) against the listed tokens: blocks of rows (scales decoded once), tiles of tokens.
+template <class F>
+void rows_blocked_i8(const F& f, int64_t nb, const int8_t* xq, const float* xds, int64_t r0, int64_t r1,
+                     const int32_t* tok, int ntok, float* y, int64_t ldy) {
+  const int64_t K = nb * 32;
+  float s1[kRowBlock * kMaxBlocks];
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    f.scales(rb, re, s1);
+    for (int t0 = 0; t0 < ntok; t0 += kTile) {
+      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
+      const int8_t* x[kTile];
+      const float* xd[kTile];
+      for (int i = 0; i < n; ++i) {
+        x[i] = xq + int64_t(tok[t0 + i]) * K;
+        xd[i] = xds + int64_t(tok[t0 + i]) * nb * F::kScaleStride;
+      }
+      for (int64_t r = rb; r < re; ++r) {
+        const auto* row = f.row(r);
+        const float* s = s1 + (r - rb) * nb;
+        float* yr = y + int64_t(t0) * ldy + r;
+        switch (n) {
+          case 1: row_tile_i8<F, 1>(f, row, s, nb, x, xd, yr, ldy); break;
+          case 2: row_tile_i8<F, 2>(f, row, s, nb, x, xd, yr, ldy); break;
+          case 3: row_tile_i8<F, 3>(f, row, s, nb, x, xd, yr, ldy); break;
+          default: row_tile_i8<F, kTile>(f, row, s, nb, x, xd, yr, ldy); break;
+        }
+      }
+    }
+  }
 }
 
 void rows_i8(const Rows& w, const Acts& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
              float* y, int64_t ldy) {
-  const int64_t nb = w.nb, K = nb * 32;
-  const int8x16_t lut = vld1q_s8(w.lut->v);
-  float s1[kRowBlock * kMaxBlocks];
-  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
-    for (int64_t r = rb; r < re; ++r) scales_f32(w, r, s1 + (r - rb) * nb);
-    for (int t0 = 0; t0 < ntok; t0 += kTile) {
-      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
-      const int8_t* x[kTile];
-      const float* xd4[kTile];
-      for (int i = 0; i < n; ++i) {
-        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
-        xd4[i] = a.xd4 + int64_t(tok[t0 + i]) * nb * 4;
-      }
-      for (int64_t r = rb; r < re; ++r) {
-        const uint8_t* row = w.blocks + r * nb * 16;
-        const float* s = s1 + (r - rb) * nb;
-        float* yr = y + int64_t(t0) * ldy + r;
-        switch (n) {
-          case 1: row_tile_i8<1>(row, s, nb, lut, x, xd4, yr, ldy); break;
-          case 2: row_tile_i8<2>(row, s, nb, lut, x, xd4, yr, ldy); break;
-          case 3: row_tile_i8<3>(row, s, nb, lut, x, xd4, yr, ldy); break;
-          default: row_tile_i8<kTile>(row, s, nb, lut, x, xd4, yr, ldy); break;
-        }
-      }
-    }
-  }
-}
-
-// One 8-bit row (natural order, 32 int8 per block) against N tokens, as row_tile_i8.
-template <int N>
-void row8_tile_i8(const int8_t* row, const float* s1, int64_t nb, const int8_t* const* x,
-                  const float* const* xd8, float* y, int64_t ldy) {
-  float32x4_t acc[N];
-  for (int i = 0; i < N; ++i) acc[i] = vdupq_n_f32(0.f);
-  for (int64_t b = 0; b < nb; ++b) {
-    const int8x16_t w0 = vld1q_s8(row + b * 32), w1 = vld1q_s8(row + b * 32 + 16);
-    for (int i = 0; i < N; ++i) {
-      const int8_t* xp = x[i] + b * 32;
-      const int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(xp)), w1, vld1q_s8(xp + 16));
-      acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), s1[b] * xd8[i][8 * b]);
-    }
-  }
-  for (int i = 0; i < N; ++i) y[int64_t(i) * ldy] = vaddvq_f32(acc[i]);
+  rows_blocked_i8(Nibbles{w, vld1q_s8(w.lut->v)}, w.nb, a.xq, a.xd4, r0, r1, tok, ntok, y, ldy);
 }
 
 void rows8_i8(const Rows8& w, const Acts8& a, int64_t r0, int64_t r1, const int32_t* tok, int ntok,
               float* y, int64_t ldy) {
-  const int64_t nb = w.nb, K = nb * 32;
-  float s1[kRowBlock * kMaxBlocks];
-  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
-    halves_f32(w.d + rb * nb, (re - rb) * nb, s1);
-    for (int t0 = 0; t0 < ntok; t0 += kTile) {
-      const int n = ntok - t0 < kTile ? ntok - t0 : kTile;
-      const int8_t* x[kTile];
-      const float* xd8[kTile];
-      for (int i = 0; i < n; ++i) {
-        x[i] = a.xq + int64_t(tok[t0 + i]) * K;
-        xd8[i] = a.xd8 + int64_t(tok[t0 + i]) * nb * 8;
-      }
-      for (int64_t r = rb; r < re; ++r) {
-        const int8_t* row = w.q + r * K;
-        const float* s = s1 + (r - rb) * nb;
-        float* yr = y + int64_t(t0) * ldy + r;
-        switch (n) {
-          case 1: row8_tile_i8<1>(row, s, nb, x, xd8, yr, ldy); break;
-          case 2: row8_tile_i8<2>(row, s, nb, x, xd8, yr, ldy); break;
-          case 3: row8_tile_i8<3>(row, s, nb, x, xd8, yr, ldy); break;
-          default: row8_tile_i8<kTile>(row, s, nb, x, xd8, yr, ldy); break;
-        }
-      }
-    }
-  }
+  rows_blocked_i8(Bytes{w}, w.nb, a.xq, a.xd8, r0, r1, tok, ntok, y, ldy);
 }
 
 // ---- float32 activations (the exact mode) --------------------------------------------------
