@@ -56,6 +56,7 @@ class CompileOptions:
     max_positions: int | None = None  # RoPE table rows (default: the model's context)
     budget_context: int = 4096        # context assumed when sizing the KV cache for the budget
     dense_format: str = "mxfp4"       # Gemm4bit blocks with --dense 4bit: mxfp4 | int4
+    attention: str = "auto"           # onnxruntime full-attention layers: auto (ours with our kernels) | gqa
     # TensorRT target only (see target_tensorrt.py):
     precision: str = "fp16"           # activation precision: fp16 | bf16 | fp32
     max_batch: int = 1                # optimization profile: most sequences per step
@@ -139,7 +140,7 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
     cfg = ckpt.config
     experts, dense = opts.experts or "float", opts.dense or "float"
     lowered = lower_ort.lower(graph, experts, dense, opts.embedding or "float", opts.activations,
-                              opts.dense_format, weights=ckpt)
+                              opts.dense_format, weights=ckpt, attention=opts.attention)
     bar.start(len(lowered.initializers), lowered.total_weight_bytes())
     onnx_io.save(lowered, w.path(MODEL_FILE), progress=bar.advance)
     bar.finish()
@@ -149,7 +150,7 @@ def target_onnxruntime(graph: Graph, ckpt: WeightSource, opts: CompileOptions, w
         kv_layout=KvLayout.of(cfg),                # window layers: sliding_window_cache buffers
         formats={"experts": opts.experts, "dense": opts.dense, "embedding": opts.embedding,
                  "dense_format": opts.dense_format if dense == "4bit" else None,
-                 "activations": opts.activations},
+                 "activations": opts.activations, "attention": opts.attention},
         custom_ops=formats.runtime_requirements(
             [formats.expert(experts), formats.dense(dense, opts.dense_format)], opts.activations))
     # bindings: moved to the manifest's top level by the driver

@@ -46,6 +46,7 @@ MS = "com.microsoft"
 EXPERT_MODES = tuple(formats.EXPERTS)
 DENSE_MODES = formats.DENSE_MODES
 EMBEDDING_MODES = ("float", "bf16")
+ATTENTION_MODES = ("auto", "gqa")   # full-attention layers: ours where the library is loaded, or ORT's
 # Activations of the quantized GEMMs (our kernels, QMoE): "float" keeps them float32 (exact on
 # the stored weights), "int8" quantizes them per block of 32 (our kernels: session config of the
 # custom-op library; QMoE: accuracy_level 4), faster, ~1% error per GEMM.
@@ -55,21 +56,26 @@ LEN = "/lengths"
 
 
 def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str = "float",
-          activations: str = "float", dense_format: str = "mxfp4", weights=None) -> Graph:
+          activations: str = "float", dense_format: str = "mxfp4", weights=None,
+          attention: str = "auto") -> Graph:
     """A new graph for ONNX Runtime; `g` is left unchanged. Initializers stay lazy. `weights`
-    (the checkpoint) lets 4-bit dense layers read W row groups directly."""
+    (the checkpoint) lets 4-bit dense layers read W row groups directly. `attention`: "auto"
+    (full-attention layers on our kernel when the engine loads our library anyway) or "gqa"
+    (every layer on GroupQueryAttention)."""
     ef, df = formats.expert(experts), formats.dense(dense, dense_format)
     formats.check_activations(ef, activations, "--experts")
     formats.check_activations(df, activations, "--dense")
     accuracy = 4 if activations == "int8" else 0
     if embedding not in EMBEDDING_MODES:
         raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_MODES)}, got {embedding!r}")
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
     out = Graph(g.name, opsets={"": g.opsets.get("", 21), MS: 1, opset.DOMAIN: opset.OPSET_VERSION})
     out.metadata = dict(g.metadata)
     out.inputs = list(g.inputs)        # cache shapes stay canonical (window / kv_capacity)
     out.outputs = list(g.outputs)
     consumers = graph_consumers(g)
-    our_library = ef.custom_ops or df.custom_ops
+    our_attention = attention == "auto" and (ef.custom_ops or df.custom_ops)
     if any(n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type for n in g.nodes):
         _length_nodes(out)
     skip: set[str] = set()
@@ -77,7 +83,7 @@ def lower(g: Graph, experts: str = "float", dense: str = "float", embedding: str
         if n.name in skip:
             continue
         if n.domain == opset.DOMAIN and n.op_type == opset.SINK_ATTENTION.op_type:
-            if our_library and _window(n) == 0:
+            if our_attention and _window(n) == 0:
                 out.nodes.append(n)           # our CPU kernel (cpu_kernels/attention.cpp)
             else:
                 _lower_attention(out, n)

@@ -94,3 +94,12 @@ def test_lowering_leaves_ort_ops_and_our_kernels_ops(graph, experts, dense):
 def test_weight_sizes_shrink_with_quantization(graph):
     sizes = {m: lower_ort.lower(graph, m, activations="int8").total_weight_bytes() for m in lower_ort.EXPERT_MODES}
     assert sizes["float"] > sizes["int8"] > sizes["int4"] > sizes["mxfp4"]
+
+
+def test_attention_gqa_keeps_every_layer_on_group_query_attention(graph):
+    low = lower_ort.lower(graph, "mxfp4", "8bit", attention="gqa")
+    ops = Counter((n.domain or "", n.op_type) for n in low.nodes)
+    assert ops[(opset.DOMAIN, "SinkAttention")] == 0
+    assert ops[("com.microsoft", "GroupQueryAttention")] == preset("tiny").num_hidden_layers
+    with pytest.raises(ValueError, match="--attention must be one of auto, gqa, got 'flash'"):
+        lower_ort.lower(graph, "mxfp4", attention="flash")

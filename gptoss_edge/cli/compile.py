@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="onnxruntime: inputs of the quantized GEMMs (mxfp4/int8/int4 experts, 8bit/4bit dense) stay "
                         "float32 (exact on the stored weights) or are quantized to int8 per block of 32 "
                         "(faster; int8 experts always run this way)")
+    p.add_argument("--attention", choices=lower_ort.ATTENTION_MODES, default="auto",
+                   help="onnxruntime full-attention layers: auto (our SinkAttention kernel when the engine uses "
+                        "our CPU kernels, else GroupQueryAttention) or gqa (always ONNX Runtime's "
+                        "GroupQueryAttention); window layers always use GroupQueryAttention")
     p.add_argument("--precision", choices=sorted(lower_trt.PRECISIONS), default="fp16",
                    help="tensorrt: activation precision (residual stream, norms, logits stay float32)")
     p.add_argument("--dense-format", choices=("mxfp4", "int4"), default="mxfp4",
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                           max_memory_gib=args.max_memory,
                           max_positions=args.max_positions, precision=args.precision,
                           dense_format=args.dense_format, max_batch=args.max_batch,
-                          max_step_tokens=args.max_step_tokens)
+                          max_step_tokens=args.max_step_tokens, attention=args.attention)
     try:
         summary = compile_checkpoint(args.checkpoint, args.output, opts,
                                      show_progress=False if args.no_progress else None)
