@@ -149,3 +149,17 @@ def test_checkpoint_tokenizer_travels_into_the_engine(tmp_path):
     assert "tokenizer.json" in m.files
     tok = open_tokenizer(m)
     assert tok is not None and tok.decode(tok.encode("import json")) == "import json"
+
+
+def test_attention_option_reaches_the_graph_and_the_manifest(tiny_checkpoint, tmp_path, capsys):
+    import onnx
+    for mode, ours in (("auto", 2), ("gqa", 0)):    # tiny: 2 full-attention layers of 4
+        out = tmp_path / mode
+        assert cli.main(["compile", str(tiny_checkpoint.hf), "-o", str(out), "--experts", "mxfp4",
+                         "--attention", mode, "--no-progress"]) == 0
+        m = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        assert sum(n.op_type == opset.SINK_ATTENTION.op_type for n in m.graph.node) == ours
+        assert json.loads((out / "manifest.json").read_text())["target_config"]["attention"] == mode
+    with pytest.raises(SystemExit):
+        cli.main(["compile", str(tiny_checkpoint.hf), "-o", str(tmp_path / "x"), "--attention", "flash"])
+    assert "invalid choice: 'flash'" in capsys.readouterr().err
