@@ -8,21 +8,6 @@
 namespace gek {
 namespace {
 
-// f(i) for i in [0, n) on the engine's pool (in blocks of `grain` items per task).
-template <class F>
-void parallel(const Engine& eng, int64_t n, int64_t grain, F&& f) {
-  struct Ctx {
-    F* f;
-    int64_t n, grain;
-  } c{&f, n, grain};
-  auto run = [](void* u, size_t task) {
-    auto* c = static_cast<Ctx*>(u);
-    const int64_t i1 = std::min(c->n, int64_t(task + 1) * c->grain);
-    for (int64_t i = int64_t(task) * c->grain; i < i1; ++i) (*c->f)(i);
-  };
-  if (n > 0) eng.pool.parallel_for(eng.pool.ctx, run, size_t((n + grain - 1) / grain), &c);
-}
-
 // Activations of T tokens in the ISA's layout (f32) or quantized (i8).
 struct Prepared {
   std::vector<float> xf;

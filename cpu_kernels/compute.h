@@ -26,6 +26,21 @@ struct Engine {
   Pool pool;
 };
 
+// f(i) for i in [0, n) on the engine's pool (in blocks of `grain` items per task).
+template <class F>
+void parallel(const Engine& eng, int64_t n, int64_t grain, F&& f) {
+  struct Ctx {
+    F* f;
+    int64_t n, grain;
+  } c{&f, n, grain};
+  auto run = [](void* u, size_t task) {
+    auto* c = static_cast<Ctx*>(u);
+    const int64_t i1 = c->n < int64_t(task + 1) * c->grain ? c->n : int64_t(task + 1) * c->grain;
+    for (int64_t i = int64_t(task) * c->grain; i < i1; ++i) (*c->f)(i);
+  };
+  if (n > 0) eng.pool.parallel_for(eng.pool.ctx, run, size_t((n + grain - 1) / grain), &c);
+}
+
 void gemm_4bit(const Engine& eng, const Rows& w, int64_t n_rows, const float* x, int64_t T,
                const float* bias, float* y);
 
