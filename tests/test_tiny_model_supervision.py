@@ -121,3 +121,89 @@ def test_evaluation_checks():
     assert (q["tool_prompts"], q["tool_call_name_correct_pct"], q["ood_honest_pct"]) == (2, 50.0, 100.0)
     assert (q["well_formed_final_pct"], q["doc_first_sentence_pct"]) == (75.0, 0.0)
     assert q["tool_answer_states_signature_pct"] == 50.0 and len(q["failures"]) == 1
+
+
+def _real_entries() -> list:
+    return [recipe_data.Entry(n, k, "", "") for n, k in (
+        ("socket.recv_fds", "function"), ("os.path.join", "function"), ("pathlib.Path", "class"),
+        ("pathlib.Path.read_text", "method"), ("calendar.isleap", "function"))]
+
+
+def test_familiar_names_are_built_from_real_pieces_and_are_never_real():
+    real = _real_entries()
+    pieces = recipe_data.name_pieces(real)
+    assert pieces.modules == ("calendar", "os.path", "pathlib", "socket")
+    assert pieces.classes == ("Path",)
+    assert pieces.words == ("fds", "isleap", "join", "read", "recv", "text")
+    known = {e.name for e in real}
+    a = recipe_data.invented_entries(random.Random(5), 300, known, real, familiar=1.0)
+    assert a == recipe_data.invented_entries(random.Random(5), 300, known, real, familiar=1.0)
+    assert len({e.name for e in a}) == 300 and not known & {e.name for e in a}
+    for e in a:
+        module, rest = next((m, e.name[len(m) + 1:]) for m in pieces.modules if e.name.startswith(m + "."))
+        parts = rest.split(".")
+        assert len(parts) <= 2 and (len(parts) == 1 or parts[0] in pieces.classes), e.name
+        assert e.kind in (("class", "function") if len(parts) == 1 else ("method",)), e
+    # a near name keeps everything but the last component, which it (nearly always) changes
+    nears = [synthetic.near_name(random.Random(i), "socket.recv_fds", pieces.words) for i in range(50)]
+    assert all(n.startswith("socket.") for n in nears)
+    assert sum(n != "socket.recv_fds" for n in nears) >= 45
+    none = recipe_data.invented_entries(random.Random(5), 50, known, real, familiar=0.0)
+    assert not any(e.name.split(".")[0] in pieces.modules for e in none)
+
+
+def test_heldout_prompts_do_not_move_with_the_training_mix(tmp_path):
+    """Held-out prompts come from their own seeded stream: recipes with different training mixes
+    are evaluated on the same questions."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    recipe_data.build(a, 0, 1, 0.05, invented=40, ood=10, code_fraction=0.0, copies=5, familiar=0.5)
+    recipe_data.build(b, 0, 1, 0.05, invented=80, ood=30, code_fraction=0.0, copies=20, familiar=0.0)
+    held = (a / "heldout_prompts.jsonl").read_text()
+    assert held == (b / "heldout_prompts.jsonl").read_text()
+    kinds = [json.loads(line)["kind"] for line in held.splitlines()]
+    assert kinds.count("ood") == recipe_data.HELDOUT_OOD and kinds.count("tool") > 50
+    assert (a / "train.txt").read_text() != (b / "train.txt").read_text()
+
+
+def test_a_name_is_the_same_tokens_after_a_space_and_after_a_quote():
+    pytest.importorskip("tokenizers")
+    import tokenizer as recipe_tokenizer
+    text = ("What is the signature of json.dumps? The user wants json.dumps. "
+            '{"name": "json.dumps"} e.g. 3.14 ') * 20
+    tok = recipe_tokenizer.train_tokenizer(text, 300)
+    after_space = tok.encode("of json.dumps?").tokens
+    after_quote = tok.encode('{"name": "json.dumps"}').tokens
+    name = ["json", ".", "dumps"]
+    assert after_space[-5:] == ["Ġ", *name, "?"] and after_quote[-4:-1] == name, (after_space, after_quote)
+    assert [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("the user's 3.14")] == [
+        "the", "Ġuser", "'s", "Ġ3", ".", "14"]                      # GPT-2's rule elsewhere
+    assert tok.decode(tok.encode(text[:200]).ids) == text[:200]
+
+
+def test_signature_parameters_split_at_top_level_commas_only():
+    assert synthetic.split_params("a, b=(1, 2), *, c=',', d={'x': [1, 2]}, **kw") == (
+        "a", "b=(1, 2)", "*", "c=','", "d={'x': [1, 2]}", "**kw")
+    assert synthetic.split_params("") == ()
+    assert synthetic.split_params('sep="(", /') == ('sep="("', "/")
+
+
+def test_familiar_signatures_reuse_real_parameters_on_the_new_name():
+    real = [recipe_data.Entry("difflib.HtmlDiff.make_file", "method", "",
+                              "difflib.HtmlDiff.make_file(self, fromlines, tolines, numlines=5, *, "
+                              "charset='utf-8')"),
+            recipe_data.Entry("json.dumps", "function", "", "json.dumps(obj, *, indent=None)")]
+    pieces = recipe_data.name_pieces(real)
+    assert ("obj", "*", "indent=None") in pieces.param_lists and "charset='utf-8'" in pieces.params
+    for i in range(40):
+        sig = synthetic.familiar_signature(random.Random(i), "socket.recv_fd", pieces)
+        params = synthetic.split_params(sig[len("socket.recv_fd("):-1])
+        base = min(pieces.param_lists, key=lambda ps: sum(a != b for a, b in zip(ps, params))
+                   + abs(len(ps) - len(params)))
+        assert len(params) == len(base) and sum(a != b for a, b in zip(params, base)) <= 1, sig
+        assert set(params) <= set(pieces.params)
+        assert all(("=" in a) == ("=" in b) for a, b in zip(params, base))
+    made = recipe_data.invented_entries(random.Random(2), 100, set(), real, familiar=1.0,
+                                        familiar_signatures=1.0)
+    with_sig = [e for e in made if e.signature]
+    assert with_sig and all(set(synthetic.split_params(e.signature[len(e.name) + 1:-1])) <= set(pieces.params)
+                            for e in with_sig)

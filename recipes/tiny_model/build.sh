@@ -3,7 +3,8 @@
 #   bash recipes/tiny_model/build.sh [WORK_DIR]        (run from the repository root)
 # Stages: data -> tokenizer -> train (fp32) -> gptoss-edge quantize (MXFP4) -> package -> evaluate.
 # PYTHON and GPTOSS_EDGE override the interpreter and the CLI (default: .venv/bin/...);
-# TRAIN_ARGS adds options to train.py (e.g. --keep-partials for a learning curve).
+# DATA_ARGS and TRAIN_ARGS add options to data.py and train.py (e.g. --keep-partials for a
+# learning curve).
 set -euo pipefail
 WORK=${1:-/tmp/tiny_model_build}
 RECIPE=recipes/tiny_model
@@ -13,7 +14,7 @@ MODEL=gptoss_edge/models/default
 TESTDATA=tests/data
 mkdir -p "$WORK"
 set -x
-"$PY" $RECIPE/data.py "$WORK/data"
+"$PY" $RECIPE/data.py "$WORK/data" ${DATA_ARGS:-}
 "$PY" $RECIPE/tokenizer.py "$WORK/data" "$WORK/tokenizer"
 "$PY" $RECIPE/train.py "$WORK/data" "$WORK/tokenizer" "$WORK/fp32" ${TRAIN_ARGS:-} 2>&1 | tee "$WORK/train.log"
 cp "$WORK/tokenizer/"* "$WORK/fp32/"

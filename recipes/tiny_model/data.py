@@ -260,22 +260,58 @@ def ood_sample(rng: random.Random, heldout: bool, pool: list[Entry]) -> Sample:
     return Sample("ood", question, prompt, completion)
 
 
-def copy_sample(rng: random.Random, pool: list[Entry]) -> Sample:
+def copy_sample(rng: random.Random, pool: list[Entry], pieces: synthetic.NamePieces | None = None,
+                familiar: float = 0.0, familiar_signatures: float = 0.0) -> Sample:
     """"Repeat exactly: <invented text>" -> the text: the densest copying lesson."""
-    text = synthetic.copy_text(rng)
+    text = synthetic.copy_text(rng, pieces, familiar, familiar_signatures)
     prompt = header(rng, with_tools=rng.random() < 0.3) + history(rng, pool)
     prompt += user_message(rng.choice(synthetic.COPY_REQUESTS).format(t=text)) + ASSISTANT_PROMPT
     return Sample("copy", text, prompt, assistant_message("final", text, RETURN)[len(ASSISTANT_PROMPT):])
 
 
-def invented_entries(rng: random.Random, n: int, known: set[str]) -> list[Entry]:
-    """n invented names with invented signatures; about 1 in 6 has none (the tool then errs)."""
+def name_pieces(entries: list[Entry]) -> synthetic.NamePieces:
+    """The modules, class names and function-name words of real entries (sorted, distinct)."""
+    modules, classes, words, param_lists = set(), set(), set(), set()
+    for e in entries:
+        if e.signature:
+            param_lists.add(synthetic.split_params(e.signature[len(e.name) + 1:e.signature.rindex(")")]))
+        parts = e.name.split(".")
+        cut = -2 if e.kind == "method" else -1
+        modules.add(".".join(parts[:cut]))
+        if e.kind == "class":
+            classes.add(parts[-1])
+        else:
+            words.update(w for w in parts[-1].split("_") if w)
+    return synthetic.NamePieces(tuple(sorted(modules)), tuple(sorted(classes)), tuple(sorted(words)),
+                                tuple(sorted(param_lists)), tuple(sorted({p for ps in param_lists for p in ps})))
+
+
+def familiar_name(rng: random.Random, real: list[Entry], pieces: synthetic.NamePieces) -> tuple[str, str]:
+    """An invented name that looks real: recombined pieces, or a real name slightly changed."""
+    if rng.random() < 0.5:
+        return synthetic.recombined_name(rng, pieces)
+    e = rng.choice(real)
+    return synthetic.near_name(rng, e.name, pieces.words), e.kind
+
+
+def invented_entries(rng: random.Random, n: int, known: set[str], real: list[Entry] = (),
+                     familiar: float = 0.0, familiar_signatures: float = 0.0) -> list[Entry]:
+    """n invented names with invented signatures; about 1 in 6 has none (the tool then errs).
+    A share `familiar` is built from the real entries' pieces (familiar_name), never equal to a
+    name in `known`; of those, a share `familiar_signatures` gets real parameters
+    (synthetic.familiar_signature)."""
+    pieces = name_pieces(real) if real else None
     out: dict[str, Entry] = {}
     while len(out) < n:
-        name, kind = synthetic.invented_name(rng)
+        looks_real = bool(pieces) and rng.random() < familiar
+        name, kind = familiar_name(rng, real, pieces) if looks_real else synthetic.invented_name(rng)
         if name in known or name in out:
             continue
-        sig = synthetic.invented_signature(rng, name) if rng.random() < 0.85 else ""
+        sig = ""
+        if rng.random() < 0.85:
+            real_params = looks_real and familiar_signatures > 0 and rng.random() < familiar_signatures
+            sig = (synthetic.familiar_signature(rng, name, pieces) if real_params
+                   else synthetic.invented_signature(rng, name))
         out[name] = Entry(name, kind, "", sig)
     return list(out.values())
 
@@ -319,20 +355,31 @@ def split_names(entries: list[Entry], seed: int, heldout_fraction: float) -> tup
     return sorted(order[n_held:], key=lambda e: e.name), sorted(order[:n_held], key=lambda e: e.name)
 
 
+HELDOUT_OOD = 80          # held-out chats, fixed whatever the training mix: out of domain,
+HELDOUT_INVENTED = 200    # and tool chats on invented names (perplexity only)
+
+
 def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invented: int,
-          ood: int, code_fraction: float, copies: int) -> dict:
+          ood: int, code_fraction: float, copies: int, familiar: float,
+          familiar_signatures: float = 0.0) -> dict:
     entries = harvest()
     table = {e.name: e for e in entries}
     train_e, held_e = split_names(entries, seed, heldout_fraction)
+    pieces = name_pieces(train_e)              # held-out names lend no pieces
     rng = random.Random(seed + 1)
+    # The held-out chats draw from their own stream, so they stay the same prompts when the
+    # training mix (counts, generators) changes: runs of different recipes compare on one set.
+    held_rng = random.Random(seed + 2)
+    held = make_samples(held_rng, held_e, table, 1)
+    held_fake = invented_entries(held_rng, HELDOUT_INVENTED, set(table))
+    held_extra = invented_tool_samples(held_rng, held_fake, train_e) \
+        + [ood_sample(held_rng, True, train_e) for _ in range(HELDOUT_OOD)]
     train = make_samples(rng, train_e, table, per_entry)
-    held = make_samples(rng, held_e, table, 1)
-    fake = invented_entries(rng, invented + invented // 20, set(table))
-    train_extra = invented_tool_samples(rng, fake[:invented], train_e) \
+    fake = invented_entries(rng, invented, set(table) | {e.name for e in held_fake}, train_e, familiar,
+                            familiar_signatures)
+    train_extra = invented_tool_samples(rng, fake, train_e) \
         + [ood_sample(rng, False, train_e) for _ in range(ood)] \
-        + [copy_sample(rng, train_e) for _ in range(copies)]
-    held_extra = invented_tool_samples(rng, fake[invented:], train_e) \
-        + [ood_sample(rng, True, train_e) for _ in range(max(40, ood // 20))]
+        + [copy_sample(rng, train_e, pieces, familiar, familiar_signatures) for _ in range(copies)]
     code = source_chunks()
     rng.shuffle(code)
     n_code_held = max(1, len(code) // 20)
@@ -354,7 +401,7 @@ def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invente
             f.write(json.dumps(dataclasses.asdict(s)) + "\n")
     with open(out / "heldout_prompts.jsonl", "w", encoding="utf-8") as f:   # never trained on
         for s in held + held_extra:
-            if s.kind != "doc" and s.name not in {e.name for e in fake}:
+            if s.kind != "doc" and s.name not in {e.name for e in held_fake}:
                 f.write(json.dumps(dataclasses.asdict(s)) + "\n")
     with open(out / "entries.jsonl", "w", encoding="utf-8") as f:   # the tool's table
         for e in entries:
@@ -363,7 +410,9 @@ def build(out: Path, seed: int, per_entry: int, heldout_fraction: float, invente
              "train_names": len(train_e), "heldout_names": len(held_e),
              "train_chats": len(train), "heldout_chats": len(held),
              "tool_chats": sum(s.kind == "tool" for s in train), "invented_tool_chats": invented,
-             "ood_chats": ood, "copy_chats": copies, "code_chunks": len(code), "code_chunks_train": n_code_train,
+             "ood_chats": ood, "copy_chats": copies, "familiar_share": familiar,
+             "familiar_signature_share": familiar_signatures,
+             "code_chunks": len(code), "code_chunks_train": n_code_train,
              "train_chars": sum(map(len, docs_train)), "heldout_chars": sum(map(len, docs_held))}
     (out / "data_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
@@ -379,9 +428,13 @@ def main(argv=None) -> int:
     p.add_argument("--ood", type=int, default=1500, help="out-of-domain chats")
     p.add_argument("--copies", type=int, default=6000, help='"repeat exactly" chats on invented text')
     p.add_argument("--code-fraction", type=float, default=0.15, help="share of source chunks kept")
+    p.add_argument("--familiar", type=float, default=0.5,
+                   help="share of the invented names (tool and copy chats) built from real pieces")
+    p.add_argument("--familiar-signatures", type=float, default=0.0,
+                   help="share of the familiar names' signatures built from real parameters")
     a = p.parse_args(argv)
     print(json.dumps(build(a.out, a.seed, a.per_entry, a.heldout_fraction, a.invented, a.ood,
-                           a.code_fraction, a.copies), indent=1))
+                           a.code_fraction, a.copies, a.familiar, a.familiar_signatures), indent=1))
     return 0
 
 

@@ -224,8 +224,9 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("--mxfp4", action="store_true", help="MXFP4 checkpoint: dequantize on load")
     p.add_argument("--prompts", type=int, default=100, help="chats on seen names")
-    p.add_argument("--heldout-prompts", type=int, default=60,
-                   help="signature chats on held-out names (and as many out-of-domain, at most 40)")
+    p.add_argument("--heldout-prompts", type=int, default=None,
+                   help="at most this many signature chats on held-out names and as many "
+                        "out-of-domain ones (default: all of heldout_prompts.jsonl)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, help="write the figures here")
     a = p.parse_args(argv)
@@ -244,10 +245,10 @@ def main(argv=None) -> int:
         figures["quality"] = quality(model, tok, sample_prompts(a.data, a.prompts, a.seed),
                                      load_table(a.data), progress=True)
         print_quality("seen", figures["quality"])
-    if a.prompts and a.heldout_prompts:
+    if a.prompts and a.heldout_prompts != 0:
         held = sample_prompts(a.data, 10**9, a.seed, "heldout_prompts.jsonl")
         chosen = [s for s in held if s["kind"] == "tool"][:a.heldout_prompts] \
-            + [s for s in held if s["kind"] == "ood"][:min(40, a.heldout_prompts)]
+            + [s for s in held if s["kind"] == "ood"][:a.heldout_prompts]
         figures["quality_heldout"] = quality(model, tok, chosen, load_table(a.data), progress=True)
         print_quality("held-out", figures["quality_heldout"])
     if a.json:
