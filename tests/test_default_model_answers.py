@@ -46,9 +46,11 @@ def test_the_demo_questions_get_right_answers(model_and_tokenizer):
 
 def test_names_never_seen_are_copied_into_the_call_and_the_answer(model_and_tokenizer):
     """Invented names (the recipe's generator, a seed the recipe does not use): copying is the only
-    way to get them right. The recipe measures 70% right `name` on 60 held-out stdlib names; on
-    invented names this model gets 9 of 12 here (5 and 9 of 12 with two other seeds: 64% over 36).
-    The floor, half, separates a model that copies from one that does not (the previous model: 0)."""
+    way to get them right. The recipe measures 96% right `name` on 106 held-out stdlib names; on
+    invented names this model gets 10 of 12 names and 10 of 12 signatures here (names 9 and 11 of
+    12 with two other seeds: 83% over 36; the model shipped before got 64%, the one before it 0).
+    The floor, two thirds, leaves two chats of margin for float differences between machines
+    flipping a near-tie in greedy decoding, and still fails a model that copies like the last one."""
     model, tok = model_and_tokenizer
     rng = random.Random(20261206)
     invented = [e for e in recipe_data.invented_entries(rng, 40, set()) if e.signature][:12]
@@ -57,5 +59,5 @@ def test_names_never_seen_are_copied_into_the_call_and_the_answer(model_and_toke
     chats = [vars(recipe_data.tool_sample(rng, e, history_pool, table)) for e in invented]
     q = quality(model, tok, chats, table)
     assert q["tool_prompts"] == 12 and q["tool_call_valid_json_pct"] == 100, q["failures"]
-    assert q["tool_call_name_correct_pct"] >= 50, q["failures"]
-    assert q["tool_answer_states_signature_pct"] >= 50, q["failures"]
+    assert q["tool_call_name_correct_pct"] >= 200 / 3, q["failures"]          # 8 of 12
+    assert q["tool_answer_states_signature_pct"] >= 200 / 3, q["failures"]

@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("tokenizer", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
