@@ -307,11 +307,8 @@ def invented_entries(rng: random.Random, n: int, known: set[str], real: list[Ent
         name, kind = familiar_name(rng, real, pieces) if looks_real else synthetic.invented_name(rng)
         if name in known or name in out:
             continue
-        sig = ""
-        if rng.random() < 0.85:
-            real_params = looks_real and familiar_signatures > 0 and rng.random() < familiar_signatures
-            sig = (synthetic.familiar_signature(rng, name, pieces) if real_params
-                   else synthetic.invented_signature(rng, name))
+        sig = (synthetic.signature_for(rng, name, looks_real, pieces, familiar_signatures)
+               if rng.random() < 0.85 else "")
         out[name] = Entry(name, kind, "", sig)
     return list(out.values())
 

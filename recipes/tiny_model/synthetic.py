@@ -178,6 +178,14 @@ def familiar_signature(rng: random.Random, name: str, pieces: NamePieces) -> str
     return f"{name}({', '.join(params)})"
 
 
+def signature_for(rng: random.Random, name: str, looks_real: bool, pieces: NamePieces | None,
+                  familiar_signatures: float) -> str:
+    """An invented signature for name: from real parameters (familiar_signature) for a share
+    `familiar_signatures` of the familiar-looking names, invented_signature otherwise."""
+    real_params = looks_real and familiar_signatures > 0 and rng.random() < familiar_signatures
+    return familiar_signature(rng, name, pieces) if real_params else invented_signature(rng, name)
+
+
 COPY_REQUESTS = ("Repeat exactly: {t}", "Say {t}", "Echo this: {t}", "Please repeat {t}")
 
 
@@ -190,10 +198,8 @@ def copy_text(rng: random.Random, pieces: NamePieces | None = None, familiar: fl
     for _ in range(rng.randint(1, 4)):
         looks_real = bool(pieces) and rng.random() < familiar
         name, _kind = recombined_name(rng, pieces) if looks_real else invented_name(rng)
-        if rng.random() < 0.4:
-            real_params = looks_real and familiar_signatures > 0 and rng.random() < familiar_signatures
-            name = familiar_signature(rng, name, pieces) if real_params else invented_signature(rng, name)
-        items.append(name)
+        items.append(signature_for(rng, name, looks_real, pieces, familiar_signatures)
+                     if rng.random() < 0.4 else name)
     return " ".join(items)
 
 
